@@ -1,0 +1,1 @@
+"""The engine: sequencing of side effects for run and rollback."""

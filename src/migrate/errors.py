@@ -1,0 +1,82 @@
+"""The one error tree of tenant-migrate, rendered once by the CLI.
+
+::
+
+    MigrateError                    every error the tool means to raise
+    ├── InputError                  exit 2: the user can fix it by editing or typing
+    │   ├── PlaybookError           a playbook or inventory file: file:line:field
+    │   ├── ArgumentError           a command-line argument or option
+    │   └── SettingsError           an environment variable, a DSN, a server that won't answer
+    └── RunFailure                  exit 1: the input was fine, the work did not succeed
+        ├── StepFailed              a step's apply, verify or revert failed (tenant/phase/step)
+        ├── CheckFailed             counts or checksums differ, an isolation probe got through
+        ├── TenantLocked            another runner holds the tenant
+        └── LedgerBroken            the audit chain does not verify
+
+Anything else escaping to the CLI is a bug: it is reported as "internal error"
+with the log file, and a traceback only with ``--debug``.
+
+Every error carries ``message`` (what happened), ``where`` (``file:line: field``
+or ``tenant/phase/step``) and ``hint`` (what to write or run instead). Driver
+errors (psycopg, httpx, pydantic) are translated where they are caught, with
+``raise … from exc``, so the original stays in the log and never in the message
+shown to the user when it could hold a secret.
+"""
+
+from __future__ import annotations
+
+
+class MigrateError(Exception):
+    """Root of the tree: a message, where it happened and what to do instead."""
+
+    exit_code: int = 1
+
+    def __init__(self, message: str, *, where: str | None = None, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.where = where
+        self.hint = hint
+
+    def __str__(self) -> str:
+        prefix = f"{self.where}: " if self.where else ""
+        return f"{prefix}{self.message}"
+
+
+class InputError(MigrateError):
+    """The input is wrong (exit 2): a playbook, an argument or a setting."""
+
+    exit_code = 2
+
+
+class PlaybookError(InputError):
+    """A playbook or inventory file does not load or does not make sense."""
+
+
+class ArgumentError(InputError):
+    """A command-line argument or option is wrong."""
+
+
+class SettingsError(InputError):
+    """An environment variable is missing or wrong, or a server cannot be reached."""
+
+
+class RunFailure(MigrateError):
+    """The input was right but the work failed (exit 1)."""
+
+    exit_code = 1
+
+
+class StepFailed(RunFailure):
+    """A step's apply, verify or revert failed for one tenant."""
+
+
+class CheckFailed(RunFailure):
+    """A validation or isolation check found a difference."""
+
+
+class TenantLocked(RunFailure):
+    """Another runner works on this tenant now."""
+
+
+class LedgerBroken(RunFailure):
+    """The ledger's hash chain does not verify."""

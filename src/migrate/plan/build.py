@@ -1,0 +1,60 @@
+"""build_plan(playbook, progress) -> Plan: pure."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping, Sequence
+
+from migrate.errors import ArgumentError
+from migrate.plan.model import Plan, PlannedStep, StepStatus, TenantPlan
+from migrate.playbook.loader import LoadedPlaybook
+from migrate.playbook.model import RollbackPoint, Tenant, step_id
+
+Progress = Mapping[tuple[str, str], StepStatus]  # (tenant, step key) -> status
+
+
+def select_tenants(loaded: LoadedPlaybook, wanted: Sequence[str] | None) -> tuple[Tenant, ...]:
+    """The playbook's tenants, or those named with ``--tenant``, in playbook order."""
+    if not wanted:
+        return loaded.tenants
+    known = {t.id: t for t in loaded.tenants}
+    for name in wanted:
+        if name not in known:
+            close = difflib.get_close_matches(name, list(known), n=1)
+            raise ArgumentError(
+                f"tenant '{name}' is not in playbook {loaded.path}",
+                where="--tenant",
+                hint=(f"did you mean '{close[0]}'? " if close else "")
+                + f"its tenants are: {', '.join(known)}",
+            )
+    return tuple(t for t in loaded.tenants if t.id in set(wanted))
+
+
+def build_plan(
+    loaded: LoadedPlaybook,
+    progress: Progress | None = None,
+    tenants: Sequence[str] | None = None,
+) -> Plan:
+    """Every tenant's steps in order, each with its state from ``progress``."""
+    progress = progress or {}
+    pb = loaded.playbook
+    tenant_plans = []
+    for tenant in select_tenants(loaded, tenants):
+        steps = []
+        for phase in pb.phases:
+            for item in phase.steps:
+                if isinstance(item, RollbackPoint):
+                    sid, kind, spec = f"@{item.rollback_point}", "rollback_point", None
+                else:
+                    sid, kind, spec = step_id(item), item.kind, item
+                status = progress.get((tenant.id, f"{phase.name}/{sid}"), StepStatus.PENDING)
+                steps.append(PlannedStep(phase.name, sid, kind, spec, status))
+        tenant_plans.append(TenantPlan(tenant, tuple(steps)))
+    specs = pb.table_specs()
+    return Plan(
+        playbook=pb.name,
+        digest=loaded.digest,
+        target_schema=pb.target.schema_,
+        tables=None if specs is None else tuple(t.name for t in specs),
+        tenants=tuple(tenant_plans),
+    )

@@ -1,0 +1,41 @@
+"""Render a Plan as plain text (for ``migrate plan``); returns strings, never prints."""
+
+from __future__ import annotations
+
+from migrate.plan.model import Plan, PlannedStep
+from migrate.playbook.model import FlagStep
+
+
+def describe(step: PlannedStep, plan: Plan) -> str:
+    """One line saying what the step does, in the domain's words."""
+    spec = step.spec
+    if spec is None:
+        return f"rollback point '{step.step_id.removeprefix('@')}'"
+    tables = "every source table (FK order)" if plan.tables is None else ", ".join(plan.tables)
+    if spec.kind == "schema":
+        return f"shared tables in schema '{plan.target_schema}': tenant_id, composite keys, RLS forced"
+    if spec.kind == "backfill":
+        return f"copy {tables} with COPY, adding tenant_id"
+    if spec.kind == "validate":
+        return "compare row counts and checksums, source vs target, per table"
+    if isinstance(spec, FlagStep):
+        return f"{spec.action} flag '{spec.flag}' for the tenant"
+    return spec.kind
+
+
+def render_text(plan: Plan) -> str:
+    lines = [f"playbook {plan.playbook} (version {plan.digest[:12]})"]
+    for tp in plan.tenants:
+        t = tp.tenant
+        left = len([s for s in tp.remaining if not s.is_point])
+        lines.append("")
+        lines.append(f"tenant {t.id}  region={t.region} tier={t.tier} wave={t.wave}  ({left} steps to run)")
+        phase = None
+        for step in tp.steps:
+            if step.phase != phase:
+                phase = step.phase
+                lines.append(f"  phase {phase}")
+            mark = "done" if not step.will_run else step.status.value
+            label = "" if step.is_point else step.step_id
+            lines.append(f"    [{mark:>8}] {label:<12} {describe(step, plan)}")
+    return "\n".join(lines)

@@ -1,0 +1,365 @@
+"""Load a playbook (and its inventory) from YAML with file:line errors.
+
+ruamel.yaml's round-trip loader keeps the line of every key and item, so a
+pydantic error such as ``phases.1.steps.0.kind`` becomes
+``playbooks/wave-1.yaml:14: phases[1].steps[0].kind: unknown step kind 'bakfill'``
+with a hint of what to write instead. Pure apart from reading the files.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import types
+import typing
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import MarkedYAMLError
+
+from migrate.errors import PlaybookError
+from migrate.playbook.model import (
+    STEP_KINDS,
+    BackfillStep,
+    FlagStep,
+    Inventory,
+    Playbook,
+    RollbackPoint,
+    SchemaStep,
+    Tenant,
+    ValidateStep,
+    step_id,
+)
+
+Loc = tuple[str | int, ...]
+
+_STEP_MODELS: dict[str, type[BaseModel]] = {
+    "schema": SchemaStep,
+    "backfill": BackfillStep,
+    "validate": ValidateStep,
+    "flag": FlagStep,
+}
+
+
+@dataclass(frozen=True)
+class SourceMap:
+    """Where each key and item of one YAML file stands (1-based lines)."""
+
+    path: Path
+    lines: Mapping[Loc, int]
+
+    def line_of(self, loc: Loc) -> int:
+        """The line of the deepest known part of ``loc`` (1 for the whole file)."""
+        for end in range(len(loc), -1, -1):
+            line = self.lines.get(tuple(loc[:end]))
+            if line is not None:
+                return line
+        return 1
+
+    def where(self, loc: Loc) -> str:
+        dotted = format_loc(loc)
+        return f"{self.path}:{self.line_of(loc)}" + (f": {dotted}" if dotted else "")
+
+
+@dataclass(frozen=True)
+class LoadedPlaybook:
+    """A validated playbook with its resolved tenants and where things stand in its files."""
+
+    path: Path
+    playbook: Playbook
+    tenants: tuple[Tenant, ...]
+    digest: str  # sha256 of the playbook file and its inventory: the "playbook version"
+    source_map: SourceMap
+    tenant_where: Mapping[str, str] = field(default_factory=dict)
+
+    def where(self, *loc: str | int) -> str:
+        return self.source_map.where(tuple(loc))
+
+    def resolve(self, relative: str) -> Path:
+        """A path written in the playbook, relative to the playbook's folder."""
+        return (self.path.parent / relative).resolve()
+
+
+def format_loc(loc: Loc) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out
+
+
+def _read_yaml(path: Path) -> tuple[Any, SourceMap, bytes]:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise PlaybookError(
+            f"no such file: {path}", hint="give the path of a playbook, e.g. playbooks/demo.yaml"
+        ) from exc
+    except OSError as exc:
+        raise PlaybookError(f"cannot read {path}: {exc.strerror}") from exc
+    yaml = YAML(typ="rt")
+    try:
+        doc = yaml.load(raw)
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = (mark.line + 1) if mark is not None else 1
+        problem = " ".join(str(p) for p in (exc.context, exc.problem) if p)
+        raise PlaybookError(
+            f"not valid YAML: {problem}",
+            where=f"{path}:{line}",
+            hint="check the indentation and quoting on that line (keys are 'name: value')",
+        ) from exc
+    lines: dict[Loc, int] = {}
+    data = _plain(doc, (), lines)
+    return data, SourceMap(path, lines), raw
+
+
+def _plain(node: Any, loc: Loc, lines: dict[Loc, int]) -> Any:
+    """Turn ruamel's commented containers into plain ones, noting each line."""
+    if isinstance(node, CommentedMap):
+        out: dict[Any, Any] = {}
+        for key, value in node.items():
+            key_line, _col = node.lc.key(key)
+            lines[(*loc, str(key))] = key_line + 1
+            out[key] = _plain(value, (*loc, str(key)), lines)
+        return out
+    if isinstance(node, CommentedSeq):
+        items = []
+        for index, value in enumerate(node):
+            item_line, _col = node.lc.item(index)
+            lines[(*loc, index)] = item_line + 1
+            items.append(_plain(value, (*loc, index), lines))
+        return items
+    return node
+
+
+def _candidates(annotation: Any) -> Iterator[Any]:
+    """Unwrap Annotated, Optional, unions and tuples down to their member types."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        yield from _candidates(typing.get_args(annotation)[0])
+    elif origin in (typing.Union, types.UnionType, tuple, list):
+        for arg in typing.get_args(annotation):
+            if arg is not Ellipsis:
+                yield from _candidates(arg)
+    else:
+        yield annotation
+
+
+def _model_at(root: type[BaseModel], data: Any, loc: Loc) -> type[BaseModel] | None:
+    """The model class that the value at ``loc`` is validated against, if any."""
+    model: type[BaseModel] | None = root
+    node = data
+    for part in loc:
+        if isinstance(part, int):
+            node = node[part] if isinstance(node, list) and part < len(node) else None
+            if isinstance(node, dict) and model is not None and "kind" in node:
+                model = _STEP_MODELS.get(str(node["kind"]), model)
+            elif isinstance(node, dict) and "rollback_point" in node:
+                model = RollbackPoint
+            continue
+        if model is None or not isinstance(node, dict) or part not in node:
+            continue  # a union tag in pydantic's loc, not a key of the data
+        fields = {f.alias or name: f for name, f in model.model_fields.items()}
+        info = fields.get(part)
+        node = node[part]
+        if info is None:
+            return None
+        models = [c for c in _candidates(info.annotation) if isinstance(c, type) and issubclass(c, BaseModel)]
+        model = models[0] if len(models) == 1 else (model if not models else models[0])
+        if not models:
+            model = None
+    return model
+
+
+def _data_loc(data: Any, loc: Loc) -> Loc:
+    """Drop pydantic's union tags from ``loc``, keeping only real keys and indexes."""
+    out: list[str | int] = []
+    node = data
+    for part in loc:
+        if isinstance(part, int) and isinstance(node, list) and part < len(node):
+            node = node[part]
+            out.append(part)
+        elif isinstance(part, str) and isinstance(node, dict) and part in node:
+            node = node[part]
+            out.append(part)
+    return tuple(out)
+
+
+def _allowed_fields(model: type[BaseModel] | None) -> list[str]:
+    if model is None:
+        return []
+    return [f.alias or name for name, f in model.model_fields.items()]
+
+
+def _explain(error: ErrorDetails, data: Any, root: type[BaseModel]) -> tuple[Loc, str, str | None]:
+    """One pydantic error as (loc in the data, message, hint)."""
+    kind = error["type"]
+    loc = _data_loc(data, tuple(error["loc"]))
+    if kind == "extra_forbidden":
+        name = str(error["loc"][-1])
+        parent = _model_at(root, data, loc[:-1])
+        allowed = _allowed_fields(parent)
+        close = difflib.get_close_matches(name, allowed, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        hint += f"allowed here: {', '.join(allowed)}" if allowed else "remove it"
+        return loc, f"unknown field '{name}'", hint
+    if kind == "unknown_step_kind":
+        given = error["input"].get("kind") if isinstance(error["input"], dict) else None
+        close = difflib.get_close_matches(str(given), STEP_KINDS, n=1)
+        hint = (f"did you mean '{close[0]}'? " if close else "") + (
+            "write 'kind:' with one of " + ", ".join(STEP_KINDS) + ", or 'rollback_point: NAME'"
+        )
+        what = f"unknown step kind '{given}'" if given else "a step needs 'kind:'"
+        return (*loc, "kind") if given else loc, what, hint
+    if kind == "missing":
+        name = str(error["loc"][-1])
+        parent = _model_at(root, data, loc)
+        info = parent.model_fields.get(name) if parent else None
+        if parent is not None and info is None:  # looked up by alias
+            info = next((f for f in parent.model_fields.values() if f.alias == name), None)
+        desc = info.description if info and info.description else None
+        return loc, f"missing field '{name}'", f"add '{name}: …'" + (f" ({desc})" if desc else "")
+    parent = _model_at(root, data, loc[:-1]) if loc else None
+    info = None
+    if parent is not None and loc and isinstance(loc[-1], str):
+        info = parent.model_fields.get(str(loc[-1]))
+    about: str | None = info.description if info and info.description else None
+    message = error["msg"].removeprefix("Value error, ")
+    if "input" in error and not isinstance(error["input"], dict | list):
+        message += f" (got {error['input']!r})"
+    return loc, message, about
+
+
+def _validate(model: type[BaseModel], data: Any, source_map: SourceMap) -> BaseModel:
+    if not isinstance(data, dict):
+        raise PlaybookError(
+            "the file must be a YAML mapping (keys such as 'name:', 'target:', 'phases:')",
+            where=f"{source_map.path}:1",
+        )
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        # A broken item also makes its container "too short": report the item only.
+        locs = [tuple(e["loc"]) for e in errors]
+        errors = [
+            e
+            for e in errors
+            if not any(len(o) > len(e["loc"]) and o[: len(e["loc"])] == tuple(e["loc"]) for o in locs)
+        ]
+        loc, message, hint = _explain(errors[0], data, model)
+        if len(errors) > 1:
+            more = f"{len(errors) - 1} more problem(s) after this one"
+            hint = f"{hint}; {more}" if hint else more
+        raise PlaybookError(message, where=source_map.where(loc), hint=hint) from None
+
+
+def _semantic_problems(pb: Playbook, tenants: Sequence[Tenant]) -> Iterator[tuple[Loc, str, str]]:
+    """Problems no single field shows: duplicates and missing sources."""
+    seen_phases: set[str] = set()
+    seen_points: set[str] = set()
+    for p_index, phase in enumerate(pb.phases):
+        if phase.name in seen_phases:
+            yield (
+                ("phases", p_index, "name"),
+                f"duplicate phase '{phase.name}'",
+                ("give every phase its own name"),
+            )
+        seen_phases.add(phase.name)
+        seen_steps: set[str] = set()
+        for s_index, item in enumerate(phase.steps):
+            if isinstance(item, RollbackPoint):
+                if item.rollback_point in seen_points:
+                    yield (
+                        ("phases", p_index, "steps", s_index, "rollback_point"),
+                        (f"duplicate rollback point '{item.rollback_point}'"),
+                        "rollback points name one place in the playbook: rename one of them",
+                    )
+                seen_points.add(item.rollback_point)
+                continue
+            sid = step_id(item)
+            if sid in seen_steps:
+                yield (
+                    ("phases", p_index, "steps", s_index),
+                    (f"two steps in phase '{phase.name}' are both '{sid}'"),
+                    "add 'id: SOMETHING-UNIQUE' to one of them",
+                )
+            seen_steps.add(sid)
+    if pb.source.dsn_template_env is None:
+        for t_index, tenant in enumerate(tenants):
+            if tenant.source_dsn_env is None:
+                yield (
+                    ("tenants", t_index, "id"),
+                    f"tenant '{tenant.id}' has no source database",
+                    (
+                        "set 'source: {dsn_template_env: MIGRATE_SOURCE_DSN_TEMPLATE}' for all tenants, "
+                        "or 'source_dsn_env: VAR' on this tenant"
+                    ),
+                )
+
+
+def _raise_first(problems: Iterator[tuple[Loc, str, str]], source_map: SourceMap) -> None:
+    for loc, message, hint in problems:
+        raise PlaybookError(message, where=source_map.where(loc), hint=hint)
+
+
+def _duplicate_tenants(tenants: Sequence[Tenant]) -> Iterator[tuple[Loc, str, str]]:
+    first: dict[str, int] = {}
+    for index, tenant in enumerate(tenants):
+        if tenant.id in first:
+            yield (
+                ("tenants", index, "id"),
+                f"duplicate tenant id '{tenant.id}'",
+                (f"it is already tenants[{first[tenant.id]}]: remove or rename one"),
+            )
+        first.setdefault(tenant.id, index)
+
+
+def load_playbook(path: Path | str) -> LoadedPlaybook:
+    """Read, validate and resolve a playbook; raise PlaybookError with file:line."""
+    path = Path(path)
+    data, source_map, raw = _read_yaml(path)
+    pb = typing.cast(Playbook, _validate(Playbook, data, source_map))
+    digest = hashlib.sha256(raw)
+    if (pb.tenants is None) == (pb.inventory is None):
+        raise PlaybookError(
+            "say which tenants to move: either 'tenants:' (a list) or 'inventory:' (a file)",
+            where=source_map.where(("tenants",) if pb.tenants else ()),
+            hint="write 'tenants: [{id: acme}, …]' or 'inventory: ../inventory/tenants.yaml', not both",
+        )
+    tenants_map = source_map
+    if pb.inventory is not None:
+        inv_path = (path.parent / pb.inventory).resolve()
+        if not inv_path.exists():
+            raise PlaybookError(
+                f"inventory file {inv_path} does not exist",
+                where=source_map.where(("inventory",)),
+                hint="write a path relative to the playbook's folder",
+            )
+        inv_data, tenants_map, inv_raw = _read_yaml(inv_path)
+        inventory = typing.cast(Inventory, _validate(Inventory, inv_data, tenants_map))
+        tenants = inventory.tenants
+        digest.update(inv_raw)
+    else:
+        assert pb.tenants is not None
+        tenants = pb.tenants
+    _raise_first(_duplicate_tenants(tenants), tenants_map)
+    problems = list(_semantic_problems(pb, tenants))
+    for loc, message, hint in problems:
+        where_map = tenants_map if loc and loc[0] == "tenants" else source_map
+        raise PlaybookError(message, where=where_map.where(loc), hint=hint)
+    tenant_where = {t.id: tenants_map.where(("tenants", i)) for i, t in enumerate(tenants)}
+    return LoadedPlaybook(
+        path=path,
+        playbook=pb,
+        tenants=tuple(tenants),
+        digest=digest.hexdigest(),
+        source_map=source_map,
+        tenant_where=tenant_where,
+    )
