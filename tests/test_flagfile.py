@@ -131,9 +131,7 @@ def test_tenant_ids_are_normalised_deduplicated_and_sorted(provider: FileFlagPro
     provider.set_enabled(FLAG, " acme ", True)
     provider.set_enabled(FLAG, "ACME", True)
 
-    values = json.loads(provider.path.read_text())["features"][0]["strategies"][0]["constraints"][
-        0
-    ]["values"]
+    values = json.loads(provider.path.read_text())["features"][0]["strategies"][0]["constraints"][0]["values"]
     assert values == ["acme", "umbrella"]
     assert provider.is_enabled(FLAG, "ACME") is True
 
@@ -221,8 +219,7 @@ def test_concurrent_runners_never_lose_an_update(provider: FileFlagProvider) -> 
     barrier = ctx.Barrier(8)
     batches = [[f"t{runner}-{i:02d}" for i in range(25)] for runner in range(8)]
     runners = [
-        ctx.Process(target=_enable_many, args=(str(provider.path), barrier, batch))
-        for batch in batches
+        ctx.Process(target=_enable_many, args=(str(provider.path), barrier, batch)) for batch in batches
     ]
     for runner in runners:
         runner.start()

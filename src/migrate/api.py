@@ -20,7 +20,7 @@ import getpass
 import os
 import socket
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -192,6 +192,7 @@ class TenantStatus:
     rows: int | None
     validated: bool | None
     error: str | None
+    figures: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # per table, from validate
 
 
 @dataclass(frozen=True)
@@ -227,6 +228,7 @@ def status(
         reverted = [s for s in real if s.key in recs and recs[s.key].status is StepStatus.REVERTED]
         last = done[-1] if done else None
         rows = validated = None
+        figures: Mapping[str, Mapping[str, Any]] = {}
         for s in real:
             record = recs.get(s.key)
             if record is None or record.status is not StepStatus.DONE:
@@ -235,6 +237,7 @@ def status(
                 rows = int(record.details.get("rows", 0))
             if s.kind == "validate":
                 validated = bool(record.details.get("match"))
+                figures = record.details.get("tables", {})
         if failed:
             state = "failed"
         elif len(done) == len(real):
@@ -255,6 +258,7 @@ def status(
                 rows=rows,
                 validated=validated,
                 error=failed[0].error if failed else None,
+                figures=figures,
             )
         )
     return Status(loaded.playbook.name, loaded.digest, tuple(out))

@@ -48,6 +48,16 @@ def redact_processor(
     return event_dict
 
 
+class _CurrentStderr:
+    """Whatever sys.stderr is at write time (pytest swaps it; a bound file would go stale)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure(*, level: str = "info", stream: TextIO | None = None, json: bool | None = None) -> None:
     """Configure structlog once per process (the CLI calls it; tests use capture_logs)."""
     out = stream or sys.stderr
@@ -65,7 +75,7 @@ def configure(*, level: str = "info", stream: TextIO | None = None, json: bool |
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
-        logger_factory=structlog.PrintLoggerFactory(file=out),
+        logger_factory=structlog.PrintLoggerFactory(file=stream or _CurrentStderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
 

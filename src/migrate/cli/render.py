@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -95,13 +97,13 @@ def rollback(console: Console, result: RollbackResult) -> None:
 
 def ledger(console: Console, report: api.LedgerReport) -> None:
     table = Table()
-    for col in ("#", "at", "actor", "tenant", "step", "action", "outcome"):
-        table.add_column(col)
+    for col in ("#", "at (UTC)", "actor", "tenant", "step", "action", "outcome"):
+        table.add_column(col, no_wrap=col != "step", min_width=len(col))
     for rec in report.entries:
         e = rec.entry
         table.add_row(
             str(rec.seq),
-            f"{rec.at:%Y-%m-%d %H:%M:%S}",
+            f"{rec.at.astimezone(UTC):%m-%d %H:%M:%S}",
             e.actor,
             e.tenant or "-",
             e.step or "-",
@@ -117,7 +119,33 @@ def ledger(console: Console, report: api.LedgerReport) -> None:
     )
 
 
+def figures(console: Console, result: api.Status) -> None:
+    """Validation figures per tenant and table: rows and checksum on each side."""
+    table = Table(title="validation: source vs target, per tenant and table", title_justify="left")
+    for col in ("tenant", "table", "source rows", "target rows", "checksum", "match"):
+        table.add_column(col, justify="right" if "rows" in col else "left", no_wrap=True)
+    for t in result.tenants:
+        for name, f in sorted(t.figures.items()):
+            table.add_row(
+                t.tenant,
+                name,
+                f"{f['source_rows']:,}",
+                f"{f['target_rows']:,}",
+                str(f["source_checksum"])[:12],
+                _yes_no(f["match"]),
+            )
+    console.print(table)
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def demo(console: Console, result: Any) -> None:
+    figures(console, result.status)
     status(console, result.status)
     entries = result.ledger.entries
     actions: dict[str, int] = {}
@@ -144,10 +172,10 @@ def demo(console: Console, result: Any) -> None:
         for key, value in result.environ.items():
             console.print(f"  export {key}='{value}'", markup=False)
         console.print(
-            f"  migrate status {result.playbook}\n"
-            f"  migrate rollback {result.playbook} --tenant acme --to pre-cutover --yes\n"
-            f"  migrate run {result.playbook}\n"
-            f"  migrate ledger show {result.playbook}\n"
+            f"  migrate status {_shown(result.playbook)}\n"
+            f"  migrate rollback {_shown(result.playbook)} --tenant acme --to pre-cutover --yes\n"
+            f"  migrate run {_shown(result.playbook)}\n"
+            f"  migrate ledger show {_shown(result.playbook)}\n"
             f"  migrate demo --stop {result.root}",
             markup=False,
         )

@@ -38,6 +38,7 @@ from migrate.playbook.model import (
 )
 
 Loc = tuple[str | int, ...]
+_SECRET_KEYS = {"dsn", "url", "password", "dsn_template", "token", "source_dsn"}
 
 _STEP_MODELS: dict[str, type[BaseModel]] = {
     "schema": SchemaStep,
@@ -207,6 +208,8 @@ def _explain(error: ErrorDetails, data: Any, root: type[BaseModel]) -> tuple[Loc
         allowed = _allowed_fields(parent)
         close = difflib.get_close_matches(name, allowed, n=1)
         hint = f"did you mean '{close[0]}'? " if close else ""
+        if name.lower() in _SECRET_KEYS:
+            hint += "DSNs and passwords never go in a playbook: name an environment variable instead; "
         hint += f"allowed here: {', '.join(allowed)}" if allowed else "remove it"
         return loc, f"unknown field '{name}'", hint
     if kind == "unknown_step_kind":
@@ -253,6 +256,8 @@ def _validate(model: type[BaseModel], data: Any, source_map: SourceMap) -> BaseM
             for e in errors
             if not any(len(o) > len(e["loc"]) and o[: len(e["loc"])] == tuple(e["loc"]) for o in locs)
         ]
+        # An unknown key usually explains a "missing" one next to it (dsn: vs dsn_env:).
+        errors.sort(key=lambda e: e["type"] != "extra_forbidden")
         loc, message, hint = _explain(errors[0], data, model)
         if len(errors) > 1:
             more = f"{len(errors) - 1} more problem(s) after this one"

@@ -1,0 +1,70 @@
+"""`migrate demo` as a user runs it: a subprocess, no settings, nothing left running."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def postgres_processes(marker: str) -> list[str]:
+    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if "postgres" in line and marker in line]
+
+
+def migrate(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MIGRATE_")}
+    return subprocess.run(
+        [sys.executable, "-m", "migrate", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=120,
+    )
+
+
+def test_demo_moves_three_tenants_and_leaves_nothing_running() -> None:
+    """The demo reports three tenants migrated with counts and checksums matching, then cleans up."""
+    proc = migrate("demo")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "3 tenants migrated" in proc.stdout and "counts and checksums match" in proc.stdout
+    assert "hash chain verified" in proc.stdout
+    assert not postgres_processes("tenant-migrate-demo-")
+
+
+def test_demo_keep_prints_exports_that_work_with_the_real_commands() -> None:
+    """--keep leaves a server the real commands reach with the printed exports; --stop removes it."""
+    from conftest import scratch_dir
+
+    base = scratch_dir("tm-keep-")
+    base.chmod(0o755)  # mkdtemp's 0700 would keep the server's account out
+    keep = base / "demo"
+    proc = migrate("demo", "--keep", str(keep))
+    try:
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        exports = dict(
+            line.strip().removeprefix("export ").split("=", 1)
+            for line in proc.stdout.splitlines()
+            if line.strip().startswith("export MIGRATE_")
+        )
+        assert set(exports) == {"MIGRATE_TARGET_DSN", "MIGRATE_SOURCE_DSN_TEMPLATE", "MIGRATE_FLAG_FILE"}
+        env = {**os.environ, **{k: v.strip("'") for k, v in exports.items()}}
+        status = subprocess.run(
+            [sys.executable, "-m", "migrate", "status", "playbooks/demo.yaml", "--json"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env=env,
+            timeout=60,
+        )
+        assert status.returncode == 0, status.stderr
+        assert status.stdout.count('"state": "done"') == 3
+    finally:
+        stop = migrate("demo", "--stop", str(keep))
+    assert stop.returncode == 0, stop.stderr
+    assert not keep.exists() and not postgres_processes(str(keep))
+    base.rmdir()
