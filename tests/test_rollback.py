@@ -45,6 +45,10 @@ def test_rollback_to_pre_cutover_turns_the_flag_off_and_keeps_the_data(world: Wo
     assert world.target_counts("acme") == world.source_counts("acme")
     status = {t.tenant: t for t in api.status(DEMO, environ=world.environ).tenants}
     assert status["acme"].state == "rolled back" and status["globex"].state == "done"
+    again = api.run(DEMO, environ=world.environ, tenants=["acme"])
+    applied = [s.key for s in again.tenants[0].steps if s.outcome == "applied"]
+    assert applied == ["cutover/flag"], "a re-run after rollback re-applies only what was reverted"
+    assert flag_on(world, "acme")
 
 
 def test_rollback_before_the_copy_deletes_the_tenants_rows_only_then_run_restores(
@@ -83,3 +87,26 @@ def test_cli_rollback_without_a_terminal_requires_yes(capsys: pytest.CaptureFixt
     """Scripts must say --yes: without a terminal rollback refuses before touching anything."""
     code = main(["rollback", str(DEMO), "--tenant", "acme", "--to", "pre-cutover"])
     assert code == 2 and "--yes" in capsys.readouterr().err
+
+
+def test_rollback_reverts_flags_before_data_whatever_their_order_in_the_playbook(
+    world: World, tmp_path: Path
+) -> None:
+    """Traffic first: a flag step that ran before the copy is still reverted before the data."""
+    text = DEMO.read_text().replace("../flags/demo.json", str(DEMO.parent.parent / "flags" / "demo.json"))
+    text = text.replace(
+        "      - kind: backfill",
+        "      - rollback_point: pre-copy\n"
+        "      - {kind: flag, flag: tenant-shared-db, action: enable, id: early-flag}\n"
+        "      - kind: backfill",
+    )
+    path = tmp_path / "flag-early.yaml"
+    path.write_text(text)
+    assert api.run(path, environ=world.environ, tenants=["acme"]).ok
+    result = api.rollback(path, "acme", "pre-copy", environ=world.environ)
+    assert [s.key for s in result.steps] == [
+        "cutover/flag",
+        "copy/early-flag",
+        "copy/validate",
+        "copy/backfill",
+    ]
