@@ -182,3 +182,36 @@ def test_ledger_verify_names_an_entry_edited_behind_the_trigger(world: World) ->
         conn.execute("UPDATE migrate_control.ledger SET outcome = 'ok', actor = 'mallory' WHERE seq = 3")
     report = api.ledger(DEMO, environ=world.environ)
     assert report.broken_at == 3 and report.why and "changed" in report.why
+
+
+def test_an_inventory_file_and_an_explicit_table_list_are_honoured(world: World, tmp_path: Path) -> None:
+    """Tenants from an inventory file; only the listed tables are copied, parents first."""
+    (tmp_path / "tenants.yaml").write_text("tenants:\n  - {id: globex, region: us}\n  - {id: initech}\n")
+    text = DEMO.read_text().replace("../flags/demo.json", str(DEMO.parent.parent / "flags" / "demo.json"))
+    start, end = text.index("tenants:\n"), text.index("tables: auto")
+    text = text[:start] + "inventory: tenants.yaml\n\n" + text[end:]
+    text = text.replace("tables: auto", "tables: [users, organizations]")
+    path = tmp_path / "inventory.yaml"
+    path.write_text(text)
+    result = api.run(path, environ=world.environ)
+    assert [t.tenant for t in result.tenants] == ["globex", "initech"]
+    assert result.ok
+    backfill = result.tenants[0].steps[1]
+    assert list(backfill.details["tables"]) == ["organizations", "users"]
+    with world.target() as conn:
+        shared = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'app'")}
+    assert shared == {"organizations", "users"}
+
+
+def test_an_error_in_the_inventory_names_the_inventory_file(tmp_path: Path) -> None:
+    """A duplicate tenant in an inventory file is reported at its line in that file."""
+    from migrate.errors import PlaybookError
+    from migrate.playbook import load_playbook
+
+    (tmp_path / "tenants.yaml").write_text("tenants:\n  - id: acme\n  - id: acme\n")
+    text = DEMO.read_text()
+    start, end = text.index("tenants:\n"), text.index("tables: auto")
+    (tmp_path / "p.yaml").write_text(text[:start] + "inventory: tenants.yaml\n" + text[end:])
+    with pytest.raises(PlaybookError) as info:
+        load_playbook(tmp_path / "p.yaml")
+    assert info.value.where == f"{(tmp_path / 'tenants.yaml').resolve()}:3: tenants[1].id"

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -21,7 +21,7 @@ import psycopg
 
 from migrate.control.ledger import Entry, Ledger
 from migrate.control.store import ControlStore
-from migrate.errors import MigrateError, StepFailed
+from migrate.errors import MigrateError, StepFailed, TenantLocked
 from migrate.log import get_logger, redact
 from migrate.plan.model import Plan, PlannedStep, StepStatus, TenantPlan
 from migrate.playbook.loader import LoadedPlaybook
@@ -155,7 +155,7 @@ def _run_step(ctx: StepContext, env: Environment, step: PlannedStep) -> StepResu
     log.info("step_started")
     started = time.monotonic()
     try:
-        details = impl.apply(ctx.__class__(**{**ctx.__dict__, "log": log}))
+        details = impl.apply(replace(ctx, log=log))
         impl.verify(ctx, details)
     except Exception as exc:
         error = _translate(exc, f"{tenant.id}/{step.key}")
@@ -195,7 +195,7 @@ def run_tenant(env: Environment, plan: TenantPlan, run_id: UUID) -> TenantResult
                     continue
                 result.steps.append(_run_step(ctx, env, step))
     except MigrateError as exc:
-        result.outcome = "locked" if exc.__class__.__name__ == "TenantLocked" else "failed"
+        result.outcome = "locked" if isinstance(exc, TenantLocked) else "failed"
         result.error = exc
     except psycopg.Error as exc:
         result.outcome, result.error = "failed", _translate(exc, plan.tenant.id)

@@ -55,11 +55,9 @@ class Tenant(Model):
 
 
 class Table(Model):
-    """A table to move; ``key`` names the columns that identify a row when the
-    source table has no primary key."""
+    """A table to move, by name (more per-table settings will come here)."""
 
     name: Identifier
-    key: tuple[Identifier, ...] | None = None
 
 
 class FileFlags(Model):
