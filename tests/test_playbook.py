@@ -185,3 +185,11 @@ def test_readme_names_every_command() -> None:
     names += [f"ledger {c.name}" for c in ledger_app.registered_commands]
     missing = [n for n in names if f"migrate {n}" not in readme]
     assert not missing, f"README.md does not mention: {missing}"
+
+
+def test_cli_usage_error_exits_2_without_an_internal_error() -> None:
+    """An unknown option is a usage error (exit 2) rendered by the CLI, not a bug report."""
+    proc = run_cli("run", "playbooks/demo.yaml", "--bogus")
+    assert proc.returncode == 2
+    assert "No such option: --bogus" in proc.stderr
+    assert "internal error" not in proc.stderr

@@ -16,7 +16,6 @@ import traceback
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 from rich.console import Console
 
@@ -201,18 +200,14 @@ def _internal_error(exc: BaseException) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: run the app, render errors once, return the exit code."""
     try:
-        app(args=argv, prog_name="migrate", standalone_mode=False)
+        # Standalone mode: click renders usage errors (exit 2), --help and aborts itself,
+        # and ends with SystemExit; our own errors and bugs come through as exceptions.
+        app(args=argv, prog_name="migrate")
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except MigrateError as exc:
         render.error(err, exc)
         return exc.exit_code
-    except typer.Abort:
-        err.print("aborted: nothing was changed")
-        return 1
-    except typer.Exit as exc:
-        return int(exc.exit_code or 0)
-    except click.ClickException as exc:  # usage errors: unknown option, missing argument
-        exc.show()
-        return 2
     except Exception as exc:
         return _internal_error(exc)
     return 0
