@@ -40,6 +40,9 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from migrate.adapters.embedded import start_server, stop_server
 from migrate.log import redact
 
+# The Unleash server fixtures (`unleash`, `unleash_server`): see tests/unleash_server.py.
+pytest_plugins = ["unleash_server"]
+
 BACKENDS = ("dsn", "local", "docker", "embedded")
 LOCAL_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 DOCKER_IMAGE = "postgres:18"

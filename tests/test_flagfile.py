@@ -194,7 +194,7 @@ def test_file_is_created_from_definitions_and_missing_flags_are_added(tmp_path: 
 
     provider = FileFlagProvider(path, definitions=definitions)
 
-    assert provider.snapshot() == {FLAG: ["acme"], "tenant-search-v2": []}
+    assert provider.snapshot_all() == {FLAG: ["acme"], "tenant-search-v2": []}
     assert provider.is_enabled("tenant-search-v2", "acme") is False
 
 
@@ -311,3 +311,33 @@ def test_written_file_is_world_readable_with_its_lock_beside_it(provider: FileFl
 
     assert (provider.path.parent / "flags.json.lock").exists()
     assert os.stat(provider.path).st_mode & 0o777 == 0o644
+
+
+def test_flags_sync_and_status_work_on_the_flag_file(
+    database_factory: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    """'flags status' reads without creating the file; 'flags sync' creates it; status then shows tenants."""
+    from migrate.cli.app import main
+    from world import DEMO, make_world
+
+    world = make_world(database_factory, tmp_path, tenants=(("acme", 1), ("globex", 1), ("initech", 1)))
+    for key, value in world.environ.items():
+        monkeypatch.setenv(key, value)
+
+    assert main(["flags", "status", str(DEMO), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert {t["tenant"]: t["flags"] for t in shown["tenants"]}["acme"] == {FLAG: False}
+    assert not world.flag_file.exists(), "status wrote the flag file"
+
+    assert main(["flags", "sync", str(DEMO)]) == 0
+    assert f"{FLAG}: created" in capsys.readouterr().out
+    assert main(["flags", "sync", str(DEMO)]) == 0
+    assert f"{FLAG}: already there" in capsys.readouterr().out
+
+    assert main(["run", str(DEMO), "--tenant", "acme"]) == 0
+    capsys.readouterr()
+    assert main(["flags", "status", str(DEMO)]) == 0
+    out = capsys.readouterr().out
+    assert "tenants listed: acme" in out
+    shown_rows = [line for line in out.splitlines() if "acme" in line and "cutover" in line]
+    assert shown_rows and " on " in f" {shown_rows[0]} "

@@ -193,3 +193,14 @@ def test_cli_usage_error_exits_2_without_an_internal_error() -> None:
     assert proc.returncode == 2
     assert "No such option: --bogus" in proc.stderr
     assert "internal error" not in proc.stderr
+
+
+def test_the_playbook_version_ignores_comments_and_layout_but_not_substance(tmp_path: Path) -> None:
+    """The digest is of what the playbook says: reformatting keeps it, a new tenant changes it."""
+    base = load_playbook(write(tmp_path, GOOD, "a.yaml")).digest
+    relaid = GOOD.replace(
+        "tenants:\n  - id: acme\n  - id: globex\n", "# who moves\ntenants: [{id: acme}, {id: globex}]\n"
+    )
+    assert load_playbook(write(tmp_path, relaid, "b.yaml")).digest == base
+    more = GOOD.replace("  - id: globex", "  - id: globex\n  - id: initech")
+    assert load_playbook(write(tmp_path, more, "c.yaml")).digest != base

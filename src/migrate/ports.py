@@ -7,7 +7,9 @@ rolled-back transaction) without a second implementation.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Protocol
 
 
@@ -25,6 +27,46 @@ class FlagChange:
         return self.before != self.after
 
 
+@dataclass(frozen=True)
+class FlagSnapshot:
+    """Exactly what a flag looked like, as far as one tenant's flip can change it.
+
+    ``enabled`` is what the tenant saw; ``state`` is the provider's own record
+    of everything the flip may touch (the file's tenant list; on Unleash the
+    environment's on/off and every strategy in it), as plain JSON, so the flag
+    step can keep it in the control schema and the ledger and restore it after
+    a crash, in another process.
+    """
+
+    provider: str
+    flag: str
+    tenant: str
+    enabled: bool
+    state: Mapping[str, object] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, object]:
+        """A JSON-able dict that :meth:`from_json` turns back into this snapshot."""
+        return {
+            "provider": self.provider,
+            "flag": self.flag,
+            "tenant": self.tenant,
+            "enabled": self.enabled,
+            # A deep copy through JSON: the caller may keep and change its own dicts.
+            "state": json.loads(json.dumps(dict(self.state))),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, object]) -> FlagSnapshot:
+        state = data.get("state")
+        return cls(
+            provider=str(data["provider"]),
+            flag=str(data["flag"]),
+            tenant=str(data["tenant"]),
+            enabled=bool(data["enabled"]),
+            state=dict(state) if isinstance(state, Mapping) else {},
+        )
+
+
 class FlagProvider(Protocol):
     """Per-tenant feature flags as the application will evaluate them."""
 
@@ -34,4 +76,17 @@ class FlagProvider(Protocol):
 
     def set_enabled(self, flag: str, tenant: str, enabled: bool) -> FlagChange:
         """Turn the flag on or off for exactly this tenant; idempotent."""
+        ...
+
+    def snapshot(self, flag: str, tenant: str) -> FlagSnapshot:
+        """Record exactly what the flag looks like now, before this tenant's flip."""
+        ...
+
+    def restore(self, snapshot: FlagSnapshot) -> FlagChange:
+        """Put back what ``snapshot`` recorded for its tenant; idempotent.
+
+        With no other flip in between, the flag is afterwards exactly as
+        recorded (compared as JSON). Other tenants flipped since the snapshot
+        keep their new state: a rollback of one tenant never undoes another's.
+        """
         ...

@@ -26,6 +26,9 @@ Writers are serialised by an exclusive ``flock`` on ``<file>.lock`` held over
 read-modify-write, and replace the file atomically, so readers (this provider,
 an application bootstrapping from the file) never see half a file and
 concurrent runners never lose each other's flips.
+
+A snapshot (``FlagProvider.snapshot``) is the flag's tenant list; restore puts the
+tenant back and, when no other tenant changed since, writes that list exactly.
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ import fcntl
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,10 +51,13 @@ from UnleashClient.utils import InstanceAllowType
 from migrate.errors import ArgumentError, SettingsError
 from migrate.log import get_logger
 from migrate.names import check_tenant_id
-from migrate.ports import FlagChange
+from migrate.ports import FlagChange, FlagSnapshot
 
 TENANT_CONTEXT = "tenantId"
 """The context field the application evaluates flags with."""
+
+PROVIDER = "file"
+"""The name snapshots of this provider carry (the playbook's ``flags.provider``)."""
 
 _APP_NAME = "tenant-migrate"
 # Never contacted: registration and metrics are off and toggles are not fetched.
@@ -73,6 +80,33 @@ def _normalise_tenant(tenant: str, where: Path) -> str:
         return check_tenant_id(normalised)
     except ValueError as exc:
         raise ArgumentError(str(exc), where=str(where)) from exc
+
+
+@dataclass(frozen=True)
+class FlagDefinition:
+    """One flag of a definitions file (flags/*.json): what ``migrate flags sync`` creates."""
+
+    name: str
+    description: str
+    type: str
+
+
+def read_definitions(path: Path) -> list[FlagDefinition]:
+    """The flags a definitions file declares, checked as the file provider checks them."""
+    document = FileFlagProvider._load(path)
+    out = []
+    for feature in document["features"]:
+        FileFlagProvider._constraint(feature, path)  # the tenantId shape, or a SettingsError
+        description = feature.get("description")
+        kind = feature.get("type")
+        out.append(
+            FlagDefinition(
+                name=feature["name"],
+                description=description if isinstance(description, str) else "",
+                type=kind if isinstance(kind, str) and kind else "release",
+            )
+        )
+    return out
 
 
 class FileFlagProvider:
@@ -101,6 +135,11 @@ class FileFlagProvider:
     def is_enabled(self, flag: str, tenant: str) -> bool:
         """What the application sees for this tenant, as the official SDK evaluates the file."""
         tenant_id = _normalise_tenant(tenant, self._path)
+        return self.evaluate(flag, [tenant_id])[tenant_id]
+
+    def evaluate(self, flag: str, tenants: Sequence[str]) -> dict[str, bool]:
+        """What the application sees for each tenant (normalised ids), from one SDK client."""
+        tenant_ids = [_normalise_tenant(tenant, self._path) for tenant in tenants]
         # A fresh cache directory per call: the SDK falls back to a disk cache that may
         # hold an earlier run's state, and the default one lives in ~/.cache (notes).
         with tempfile.TemporaryDirectory(prefix="tenant-migrate-unleash-") as cache_dir:
@@ -126,7 +165,7 @@ class FileFlagProvider:
                 # that destroy() joins; skipping it makes destroy() log a teardown warning.
                 client.initialize_client(fetch_toggles=False)
                 known = client.feature_definitions()
-                enabled = client.is_enabled(flag, {TENANT_CONTEXT: tenant_id})
+                seen = {t: bool(client.is_enabled(flag, {TENANT_CONTEXT: t})) for t in tenant_ids}
             finally:
                 client.destroy()
         if flag not in known:
@@ -144,7 +183,7 @@ class FileFlagProvider:
                 where=str(self._path),
                 hint=_MISSING_FLAG_HINT,
             )
-        return bool(enabled)
+        return seen
 
     def set_enabled(self, flag: str, tenant: str, enabled: bool) -> FlagChange:
         """Turn the flag on or off for exactly this tenant; idempotent, atomic, serialised."""
@@ -169,7 +208,49 @@ class FileFlagProvider:
         values: list[str] = self._constraint(self._feature(self._read(), flag), self._path)["values"]
         return sorted(values)
 
-    def snapshot(self) -> dict[str, list[str]]:
+    def snapshot(self, flag: str, tenant: str) -> FlagSnapshot:
+        """The flag's tenant list as it is now: all a flip in this file can change."""
+        tenant_id = _normalise_tenant(tenant, self._path)
+        values = self.tenants(flag)
+        return FlagSnapshot(
+            provider=PROVIDER,
+            flag=flag,
+            tenant=tenant_id,
+            enabled=tenant_id in values,
+            state={"path": str(self._path), "values": values},
+        )
+
+    def restore(self, snapshot: FlagSnapshot) -> FlagChange:
+        """Put the tenant back as recorded; other tenants flipped since keep their state."""
+        if snapshot.provider != PROVIDER:
+            raise SettingsError(
+                f"cannot restore a snapshot taken by the {snapshot.provider} flag provider into a flag file",
+                where=str(self._path),
+                hint="restore with the flag provider the step ran with (the playbook's 'flags:' block)",
+            )
+        recorded = snapshot.state.get("values")
+        recorded_values = sorted(str(v) for v in recorded) if isinstance(recorded, list) else None
+        tenant_id = _normalise_tenant(snapshot.tenant, self._path)
+        with self._locked():
+            document = self._read()
+            constraint = self._constraint(self._feature(document, snapshot.flag), self._path)
+            values: list[str] = constraint["values"]
+            before = tenant_id in values
+            wanted = set(values) | {tenant_id} if snapshot.enabled else set(values) - {tenant_id}
+            # With no other flip since, the recorded list comes back exactly.
+            exact = recorded_values is not None and set(recorded_values) == wanted
+            new_values = recorded_values if exact and recorded_values is not None else sorted(wanted)
+            if new_values != values:
+                constraint["values"] = new_values
+                self._write(document)
+        change = FlagChange(flag=snapshot.flag, tenant=tenant_id, before=before, after=snapshot.enabled)
+        if change.changed:
+            self._log.info(
+                "flag_restored", flag=snapshot.flag, tenant=tenant_id, before=before, after=snapshot.enabled
+            )
+        return change
+
+    def snapshot_all(self) -> dict[str, list[str]]:
         """Every flag in the file with the tenant ids it is on for."""
         document = self._read()
         return {

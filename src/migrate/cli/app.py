@@ -13,6 +13,7 @@ import os
 import sys
 import tempfile
 import traceback
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -116,7 +117,11 @@ def run(
     ] = None,
 ) -> None:
     """Run the playbook's phases for each tenant; done steps are skipped, so re-running is safe."""
-    result = api.run(playbook, tenant, jobs=jobs, actor=actor)
+    if err.is_terminal:  # bars on a terminal; elsewhere the log's chunk_copied/table_copied events
+        with render.CopyProgress(err) as progress:
+            result = api.run(playbook, tenant, jobs=jobs, actor=actor, progress=progress)
+    else:
+        result = api.run(playbook, tenant, jobs=jobs, actor=actor)
     render.run(out, result)
     if not result.ok:
         raise typer.Exit(1)
@@ -134,6 +139,36 @@ def status(
         out.print_json(data=render.status_json(result))
     else:
         render.status(out, result)
+
+
+@app.command()
+def verify(
+    playbook: PlaybookArg,
+    tenant: TenantOpt = None,
+    table: Annotated[
+        list[str] | None,
+        typer.Option("--table", help="Only this table (repeat for more).", show_default=False),
+    ] = None,
+) -> None:
+    """Compare row counts and checksums, source vs target, now; exit 1 on any mismatch."""
+    result = api.verify(playbook, tenant, table)
+    render.verification(out, result)
+    if not result.match:
+        raise typer.Exit(1)
+
+
+@app.command()
+def diff(
+    playbook: PlaybookArg,
+    tenant: Annotated[str, typer.Option("--tenant", "-t", help="The tenant.")],
+    table: Annotated[str, typer.Option("--table", help="The table whose checksums differ.")],
+    sample: Annotated[int, typer.Option("--sample", help="Keys shown per kind of difference.")] = 10,
+) -> None:
+    """Find the keys that are missing, extra or changed in the target (bisection by key ranges)."""
+    result = api.diff(playbook, tenant, table, sample=sample)
+    render.diff(out, tenant, result)
+    if not result.equal:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -161,29 +196,257 @@ def rollback(
     render.rollback(out, result)
 
 
-ledger_app = typer.Typer(help="Show and verify the audit ledger.", no_args_is_help=True)
+flags_app = typer.Typer(help="Show and create the playbook's feature flags.", no_args_is_help=True)
+app.add_typer(flags_app, name="flags")
+
+
+@flags_app.command("status")
+def flags_status(
+    playbook: PlaybookArg,
+    tenant: TenantOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Show, per tenant, each flag as the application sees it, next to the tenant's phase."""
+    result = api.flags_status(playbook, tenant)
+    if as_json:
+        out.print_json(data=render.flags_status_json(result))
+    else:
+        render.flags_status(out, result)
+
+
+@flags_app.command("sync")
+def flags_sync(playbook: PlaybookArg) -> None:
+    """Create the playbook's flags where missing: off for every tenant, with the tenant strategy."""
+    render.flags_sync(out, api.flags_sync(playbook))
+
+
+schema_app = typer.Typer(help="Generate the shared RLS schema from the sources.", no_args_is_help=True)
+app.add_typer(schema_app, name="schema")
+
+OptionalPlaybookArg = Annotated[
+    Path | None,
+    typer.Argument(help="A playbook: its tenants are the sources.", show_default=False),
+]
+SchemaOpt = Annotated[
+    str | None,
+    typer.Option("--schema", help="Shared schema (default: the playbook's, else app).", show_default=False),
+]
+AppRoleOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--app-role",
+        help="The role the application connects as: NOSUPERUSER NOBYPASSRLS, not the owner.",
+        show_default=False,
+    ),
+]
+TenantColumnOpt = Annotated[str, typer.Option("--tenant-column", help="The tenant column of shared tables.")]
+GlobalOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--global",
+        help="A reference table shared by all tenants: no tenant_id, read-only to the application (repeat).",
+        show_default=False,
+    ),
+]
+
+
+class TenantType(StrEnum):
+    text = "text"
+    uuid = "uuid"
+
+
+@schema_app.command("generate")
+def schema_generate(
+    out_dir: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            help="A new or empty folder (an alembic project is written there) or your alembic folder.",
+            show_default=False,
+        ),
+    ],
+    playbook: OptionalPlaybookArg = None,
+    source: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--source",
+            help="[NAME=]DSN of a source database (repeat for more; the first is the model).",
+            show_default=False,
+        ),
+    ] = None,
+    schema: SchemaOpt = None,
+    source_schema: Annotated[
+        str | None,
+        typer.Option(
+            "--source-schema",
+            help="Schema read in each source (default: the playbook's, else public).",
+            show_default=False,
+        ),
+    ] = None,
+    tenant_column: TenantColumnOpt = "tenant_id",
+    tenant_type: Annotated[TenantType, typer.Option("--tenant-type", help="Type of the tenant column.")] = (
+        TenantType.text
+    ),
+    app_role: AppRoleOpt = None,
+    global_table: GlobalOpt = None,
+    unique: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--unique-across-tenants",
+            help="TABLE.COL[,COL…] whose values must stay unique across tenants (repeat).",
+            show_default=False,
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Write the shared schema as an alembic revision; report what sharing changes (exit 1: collisions)."""
+    result = api.schema_generate(
+        playbook,
+        sources=source or (),
+        out=out_dir,
+        schema=schema,
+        source_schema=source_schema,
+        tenant_column=tenant_column,
+        tenant_type=tenant_type.value,
+        app_role=app_role,
+        global_tables=global_table or (),
+        unique_across=unique or (),
+    )
+    if as_json:
+        out.print_json(data=render.schema_generate_json(result))
+    else:
+        render.schema_generate(out, result)
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+@app.command("isolation-check")
+def isolation_check(
+    playbook: OptionalPlaybookArg = None,
+    target_dsn: Annotated[
+        str | None,
+        typer.Option(
+            "--target-dsn",
+            help="The shared database (default: $MIGRATE_TARGET_DSN; a password here is visible to ps).",
+            show_default=False,
+        ),
+    ] = None,
+    schema: SchemaOpt = None,
+    app_role: AppRoleOpt = None,
+    tenant_column: TenantColumnOpt = "tenant_id",
+    global_table: GlobalOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Prove tenant isolation: RLS rules from the catalog, then live probes as the application role."""
+    report = api.isolation_check(
+        playbook,
+        dsn=target_dsn,
+        schema=schema,
+        app_role=app_role,
+        tenant_column=tenant_column,
+        global_tables=global_table or (),
+    )
+    if as_json:
+        out.print_json(data=render.isolation_json(report))
+    else:
+        render.isolation(out, report)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+ledger_app = typer.Typer(help="Show, verify and export the audit ledger.", no_args_is_help=True)
 app.add_typer(ledger_app, name="ledger")
+
+LedgerTenantOpt = Annotated[
+    str | None, typer.Option("--tenant", "-t", help="Only this tenant's entries.", show_default=False)
+]
+LedgerRunOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--run",
+        help="Only this run's entries (its id, or the 8 characters 'run' prints).",
+        show_default=False,
+    ),
+]
+LedgerSinceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--since",
+        help="Only entries since then: 90m, 2h, 7d, or an ISO date or time (UTC).",
+        show_default=False,
+    ),
+]
+
+
+class ExportFormat(StrEnum):
+    jsonl = "jsonl"
 
 
 @ledger_app.command("show")
 def ledger_show(
     playbook: PlaybookArg,
-    tenant: Annotated[
-        str | None, typer.Option("--tenant", "-t", help="Only this tenant's entries.", show_default=False)
-    ] = None,
+    tenant: LedgerTenantOpt = None,
+    run: LedgerRunOpt = None,
+    since: LedgerSinceOpt = None,
 ) -> None:
-    """Print the ledger's entries, oldest first."""
-    render.ledger(out, api.ledger(playbook, tenant=tenant))
+    """Print the ledger's entries, oldest first, and whether the whole chain verifies."""
+    render.ledger(out, api.ledger(playbook, tenant=tenant, run=run, since=since), warn=err)
 
 
 @ledger_app.command("verify")
-def ledger_verify(playbook: PlaybookArg) -> None:
-    """Check the hash chain; exit 1 naming the first broken entry."""
-    report = api.ledger(playbook)
-    if report.why is not None:
-        err.print(f"ledger broken at entry {report.broken_at}: {report.why}", markup=False)
-        raise typer.Exit(1)
-    out.print(f"ledger verified: {report.checked} entries, chain intact")
+def ledger_verify(
+    playbook: PlaybookArg,
+    anchor: Annotated[
+        str | None,
+        typer.Option(
+            "--anchor",
+            help="A hash published earlier ('verify' prints the head's): "
+            "prove that nothing up to its entry changed.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Check the hash chain; exit 1 naming the first broken entry, or a missing anchor."""
+    report = api.ledger(playbook, anchor=anchor, list_entries=False)
+    render.ledger_warnings(err, report)
+    if (failure := report.failure) is not None:
+        raise failure
+    out.print(render.ledger_verified(report), markup=False)
+
+
+@ledger_app.command("export")
+def ledger_export(
+    playbook: PlaybookArg,
+    fmt: Annotated[ExportFormat, typer.Option("--format", help="jsonl: one JSON object per line.")] = (
+        ExportFormat.jsonl
+    ),
+    out_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Write to this file (replaced whole, never half-written); default stdout.",
+            show_default=False,
+        ),
+    ] = None,
+    tenant: LedgerTenantOpt = None,
+    run: LedgerRunOpt = None,
+    since: LedgerSinceOpt = None,
+) -> None:
+    """Export entries for a SIEM: canonical JSON lines with seq, at, prev_hash and hash; exit 1 if broken."""
+    if out_file is None:
+        exported = api.ledger_export(playbook, sys.stdout, fmt=fmt.value, tenant=tenant, run=run, since=since)
+    else:
+        partial = out_file.with_name(out_file.name + ".partial")
+        try:
+            with partial.open("w", encoding="utf-8", newline="\n") as fh:
+                exported = api.ledger_export(playbook, fh, fmt=fmt.value, tenant=tenant, run=run, since=since)
+            partial.replace(out_file)
+        finally:
+            partial.unlink(missing_ok=True)
+    render.ledger_warnings(err, exported.report)
+    err.print(render.ledger_exported(exported, out_file), markup=False)
+    if (failure := exported.report.failure) is not None:
+        raise failure
 
 
 def _internal_error(exc: BaseException) -> int:

@@ -1,30 +1,57 @@
-"""The audit ledger: append-only (a trigger refuses UPDATE, DELETE, TRUNCATE)
-and hash-chained (each entry's hash covers the previous hash and the entry).
+"""The audit ledger: append-only (enforced by the database) and hash-chained.
 
-Appends are serialised with a transaction-level advisory lock, so concurrent
-runners never fork the chain; the sequence number is assigned under that lock
-and is part of the hash, so reordering two entries breaks the chain.
+Each entry's ``hash`` is SHA-256 over the previous entry's hash, a newline, and
+the entry's canonical serialisation: the JSON object of its fields (``seq``,
+``at`` in UTC with microseconds, ``run_id``, ``actor``, ``host``, ``playbook``,
+``playbook_digest``, ``tenant``, ``wave``, ``phase``, ``step``, ``action``,
+``outcome``, ``details``) with sorted keys, no spaces and UTF-8 text. An export
+line (:func:`export_line`) is that object plus ``prev_hash`` and ``hash``, so a
+SIEM can re-check the chain with nothing but a JSON parser and SHA-256.
+
+Appends are serialised per control schema with a transaction-level advisory
+lock, so concurrent runners never fork the chain; ``seq`` is assigned under the
+lock and is part of the hash, so reordering entries breaks the chain. The lock
+is held until the caller's transaction ends: append last, right before commit.
+
+What the chain proves: :meth:`Ledger.verify` names the first entry that was
+edited, deleted, reordered or inserted behind the trigger. Someone with owner or
+superuser rights could rewrite every entry from some point on and recompute all
+the hashes after it; a hash published earlier (an *anchor*: ``ledger verify``
+prints the head's) then no longer appears, which ``verify --anchor`` reports.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterator, Mapping
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from functools import cache
+from importlib.resources import files
 from typing import Any
 from uuid import UUID
 
 import psycopg
-from psycopg import sql
+from psycopg import pq, sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from migrate.errors import ArgumentError
 from migrate.log import redact
 
 GENESIS = "0" * 64
 _LOCK_KEY = "migrate.ledger.append"
+_HASH = re.compile(r"[0-9a-f]{64}")
+_RUN_PREFIX = re.compile(r"[0-9a-f][0-9a-f-]{3,35}")
+_AGO = re.compile(r"(\d+)\s*([smhdw])")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+_COLUMNS = (
+    "seq, at, run_id, actor, host, playbook, playbook_digest, tenant, wave, phase, step,"
+    " action, outcome, details, prev_hash, hash"
+)
 
 
 @dataclass(frozen=True)
@@ -54,18 +81,27 @@ class Recorded:
     hash: str
 
 
-def _canonical(seq: int, at: datetime, entry: Entry) -> bytes:
+def _body(seq: int, at: datetime, entry: Entry) -> dict[str, Any]:
     body = asdict(entry)
     body["run_id"] = str(entry.run_id) if entry.run_id else None
     body["details"] = dict(entry.details)
     body["seq"] = seq
     body["at"] = at.astimezone(UTC).isoformat(timespec="microseconds")
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+    return body
+
+
+def _dumps(obj: Mapping[str, Any]) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
 def entry_hash(prev_hash: str, seq: int, at: datetime, entry: Entry) -> str:
     """SHA-256 over the previous hash and the canonical serialisation of the entry."""
-    return hashlib.sha256(prev_hash.encode() + b"\n" + _canonical(seq, at, entry)).hexdigest()
+    return hashlib.sha256(prev_hash.encode() + b"\n" + _dumps(_body(seq, at, entry)).encode()).hexdigest()
+
+
+def export_line(rec: Recorded) -> str:
+    """One canonical JSON object (no newline): the hashed fields plus ``prev_hash`` and ``hash``."""
+    return _dumps({**_body(rec.seq, rec.at, rec.entry), "prev_hash": rec.prev_hash, "hash": rec.hash})
 
 
 def _scrub(details: Mapping[str, Any]) -> dict[str, Any]:
@@ -75,35 +111,142 @@ def _scrub(details: Mapping[str, Any]) -> dict[str, Any]:
     return clean
 
 
+# ----------------------------------------------------------------------------- filters
+@dataclass(frozen=True)
+class LedgerFilter:
+    """Which entries to show or export; the chain is always verified whole."""
+
+    tenant: str | None = None
+    run: str | None = None  # a run id, or its first characters as `migrate run` prints them
+    since: datetime | None = None
+
+    def matches(self, rec: Recorded) -> bool:
+        e = rec.entry
+        return (
+            (self.tenant is None or e.tenant == self.tenant)
+            and (self.run is None or (e.run_id is not None and str(e.run_id).startswith(self.run)))
+            and (self.since is None or rec.at >= self.since)
+        )
+
+    def where(self) -> tuple[sql.Composable, list[Any]]:
+        conds: list[sql.Composable] = []
+        params: list[Any] = []
+        if self.tenant is not None:
+            conds.append(sql.SQL("tenant = %s"))
+            params.append(self.tenant)
+        if self.run is not None:
+            conds.append(sql.SQL("run_id::text LIKE %s"))
+            params.append(self.run + "%")
+        if self.since is not None:
+            conds.append(sql.SQL("at >= %s"))
+            params.append(self.since)
+        if not conds:
+            return sql.SQL(""), params
+        return sql.SQL("WHERE ") + sql.SQL(" AND ").join(conds), params
+
+
+def parse_since(text: str, now: datetime | None = None) -> datetime:
+    """``2h``, ``30m``, ``7d`` ago, or an ISO 8601 date or time (UTC unless it says otherwise)."""
+    value = text.strip()
+    if m := _AGO.fullmatch(value):
+        return (now or datetime.now(UTC)) - timedelta(**{_UNITS[m[2]]: int(m[1])})
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise ArgumentError(
+            f"cannot read --since {text!r}",
+            where="--since",
+            hint="write a time ago (90m, 2h, 7d) or an ISO date or time (2026-11-23, 2026-11-23T14:00Z)",
+        ) from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def parse_run(text: str) -> str:
+    """A run id, whole or its first characters (at least 4), as ``migrate run`` prints it."""
+    value = text.strip().lower()
+    if not _RUN_PREFIX.fullmatch(value):
+        raise ArgumentError(
+            f"{text!r} is not a run id",
+            where="--run",
+            hint="give the run id, or its first 8 characters as 'migrate run' prints them (run d07e3eb3: …)",
+        )
+    return value
+
+
+def parse_anchor(text: str) -> str:
+    """A published entry hash: all 64 hex digits (a prefix is too easy to forge a match for)."""
+    value = text.strip().lower()
+    if not _HASH.fullmatch(value):
+        raise ArgumentError(
+            f"--anchor must be a whole entry hash (64 hex digits), not {text!r}",
+            where="--anchor",
+            hint="use a hash printed by 'migrate ledger verify' or exported by 'migrate ledger export'",
+        )
+    return value
+
+
+# ----------------------------------------------------------------------------- verification
+@dataclass(frozen=True)
+class Verification:
+    """What ``verify`` found: how far the chain holds, where it breaks, whether the anchor is in it."""
+
+    checked: int  # entries that verified, in order, before the first break (all of them if none)
+    head_seq: int | None  # the last entry that verified
+    head_hash: str | None
+    broken_at: int | None = None  # the entry named as broken (missing, changed, out of order, inserted)
+    why: str | None = None
+    anchor: str | None = None
+    anchor_seq: int | None = None  # the entry whose hash is the anchor; None: not found (or not asked)
+
+    @property
+    def intact(self) -> bool:
+        return self.broken_at is None
+
+    @property
+    def anchor_missing(self) -> bool:
+        return self.anchor is not None and self.anchor_seq is None
+
+
+@cache
+def _privileges_sql() -> str:
+    return files("migrate.resources").joinpath("ledger_privileges.sql").read_text()
+
+
 class Ledger:
     """The ledger table of one control schema, written through a given connection."""
 
     def __init__(self, schema: str) -> None:
+        self.schema = schema
         self.table = sql.Identifier(schema, "ledger")
+        # One chain per control schema: two schemas in one database do not wait for each other.
+        self._lock_key = f"{_LOCK_KEY}:{schema}"
+        self._last = sql.SQL(
+            "SELECT clock_timestamp(), %s::jsonb, l.seq, l.hash FROM (SELECT 1) AS one"
+            " LEFT JOIN LATERAL (SELECT seq, hash FROM {} ORDER BY seq DESC LIMIT 1) AS l ON true"
+        ).format(self.table)
+        self._insert = sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
+            self.table,
+            sql.SQL(_COLUMNS),
+            sql.SQL(", ").join(sql.Placeholder() for _ in _COLUMNS.split(",")),
+        )
 
     def append(self, conn: psycopg.Connection[Any], entry: Entry) -> Recorded:
         """Append one entry inside the caller's transaction (or its own, in autocommit)."""
-        entry = Entry(**{**asdict(entry), "details": _scrub(entry.details)})
-        with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (_LOCK_KEY,))
-            last = conn.execute(
-                sql.SQL("SELECT seq, hash, clock_timestamp() FROM {} ORDER BY seq DESC LIMIT 1").format(
-                    self.table
-                )
-            ).fetchone()
-            if last is None:
-                now = conn.execute("SELECT clock_timestamp()").fetchone()
-                assert now is not None
-                seq, prev, at = 1, GENESIS, now[0]
-            else:
-                seq, prev, at = last[0] + 1, last[1], last[2]
+        details = Jsonb(_scrub(entry.details))
+        in_tx = conn.info.transaction_status == pq.TransactionStatus.INTRANS
+        with nullcontext() if in_tx else conn.transaction():
+            # Its own statement: the next one's snapshot is taken after the lock is granted.
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self._lock_key,))
+            row = conn.execute(self._last, (details,)).fetchone()
+            assert row is not None
+            at, stored, last_seq, last_hash = row
+            # Hash the details as the database gives them back (jsonb normalises numbers),
+            # so verify, which reads them back, computes the same hash.
+            entry = Entry(**{**asdict(entry), "details": stored})
+            seq, prev = (1, GENESIS) if last_seq is None else (last_seq + 1, last_hash)
             digest = entry_hash(prev, seq, at, entry)
             conn.execute(
-                sql.SQL(
-                    "INSERT INTO {} (seq, at, run_id, actor, host, playbook, playbook_digest, tenant,"
-                    " wave, phase, step, action, outcome, details, prev_hash, hash)"
-                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-                ).format(self.table),
+                self._insert,
                 (
                     seq,
                     at,
@@ -118,20 +261,27 @@ class Ledger:
                     entry.step,
                     entry.action,
                     entry.outcome,
-                    Jsonb(dict(entry.details)),
+                    Jsonb(stored),
                     prev,
                     digest,
                 ),
             )
         return Recorded(seq, at, entry, prev, digest)
 
-    def entries(self, conn: psycopg.Connection[Any], *, tenant: str | None = None) -> Iterator[Recorded]:
-        """Every entry in sequence order (optionally one tenant's)."""
-        query = sql.SQL("SELECT * FROM {} {} ORDER BY seq").format(
-            self.table, sql.SQL("WHERE tenant = %s") if tenant else sql.SQL("")
-        )
+    def entries(
+        self,
+        conn: psycopg.Connection[Any],
+        flt: LedgerFilter | None = None,
+        *,
+        tenant: str | None = None,
+    ) -> Iterator[Recorded]:
+        """The entries in sequence order, those ``flt`` (or ``tenant``) selects."""
+        if flt is None:
+            flt = LedgerFilter(tenant=tenant)
+        where, params = flt.where()
+        query = sql.SQL("SELECT {} FROM {} {} ORDER BY seq").format(sql.SQL(_COLUMNS), self.table, where)
         with conn.cursor(row_factory=dict_row) as cur:
-            cur.execute(query, (tenant,) if tenant else None)
+            cur.execute(query, params or None)
             for row in cur:
                 entry = Entry(
                     actor=row["actor"],
@@ -149,15 +299,129 @@ class Ledger:
                 )
                 yield Recorded(row["seq"], row["at"], entry, row["prev_hash"], row["hash"])
 
-    def verify(self, conn: psycopg.Connection[Any]) -> tuple[int, str | None]:
-        """(entries checked, None) when the chain holds, else (seq, why) of the first break."""
-        prev, expected_seq, count = GENESIS, 1, 0
+    def verify(self, conn: psycopg.Connection[Any], anchor: str | None = None) -> Verification:
+        """Walk the chain from the first entry; stop at the first break and say what it is."""
+        verifier = Verifier(self, conn, anchor)
         for rec in self.entries(conn):
-            if rec.seq != expected_seq:
-                return rec.seq, f"entry {expected_seq} is missing (next is {rec.seq})"
-            if rec.prev_hash != prev:
-                return rec.seq, f"entry {rec.seq} does not follow entry {rec.seq - 1}"
-            if entry_hash(prev, rec.seq, rec.at, rec.entry) != rec.hash:
-                return rec.seq, f"entry {rec.seq} was changed after it was written"
-            prev, expected_seq, count = rec.hash, expected_seq + 1, count + 1
-        return count, None
+            if not verifier.feed(rec):
+                break
+        return verifier.result()
+
+    def _seq_of_hash(self, conn: psycopg.Connection[Any], digest: str) -> int | None:
+        row = conn.execute(sql.SQL("SELECT seq FROM {} WHERE hash = %s").format(self.table), (digest,))
+        found = row.fetchone()
+        return None if found is None else int(found[0])
+
+    def privilege_warnings(self, conn: psycopg.Connection[Any]) -> tuple[str, ...]:
+        """What the connected role could do to the ledger that the database would not refuse."""
+        row = conn.execute(_privileges_sql(), {"ledger": self.table.as_string(conn)}).fetchone()
+        if row is None:
+            return ()
+        role, superuser, owns, privileges, triggers = row
+        warnings = []
+        if superuser:
+            warnings.append(
+                f"role '{role}' is a superuser: the database cannot stop it from switching the "
+                "ledger's trigger off and rewriting entries; only the hash chain, checked against a "
+                "published anchor, would show it"
+            )
+        elif owns:
+            warnings.append(
+                f"role '{role}' owns the ledger table, its schema or its trigger function: it can "
+                "grant itself UPDATE and DELETE and switch the trigger off"
+            )
+        elif privileges:
+            warnings.append(
+                f"role '{role}' holds {', '.join(privileges)} on the ledger: only the trigger refuses "
+                "them; revoke them (README.md, 'The audit ledger')"
+            )
+        states = dict(t.split(":", 1) for t in triggers)
+        for name in ("ledger_no_update_delete", "ledger_no_truncate"):
+            if name not in states:
+                warnings.append(f"the ledger's append-only trigger {name} is missing")
+            elif states[name] == "D":
+                warnings.append(f"the ledger's append-only trigger {name} is disabled")
+            elif states[name] != "A":
+                warnings.append(
+                    f"the ledger's trigger {name} is not ENABLE ALWAYS: "
+                    "SET session_replication_role = replica switches it off"
+                )
+        return tuple(warnings)
+
+
+class Verifier:
+    """Checks entries one by one, in sequence order, as they are read (one pass, any size)."""
+
+    def __init__(self, ledger: Ledger, conn: psycopg.Connection[Any], anchor: str | None = None) -> None:
+        self.ledger, self.conn, self.anchor = ledger, conn, anchor
+        self.prev, self.expected = GENESIS, 1
+        # Hashes of the last entries that verified (seq -> hash): a break found at entry n may
+        # name an earlier entry, and the head reported is then the one before that.
+        self.recent: dict[int, str] = {}
+        self.anchor_seq: int | None = None
+        self.broken_at: int | None = None
+        self.why: str | None = None
+
+    def feed(self, rec: Recorded) -> bool:
+        """True while the chain holds (this entry included); False from the first break on."""
+        if self.broken_at is not None:
+            return False
+        problem = self._check(rec)
+        if problem is not None:
+            self.broken_at, self.why = problem
+            if self.anchor_seq is not None and self.anchor_seq >= self.broken_at:
+                self.anchor_seq = None  # the anchor sits in what no longer verifies
+            return False
+        self.prev, self.expected = rec.hash, rec.seq + 1
+        self.recent[rec.seq] = rec.hash
+        self.recent.pop(rec.seq - 2, None)
+        if rec.hash == self.anchor:
+            self.anchor_seq = rec.seq
+        return True
+
+    def _check(self, rec: Recorded) -> tuple[int, str] | None:
+        n = self.expected
+        if rec.seq != n:
+            gone = f"entry {n} is" if rec.seq == n + 1 else f"entries {n} to {rec.seq - 1} are"
+            return n, f"{gone} missing: deleted (entry {rec.seq} follows entry {n - 1})"
+        self_ok = entry_hash(rec.prev_hash, rec.seq, rec.at, rec.entry) == rec.hash
+        if rec.prev_hash == self.prev:
+            if self_ok:
+                return None
+            return n, f"entry {n} was changed after it was written: its content no longer matches its hash"
+        # The link to the previous entry is broken: find the entry this one was written after.
+        after = self.ledger._seq_of_hash(self.conn, rec.prev_hash) if rec.prev_hash != GENESIS else 0
+        if after is not None and after >= n:
+            return n, (
+                f"entry {n} is out of order: it was written right after the entry now numbered "
+                f"{after}; entries were reordered (their seq values changed)"
+            )
+        if after is not None:
+            self.recent[after] = rec.prev_hash  # entry `after` verified: it is the head to report
+            first = after + 1
+            forged = f"entry {first} was" if first == n - 1 else f"entries {first} to {n - 1} were"
+            written = f"right after entry {after}" if after else "as the first entry"
+            return first, f"{forged} inserted: entry {n} was written {written}"
+        if self_ok:
+            return n - 1, (
+                f"entry {n - 1} was rewritten and its hash recomputed: entry {n} still names "
+                f"the hash entry {n - 1} had when entry {n} was written"
+            )
+        return n, (
+            f"entry {n} does not follow entry {n - 1} and does not match its own hash: an entry "
+            "before it was deleted and the later ones renumbered, or it was changed"
+        )
+
+    def result(self) -> Verification:
+        # Entries 1 .. n - 1 verified whenever the walk reached entry n, so everything before the
+        # named entry holds.
+        last = self.expected - 1 if self.broken_at is None else self.broken_at - 1
+        return Verification(
+            checked=last,
+            head_seq=last or None,
+            head_hash=self.recent.get(last),
+            broken_at=self.broken_at,
+            why=self.why,
+            anchor=self.anchor,
+            anchor_seq=self.anchor_seq,
+        )

@@ -10,7 +10,7 @@ from alembic.config import Config
 from psycopg.conninfo import conninfo_to_dict
 from sqlalchemy.pool import NullPool
 
-HEAD = "0001"
+HEAD = "0002"
 
 
 def sqlalchemy_url(dsn: str) -> sa.URL:

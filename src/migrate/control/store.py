@@ -175,42 +175,75 @@ class ControlStore:
             (self.playbook, tenant, table, rows_copied, done, Jsonb(last_key)),
         )
 
-    def clear_checkpoints(self, conn: psycopg.Connection[Any], tenant: str) -> None:
-        conn.execute(
-            sql.SQL("DELETE FROM {} WHERE playbook = %s AND tenant = %s").format(self._t("checkpoints")),
+    def checkpoints(self, conn: psycopg.Connection[Any], tenant: str) -> dict[str, Checkpoint]:
+        """Every checkpoint of one tenant, by table (one query instead of one per table)."""
+        rows = conn.execute(
+            sql.SQL(
+                "SELECT table_name, rows_copied, done, last_key FROM {} WHERE playbook = %s AND tenant = %s"
+            ).format(self._t("checkpoints")),
             (self.playbook, tenant),
+        ).fetchall()
+        return {r[0]: Checkpoint(r[0], r[1], r[2], r[3]) for r in rows}
+
+    def clear_checkpoints(
+        self, conn: psycopg.Connection[Any], tenant: str, tables: Sequence[str] | None = None
+    ) -> None:
+        """Forget a tenant's checkpoints: all of them, or those of ``tables`` (other steps keep theirs)."""
+        conn.execute(
+            sql.SQL(
+                "DELETE FROM {} WHERE playbook = %s AND tenant = %s"
+                " AND (%s::text[] IS NULL OR table_name = ANY(%s))"
+            ).format(self._t("checkpoints")),
+            (
+                self.playbook,
+                tenant,
+                None if tables is None else list(tables),
+                None if tables is None else list(tables),
+            ),
         )
 
     # tenant locks ---------------------------------------------------------------
-    @contextmanager
-    def tenant_lock(self, conn: psycopg.Connection[Any], tenant: str) -> Iterator[None]:
-        """Hold the tenant for this runner, or raise TenantLocked naming the holder."""
+    def lock_tenant(self, conn: psycopg.Connection[Any], tenant: str) -> None:
+        """Take the tenant for this session, or raise TenantLocked naming the holder.
+
+        Session-level, on the connection that does the tenant's work: when that
+        connection dies the lock dies with it, so a runner that reconnects must
+        take it again (and may find another runner has it by then).
+        """
         got = conn.execute(
             "SELECT pg_try_advisory_lock(hashtext(%s), hashtext(%s))", (_TENANT_LOCK_CLASS, tenant)
         ).fetchone()
-        if not got or not got[0]:
-            holder = conn.execute(
-                "SELECT a.application_name, a.client_addr::text, a.pid, a.backend_start"
-                " FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
-                " WHERE l.locktype = 'advisory' AND l.granted"
-                "  AND l.classid = hashtext(%s)::oid AND l.objid = hashtext(%s)::oid LIMIT 1",
-                (_TENANT_LOCK_CLASS, tenant),
-            ).fetchone()
-            who = (
-                f"{holder[0] or 'a session'} (backend pid {holder[2]}, since {holder[3]:%Y-%m-%d %H:%M:%S})"
-                if holder
-                else "another runner"
-            )
-            raise TenantLocked(
-                f"tenant '{tenant}' is being worked on by {who}",
-                where=f"tenant {tenant}",
-                hint="wait for that runner to finish, or run other tenants with --tenant; "
-                "the lock goes away by itself when that runner stops",
-            )
+        if got and got[0]:
+            return
+        holder = conn.execute(
+            "SELECT a.application_name, a.client_addr::text, a.pid, a.backend_start"
+            " FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+            " WHERE l.locktype = 'advisory' AND l.granted"
+            "  AND l.classid = hashtext(%s)::oid AND l.objid = hashtext(%s)::oid LIMIT 1",
+            (_TENANT_LOCK_CLASS, tenant),
+        ).fetchone()
+        who = (
+            f"{holder[0] or 'a session'} (backend pid {holder[2]}, since {holder[3]:%Y-%m-%d %H:%M:%S})"
+            if holder
+            else "another runner"
+        )
+        raise TenantLocked(
+            f"tenant '{tenant}' is being worked on by {who}",
+            where=f"tenant {tenant}",
+            hint="wait for that runner to finish, or run other tenants with --tenant; "
+            "the lock goes away by itself when that runner stops",
+        )
+
+    def unlock_tenant(self, conn: psycopg.Connection[Any], tenant: str) -> None:
+        if conn.closed or conn.broken:
+            return  # the lock went with the session
+        conn.execute("SELECT pg_advisory_unlock(hashtext(%s), hashtext(%s))", (_TENANT_LOCK_CLASS, tenant))
+
+    @contextmanager
+    def tenant_lock(self, conn: psycopg.Connection[Any], tenant: str) -> Iterator[None]:
+        """Hold the tenant for this runner, or raise TenantLocked naming the holder."""
+        self.lock_tenant(conn, tenant)
         try:
             yield
         finally:
-            if not conn.closed:
-                conn.execute(
-                    "SELECT pg_advisory_unlock(hashtext(%s), hashtext(%s))", (_TENANT_LOCK_CLASS, tenant)
-                )
+            self.unlock_tenant(conn, tenant)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import json
 import types
 import typing
 from collections.abc import Iterator, Mapping, Sequence
@@ -75,7 +76,7 @@ class LoadedPlaybook:
     path: Path
     playbook: Playbook
     tenants: tuple[Tenant, ...]
-    digest: str  # sha256 of the playbook file and its inventory: the "playbook version"
+    digest: str  # the "playbook version": see normalised_digest()
     source_map: SourceMap
     tenant_where: Mapping[str, str] = field(default_factory=dict)
 
@@ -326,12 +327,26 @@ def _duplicate_tenants(tenants: Sequence[Tenant]) -> Iterator[tuple[Loc, str, st
         first.setdefault(tenant.id, index)
 
 
+def normalised_digest(pb: Playbook, tenants: Sequence[Tenant]) -> str:
+    """sha256 of what the playbook says, not how it is written.
+
+    Comments, whitespace, key order and flow vs block style do not change it;
+    any change of substance (a tenant, a step, a setting, the inventory's
+    tenants) does. The ledger records it as the playbook's version.
+    """
+    body = {
+        "playbook": pb.model_dump(mode="json", by_alias=True, exclude={"tenants"}),
+        "tenants": [t.model_dump(mode="json") for t in tenants],
+    }
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 def load_playbook(path: Path | str) -> LoadedPlaybook:
     """Read, validate and resolve a playbook; raise PlaybookError with file:line."""
     path = Path(path)
-    data, source_map, raw = _read_yaml(path)
+    data, source_map, _raw = _read_yaml(path)
     pb = typing.cast(Playbook, _validate(Playbook, data, source_map))
-    digest = hashlib.sha256(raw)
     if (pb.tenants is None) == (pb.inventory is None):
         raise PlaybookError(
             "say which tenants to move: either 'tenants:' (a list) or 'inventory:' (a file)",
@@ -347,10 +362,9 @@ def load_playbook(path: Path | str) -> LoadedPlaybook:
                 where=source_map.where(("inventory",)),
                 hint="write a path relative to the playbook's folder",
             )
-        inv_data, tenants_map, inv_raw = _read_yaml(inv_path)
+        inv_data, tenants_map, _inv_raw = _read_yaml(inv_path)
         inventory = typing.cast(Inventory, _validate(Inventory, inv_data, tenants_map))
         tenants = inventory.tenants
-        digest.update(inv_raw)
     else:
         assert pb.tenants is not None
         tenants = pb.tenants
@@ -364,7 +378,7 @@ def load_playbook(path: Path | str) -> LoadedPlaybook:
         path=path,
         playbook=pb,
         tenants=tuple(tenants),
-        digest=digest.hexdigest(),
+        digest=normalised_digest(pb, tenants),
         source_map=source_map,
         tenant_where=tenant_where,
     )

@@ -58,6 +58,12 @@ class Table(Model):
     """A table to move, by name (more per-table settings will come here)."""
 
     name: Identifier
+    key: tuple[Identifier, ...] | None = Field(
+        default=None,
+        min_length=1,
+        description="NOT NULL columns the backfill chunks and resumes by, for a table without a "
+        "primary key (the primary key otherwise).",
+    )
 
 
 class FileFlags(Model):
@@ -68,6 +74,57 @@ class FileFlags(Model):
     definitions: str | None = Field(
         default=None, description="Flag definitions (client-features JSON), relative to the playbook."
     )
+
+
+class UnleashFlags(Model):
+    """Flags on an Unleash server: flipped with the Admin API, confirmed with the SDK.
+
+    Tokens come from the environment, never from the playbook: the fields name variables.
+    """
+
+    provider: Literal["unleash"]
+    url_env: EnvName = Field(default="UNLEASH_URL", description="Variable with the server's URL.")
+    admin_token_env: EnvName = Field(
+        default="UNLEASH_ADMIN_TOKEN", description="Variable with an admin API token (flips, sync)."
+    )
+    client_token_env: EnvName = Field(
+        default="UNLEASH_CLIENT_TOKEN",
+        description="Variable with a client API token of the environment (confirms with the SDK).",
+    )
+    environment: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,100}$")] | None = Field(
+        default=None, description="The Unleash environment to flip in, e.g. production."
+    )
+    environment_env: EnvName = Field(
+        default="UNLEASH_ENVIRONMENT",
+        description="Variable with the environment, used when 'environment' is not set.",
+    )
+    project: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,100}$")] = "default"
+    definitions: str | None = Field(
+        default=None, description="Flag definitions (client-features JSON) for 'migrate flags sync'."
+    )
+    confirm_seconds: float = Field(
+        default=10.0, gt=0, le=300, description="How long the SDK may take to see a flip."
+    )
+    values_per_strategy: int = Field(
+        default=250, ge=1, le=1000, description="Tenants per strategy (the server's constraint values limit)."
+    )
+
+
+def _flags_tag(value: Any) -> str:
+    if isinstance(value, dict):
+        provider = value.get("provider", "file")
+        return provider if isinstance(provider, str) else ""
+    return str(getattr(value, "provider", ""))
+
+
+FlagsConfig = Annotated[
+    Annotated[FileFlags, Tag("file")] | Annotated[UnleashFlags, Tag("unleash")],
+    Discriminator(
+        _flags_tag,
+        custom_error_type="unknown_flag_provider",
+        custom_error_message="unknown flag provider: write 'provider: file' or 'provider: unleash'",
+    ),
+]
 
 
 class StepBase(Model):
@@ -85,6 +142,12 @@ class BackfillStep(StepBase):
     """Copy every table of the tenant's source into the shared tables with COPY."""
 
     kind: Literal["backfill"]
+    chunk_rows: int = Field(
+        default=100_000, ge=1, le=10_000_000, description="At most this many rows per committed chunk."
+    )
+    chunk_mb: int = Field(
+        default=64, ge=1, le=4096, description="About this many MB (COPY stream) per committed chunk at most."
+    )
 
 
 class ValidateStep(StepBase):
@@ -142,6 +205,13 @@ class Phase(Model):
     steps: tuple[PhaseItem, ...] = Field(min_length=1)
 
 
+class UniqueAcrossTenants(Model):
+    """Columns whose values must stay unique across all tenants, e.g. a login e-mail."""
+
+    table: Identifier
+    columns: tuple[Identifier, ...] = Field(min_length=1)
+
+
 class Playbook(Model):
     """A whole playbook file."""
 
@@ -155,7 +225,16 @@ class Playbook(Model):
         default=None, description="YAML file listing the tenants, relative to the playbook."
     )
     tables: Literal["auto"] | tuple[Identifier | Table, ...] = "auto"
-    flags: FileFlags = FileFlags()
+    global_tables: tuple[Identifier, ...] = Field(
+        default=(),
+        description="Reference tables shared by every tenant: no tenant_id, read-only to the application.",
+    )
+    unique_across_tenants: tuple[UniqueAcrossTenants, ...] = Field(
+        default=(),
+        description="Values that must stay unique across all tenants; 'migrate schema generate' "
+        "reports those that already collide.",
+    )
+    flags: FlagsConfig = FileFlags()
     phases: tuple[Phase, ...] = Field(min_length=1)
 
     def table_specs(self) -> tuple[Table, ...] | None:

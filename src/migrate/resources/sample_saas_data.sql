@@ -30,7 +30,7 @@ SELECT p, 1 + p %% %(scale)s,
        jsonb_build_object('visibility', CASE WHEN p %% 2 = 0 THEN 'private' ELSE 'team' END)
 FROM generate_series(1, 10 * %(scale)s) AS p;
 
-INSERT INTO tasks (id, project_id, assignee_id, title, status, estimate, due_at, created_at)
+INSERT INTO tasks (id, project_id, assignee_id, title, status, estimate, due_at, labels, created_at)
 SELECT t, 1 + t %% (10 * %(scale)s),
        CASE WHEN t %% 6 = 0 THEN NULL ELSE 1 + t %% (20 * %(scale)s) END,
        CASE WHEN t %% 9 = 0 THEN '' ELSE 'Task ' || t || ': ' || left(md5(%(tenant)s || t), 12) END,
@@ -38,6 +38,8 @@ SELECT t, 1 + t %% (10 * %(scale)s),
        CASE WHEN t %% 4 = 0 THEN NULL ELSE (t %% 13) * 0.5 END,
        CASE WHEN t %% 3 = 0 THEN NULL
             ELSE timestamptz '2025-01-01 00:00:00+00' + t * interval '5 hours 7 minutes' END,
+       CASE t %% 5 WHEN 0 THEN NULL WHEN 1 THEN '{}'::text[] WHEN 2 THEN ARRAY['urgent', '']
+                   WHEN 3 THEN ARRAY['über', NULL, 'naïve "quoted"'] ELSE ARRAY['backend'] END,
        timestamptz '2024-03-01 08:30:00+00' + t * interval '11 minutes'
 FROM generate_series(1, 200 * %(scale)s) AS t;
 

@@ -1,86 +1,606 @@
-"""Shared-table DDL from a source table: tenant_id first, in every key, RLS forced.
+"""The shared schema's DDL from a source schema: the one source of truth.
 
-Every key (primary, unique, foreign) gains ``tenant_id`` as its leading column,
-so two tenants' ``id = 1`` never collide, no foreign key can point across
-tenants, and the tables stay valid for Citus ``create_distributed_table(…,
-'tenant_id')``. Identifiers go through ``sql.Identifier``; type and default
-texts come from the source catalog's own rendering (see reflect.py).
+``build()`` turns a reflected source schema into the ordered statements of the
+shared schema — what ``migrate schema generate`` writes into an alembic revision
+and what the schema step runs when the shared tables are missing — together with
+the notes on what it changed or could not carry.
+
+Every tenant table gains ``tenant_id`` as its first column and as the leading
+column of every primary key, unique constraint, foreign key between tenant tables
+and btree index, so two tenants' ``id = 1`` never collide, no row can point at
+another tenant's row, and the tables stay valid for Citus
+``create_distributed_table(…, 'tenant_id')`` (global tables become reference
+tables: ``create_reference_table``). RLS is ENABLED and FORCED with one policy,
+USING and WITH CHECK, on ``current_setting('app.tenant_id', true)``.
+Identifiers are quoted by ``sql.Identifier``; types, defaults and expressions are
+the source catalog's own renderings moved to the target schema (sqltext.py).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from importlib.resources import files
+from typing import Literal
+
 from psycopg import sql
 
-from migrate.schemagen.reflect import SourceTable
+from migrate.errors import StepFailed
+from migrate.schemagen import sqltext
+from migrate.schemagen.reflect import (
+    Column,
+    ForeignKey,
+    Index,
+    Key,
+    SourceSchema,
+    SourceTable,
+    View,
+    partition_roots,
+)
 
 TENANT_COLUMN = "tenant_id"
 TENANT_SETTING = "app.tenant_id"
 POLICY = "tenant_isolation"
 
+TenantType = Literal["text", "uuid"]
+Severity = Literal["error", "warning", "info"]
 
-def _cols(names: tuple[str, ...]) -> sql.Composable:
-    return sql.SQL(", ").join(sql.Identifier(n) for n in (TENANT_COLUMN, *names))
+_ACTIONS = {"a": "NO ACTION", "r": "RESTRICT", "c": "CASCADE", "n": "SET NULL", "d": "SET DEFAULT"}
 
 
-def create_table(schema: str, table: SourceTable) -> sql.Composed:
-    """CREATE TABLE for the shared table (no foreign keys: see foreign_keys())."""
-    parts: list[sql.Composable] = [sql.SQL("{} text NOT NULL").format(sql.Identifier(TENANT_COLUMN))]
-    for col in table.columns:
-        parts.append(
-            sql.SQL("{} {}{}{}").format(
-                sql.Identifier(col.name),
-                sql.SQL(col.type),
-                sql.SQL(" NOT NULL") if col.not_null else sql.SQL(""),
-                sql.SQL(" DEFAULT ") + sql.SQL(col.default) if col.default else sql.SQL(""),
-            )
+@dataclass(frozen=True)
+class Options:
+    """How the shared schema is shaped: where, which tenant column, which application role."""
+
+    schema: str
+    tenant_column: str = TENANT_COLUMN
+    tenant_type: TenantType = "text"
+    app_role: str | None = None
+    global_tables: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Statement:
+    sql: str
+    # role | schema | type | table | comment | partition | check | foreign_key | index | rls | view | grant
+    kind: str
+    object: str = ""  # the table (or type, view) the statement belongs to
+
+
+@dataclass(frozen=True)
+class Note:
+    """Something the generation changed, could not carry, or that needs a person."""
+
+    severity: Severity
+    rule: str
+    subject: str
+    detail: str
+    fix: str = ""
+
+
+@dataclass(frozen=True)
+class SharedSchema:
+    schema: str
+    upgrade: tuple[Statement, ...]
+    downgrade: tuple[Statement, ...]
+    notes: tuple[Note, ...]
+    tenant_tables: tuple[str, ...]
+    global_tables: tuple[str, ...]
+    types: tuple[str, ...] = ()
+    views: tuple[str, ...] = ()
+    partitions: tuple[str, ...] = field(default=())
+
+
+def _text(composed: sql.Composable) -> str:
+    return composed.as_string(None)
+
+
+def tenant_predicate(options: Options) -> sql.Composable:
+    """``tenant_id = current_setting('app.tenant_id', true)``; NULL (no rows) when unset.
+
+    For uuid the setting is NULLIF'd first: after a SET LOCAL ended it reads ''
+    (shared/notes/postgres.md, pitfall 3), and ''::uuid would raise.
+    """
+    return sql.SQL("{} = {}").format(sql.Identifier(options.tenant_column), _setting(options))
+
+
+def _setting(options: Options) -> sql.Composable:
+    if options.tenant_type == "uuid":
+        return sql.SQL("NULLIF(current_setting({}, true), '')::uuid").format(sql.Literal(TENANT_SETTING))
+    return sql.SQL("current_setting({}, true)").format(sql.Literal(TENANT_SETTING))
+
+
+class _Builder:
+    def __init__(self, source: SourceSchema, options: Options) -> None:
+        self.source = source
+        self.o = options
+        self.up: list[Statement] = []
+        self.notes: list[Note] = []
+        parts = {p.name for p in source.partitions}
+        self.carried = (
+            set(source.tables) | parts | {t.name for t in source.types} | {v.name for v in source.views}
         )
-    if table.primary_key:
-        parts.append(sql.SQL("PRIMARY KEY ({})").format(_cols(table.primary_key)))
-    for unique in table.uniques:
-        parts.append(sql.SQL("UNIQUE ({})").format(_cols(unique)))
-    return sql.SQL("CREATE TABLE {} (\n    {}\n)").format(
-        sql.Identifier(schema, table.name), sql.SQL(",\n    ").join(parts)
-    )
+        self.tenant = {n for n in source.tables if n not in options.global_tables}
 
+    # ------------------------------------------------------------------ helpers
+    def rq(self, text: str) -> str:
+        return sqltext.requalify(text, self.source.name, self.o.schema, self.carried)
 
-def foreign_keys(schema: str, table: SourceTable) -> list[sql.Composed]:
-    """Composite foreign keys (tenant_id, cols) → (tenant_id, ref cols), each with an index."""
-    out = []
-    for fk in table.foreign_keys:
-        out.append(
-            sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {} ({})").format(
-                sql.Identifier(schema, table.name),
+    def ident(self, name: str) -> sql.Identifier:
+        return sql.Identifier(self.o.schema, name)
+
+    def add(self, kind: str, obj: str, composed: sql.Composable | str) -> None:
+        text = composed if isinstance(composed, str) else _text(composed)
+        self.up.append(Statement(text, kind, obj))
+
+    def note(self, severity: Severity, rule: str, subject: str, detail: str, fix: str = "") -> None:
+        self.notes.append(Note(severity, rule, subject, detail, fix))
+
+    def keycols(self, table: str, columns: Iterable[str]) -> sql.Composable:
+        names = list(columns)
+        if table in self.tenant:
+            names = [self.o.tenant_column, *names]
+        return sql.SQL(", ").join(sql.Identifier(n) for n in names)
+
+    # ------------------------------------------------------------------ objects
+    def role_check(self) -> None:
+        role = self.o.app_role
+        if role is None:
+            return
+        # Refuse to apply rather than grant to a role that would bypass the policies anyway.
+        template = (files("migrate.schemagen") / "role_check.sql").read_text().strip()
+        self.add("role", "", sql.SQL(template).format(role=sql.Literal(role)))
+
+    def types(self) -> None:
+        for t in self.source.types:
+            name = self.ident(t.name)
+            if t.kind == "e":
+                self.add(
+                    "type",
+                    t.name,
+                    sql.SQL("CREATE TYPE {} AS ENUM ({})").format(
+                        name, sql.SQL(", ").join(sql.Literal(label) for label in t.labels)
+                    ),
+                )
+            elif t.kind == "c":
+                attrs = sql.SQL(", ").join(
+                    sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(self.rq(type_)))
+                    for n, type_ in t.attributes
+                )
+                self.add("type", t.name, sql.SQL("CREATE TYPE {} AS ({})").format(name, attrs))
+            else:
+                parts: list[sql.Composable] = [
+                    sql.SQL("CREATE DOMAIN {} AS {}").format(name, sql.SQL(self.rq(t.base_type or "")))
+                ]
+                if t.default is not None:
+                    parts.append(sql.SQL("DEFAULT {}").format(sql.SQL(self.rq(t.default))))
+                if t.not_null:
+                    parts.append(sql.SQL("NOT NULL"))
+                for cname, definition in zip(t.constraint_names, t.constraints, strict=True):
+                    if definition.strip().upper() == "NOT NULL":
+                        continue  # PostgreSQL 17 lists the domain's NOT NULL as a constraint too
+                    parts.append(
+                        sql.SQL("CONSTRAINT {} {}").format(
+                            sql.Identifier(cname), sql.SQL(self.rq(definition))
+                        )
+                    )
+                self.add("type", t.name, sql.SQL(" ").join(parts))
+
+    def column(self, col: Column) -> sql.Composable:
+        parts: list[sql.Composable] = [sql.Identifier(col.name), sql.SQL(self.rq(col.type))]
+        if col.collation:
+            parts.append(sql.SQL("COLLATE {}").format(sql.SQL(self.rq(col.collation))))
+        if col.generated is not None:
+            parts.append(sql.SQL("GENERATED ALWAYS AS ({}) STORED").format(sql.SQL(self.rq(col.generated))))
+        elif col.identity_kind == "a":
+            parts.append(sql.SQL("GENERATED ALWAYS AS IDENTITY"))
+        elif col.identity_kind == "d" or col.serial:
+            parts.append(sql.SQL("GENERATED BY DEFAULT AS IDENTITY"))
+        if col.not_null:
+            parts.append(sql.SQL("NOT NULL"))
+        if col.default is not None:
+            if col.default.startswith("nextval("):
+                self.note(
+                    "warning",
+                    "default-not-carried",
+                    f"column {col.name}",
+                    f"default {col.default} uses a sequence the column does not own; the shared "
+                    "column has no default",
+                    "create the sequence in the target and set the default by hand",
+                )
+            else:
+                parts.append(sql.SQL("DEFAULT {}").format(sql.SQL(self.rq(col.default))))
+        return sql.SQL(" ").join(parts)
+
+    def key(self, table: str, kind: str, key: Key) -> sql.Composable:
+        flags = " NULLS NOT DISTINCT" if key.nulls_not_distinct else ""
+        tail = " DEFERRABLE" if key.deferrable else ""
+        tail += " INITIALLY DEFERRED" if key.deferred else ""
+        return sql.SQL("CONSTRAINT {} {}{} ({}){}").format(
+            sql.Identifier(key.name),
+            sql.SQL(kind),
+            sql.SQL(flags),
+            self.keycols(table, key.columns),
+            sql.SQL(tail),
+        )
+
+    def table(self, t: SourceTable) -> None:
+        if t.name in self.tenant and any(c.name == self.o.tenant_column for c in t.columns):
+            raise StepFailed(
+                f"source table {t.name} already has a column {self.o.tenant_column}",
+                hint="choose another tenant column (--tenant-column) or declare the table global",
+            )
+        parts: list[sql.Composable] = []
+        if t.name in self.tenant:
+            parts.append(
+                sql.SQL("{} {} NOT NULL DEFAULT {}").format(
+                    sql.Identifier(self.o.tenant_column), sql.SQL(self.o.tenant_type), _setting(self.o)
+                )
+            )
+        parts += [self.column(c) for c in t.columns]
+        if t.primary_key:
+            pk = t.primary_key_info or Key(t.primary_key_name or f"{t.name}_pkey", t.primary_key)
+            parts.append(self.key(t.name, "PRIMARY KEY", pk))
+        uniques = t.unique_keys or tuple(
+            Key(f"{t.name}_{'_'.join(cols)}_key"[:63], cols) for cols in t.uniques
+        )
+        for key in uniques:
+            parts.append(self.key(t.name, "UNIQUE", key))
+        for check in t.checks:
+            if check.validated:
+                parts.append(
+                    sql.SQL("CONSTRAINT {} {}").format(
+                        sql.Identifier(check.name), sql.SQL(self.rq(check.definition))
+                    )
+                )
+        tail: sql.Composable = sql.SQL("")
+        if t.partition_key:
+            tail = sql.SQL(" PARTITION BY {}").format(sql.SQL(self.rq(t.partition_key)))
+        self.add(
+            "table",
+            t.name,
+            sql.SQL("CREATE TABLE {} (\n    {}\n){}").format(
+                self.ident(t.name), sql.SQL(",\n    ").join(parts), tail
+            ),
+        )
+        if t.comment is not None:
+            self.add(
+                "comment",
+                t.name,
+                sql.SQL("COMMENT ON TABLE {} IS {}").format(self.ident(t.name), sql.Literal(t.comment)),
+            )
+        for col in t.columns:
+            if col.comment is not None:
+                self.add(
+                    "comment",
+                    t.name,
+                    sql.SQL("COMMENT ON COLUMN {}.{} IS {}").format(
+                        self.ident(t.name), sql.Identifier(col.name), sql.Literal(col.comment)
+                    ),
+                )
+        for check in t.checks:
+            if not check.validated:  # the definition ends in NOT VALID: existing rows are not checked
+                self.add(
+                    "check",
+                    t.name,
+                    sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
+                        self.ident(t.name), sql.Identifier(check.name), sql.SQL(self.rq(check.definition))
+                    ),
+                )
+
+    def partitions(self) -> None:
+        roots = partition_roots(self.source)
+        for p in self.source.partitions:
+            tail: sql.Composable = sql.SQL("")
+            if p.partition_key:
+                tail = sql.SQL(" PARTITION BY {}").format(sql.SQL(self.rq(p.partition_key)))
+            self.add(
+                "partition",
+                roots[p.name],
+                sql.SQL("CREATE TABLE {} PARTITION OF {} {}{}").format(
+                    self.ident(p.name), self.ident(p.parent), sql.SQL(self.rq(p.bound)), tail
+                ),
+            )
+
+    def covered(self, t: SourceTable, columns: tuple[str, ...]) -> bool:
+        """An index already leads with (tenant_id, columns…): the FK needs no index of its own."""
+        prefixes = [t.primary_key, *t.uniques]
+        for index in t.indexes:
+            if index.method == "btree":
+                prefixes.append(tuple(_index_columns(index)))
+        return any(p[: len(columns)] == columns for p in prefixes)
+
+    def foreign_key(self, t: SourceTable, fk: ForeignKey) -> None:
+        subject = f"{t.name}.{fk.name}"
+        if fk.ref_schema is not None:
+            self.note(
+                "warning",
+                "foreign-key-not-carried",
+                subject,
+                f"references {fk.ref_schema}.{fk.ref_table}, outside the source schema",
+                "add it by hand once the referenced table exists in the target",
+            )
+            return
+        if fk.ref_table not in self.source.tables:
+            return  # the referenced table is not part of this shared schema (restricted set)
+        child_tenant, parent_tenant = t.name in self.tenant, fk.ref_table in self.tenant
+        if parent_tenant and not child_tenant:
+            self.note(
+                "error",
+                "global-references-tenant",
+                subject,
+                f"global table {t.name} references tenant table {fk.ref_table}: no single row can "
+                "satisfy it for every tenant",
+                f"declare {fk.ref_table} global too, or {t.name} a tenant table",
+            )
+            return
+        both = child_tenant and parent_tenant
+        cols = (self.o.tenant_column, *fk.columns) if both else fk.columns
+        refs = (self.o.tenant_column, *fk.ref_columns) if both else fk.ref_columns
+        clauses = ""
+        if fk.match_full and both:
+            self.note(
+                "warning",
+                "match-full-dropped",
+                subject,
+                "MATCH FULL cannot hold with a tenant column that is never NULL; the key is MATCH SIMPLE",
+            )
+        elif fk.match_full:
+            clauses += " MATCH FULL"
+        on_update = fk.on_update
+        if both and on_update in ("n", "d"):
+            self.note(
+                "warning",
+                "on-update-changed",
+                subject,
+                f"ON UPDATE {_ACTIONS[on_update]} would also clear {self.o.tenant_column}; it is NO ACTION",
+                "update the referencing rows in the application",
+            )
+            on_update = "a"
+        if on_update != "a":
+            clauses += f" ON UPDATE {_ACTIONS[on_update]}"
+        if fk.on_delete != "a":
+            clauses += f" ON DELETE {_ACTIONS[fk.on_delete]}"
+            if fk.on_delete in ("n", "d") and both:
+                # Only the source's own columns: tenant_id must never be cleared (PostgreSQL 15+).
+                setcols = fk.delete_set_columns or fk.columns
+                clauses += " (" + _text(sql.SQL(", ").join(sql.Identifier(c) for c in setcols)) + ")"
+        if fk.deferrable:
+            clauses += " DEFERRABLE" + (" INITIALLY DEFERRED" if fk.deferred else "")
+        self.add(
+            "foreign_key",
+            t.name,
+            sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {} ({}){}").format(
+                self.ident(t.name),
                 sql.Identifier(fk.name),
-                _cols(fk.columns),
-                sql.Identifier(schema, fk.ref_table),
-                _cols(fk.ref_columns),
-            )
+                sql.SQL(", ").join(sql.Identifier(c) for c in cols),
+                self.ident(fk.ref_table),
+                sql.SQL(", ").join(sql.Identifier(c) for c in refs),
+                sql.SQL(clauses),
+            ),
         )
-        # FK checks and tenant deletes look up the referencing side: index it, tenant first.
-        out.append(
-            sql.SQL("CREATE INDEX {} ON {} ({})").format(
-                sql.Identifier(f"{fk.name}_idx"[:63]),
-                sql.Identifier(schema, table.name),
-                _cols(fk.columns),
+        lead = tuple(fk.columns)
+        if not self.covered(t, lead):
+            # FK checks and tenant deletes look up the referencing side: index it, tenant first.
+            self.add(
+                "index",
+                t.name,
+                sql.SQL("CREATE INDEX {} ON {} ({})").format(
+                    sql.Identifier(f"{fk.name}_idx"[:63]),
+                    self.ident(t.name),
+                    self.keycols(t.name, fk.columns),
+                ),
             )
+
+    def index(self, t: SourceTable, index: Index) -> None:
+        toks = list(sqltext.tokens(index.definition))
+        on = sqltext.find_keyword(toks, "ON")
+        using = sqltext.find_keyword(toks, "USING", on + 1)
+        paren = next((i for i in range(using, len(toks)) if toks[i].text == "("), -1)
+        if min(on, using, paren) < 0:
+            self.note("warning", "index-not-carried", f"{t.name}.{index.name}", "unexpected definition")
+            return
+        rest = self.rq("".join(tok.text for tok in toks[paren + 1 :]))
+        lead = ""
+        if t.name in self.tenant:
+            if index.method == "btree":
+                lead = _text(sql.Identifier(self.o.tenant_column)) + ", "
+            else:
+                self.note(
+                    "info",
+                    "index-without-tenant-column",
+                    f"{t.name}.{index.name}",
+                    f"a {index.method} index cannot lead with {self.o.tenant_column} without the "
+                    f"btree_{index.method} extension; it is carried as it is",
+                )
+        self.add(
+            "index",
+            t.name,
+            sql.SQL("CREATE {}INDEX {} ON {} USING {} ({}").format(
+                sql.SQL("UNIQUE ") if index.unique else sql.SQL(""),
+                sql.Identifier(index.name),
+                self.ident(t.name),
+                sql.SQL(index.method),
+                sql.SQL(lead + rest),
+            ),
         )
+
+    def rls(self, table: str, owner: str) -> None:
+        qualified = self.ident(table)
+        predicate = tenant_predicate(self.o)
+        self.add("rls", owner, sql.SQL("ALTER TABLE {} ENABLE ROW LEVEL SECURITY").format(qualified))
+        self.add("rls", owner, sql.SQL("ALTER TABLE {} FORCE ROW LEVEL SECURITY").format(qualified))
+        self.add(
+            "rls",
+            owner,
+            sql.SQL("CREATE POLICY {} ON {} USING ({}) WITH CHECK ({})").format(
+                sql.Identifier(POLICY), qualified, predicate, predicate
+            ),
+        )
+
+    def view(self, v: View) -> None:
+        options = [o for o in v.options if not o.lower().startswith("security_invoker=")]
+        options.insert(0, "security_invoker=true")
+        self.add(
+            "view",
+            v.name,
+            sql.SQL("CREATE VIEW {} WITH ({}) AS\n{}").format(
+                self.ident(v.name),
+                sql.SQL(", ").join(sql.SQL(o) for o in options),
+                sql.SQL(self.rq(v.definition.strip().rstrip(";"))),
+            ),
+        )
+
+    def grants(self) -> None:
+        role = self.o.app_role
+        if role is None:
+            return
+        who = sql.Identifier(role)
+        self.add(
+            "grant", "", sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(self.o.schema), who)
+        )
+        for name in sorted(self.source.tables):
+            # Never TRUNCATE: it ignores row-level security and would empty every tenant.
+            privileges = "SELECT, INSERT, UPDATE, DELETE" if name in self.tenant else "SELECT"
+            self.add(
+                "grant",
+                name,
+                sql.SQL("GRANT {} ON {} TO {}").format(sql.SQL(privileges), self.ident(name), who),
+            )
+        for v in self.source.views:
+            self.add("grant", v.name, sql.SQL("GRANT SELECT ON {} TO {}").format(self.ident(v.name), who))
+
+    def downgrade(self) -> list[Statement]:
+        down: list[Statement] = []
+        for v in reversed(self.source.views):
+            down.append(
+                Statement(_text(sql.SQL("DROP VIEW IF EXISTS {}").format(self.ident(v.name))), "view", v.name)
+            )
+        if self.source.tables:
+            # One statement: the foreign keys between them (cycles too) go with them.
+            names = sql.SQL(", ").join(self.ident(n) for n in sorted(self.source.tables))
+            down.append(Statement(_text(sql.SQL("DROP TABLE IF EXISTS {}").format(names)), "table"))
+        for t in reversed(self.source.types):
+            what = "DOMAIN" if t.kind == "d" else "TYPE"
+            down.append(
+                Statement(
+                    _text(sql.SQL("DROP {} IF EXISTS {}").format(sql.SQL(what), self.ident(t.name))),
+                    "type",
+                    t.name,
+                )
+            )
+        if self.o.app_role is not None:
+            down.append(
+                Statement(
+                    _text(
+                        sql.SQL("REVOKE USAGE ON SCHEMA {} FROM {}").format(
+                            sql.Identifier(self.o.schema), sql.Identifier(self.o.app_role)
+                        )
+                    ),
+                    "grant",
+                )
+            )
+        return down
+
+    def build(self) -> SharedSchema:
+        unknown = sorted(self.o.global_tables - set(self.source.tables))
+        if unknown:
+            self.note(
+                "warning",
+                "global-table-unknown",
+                ", ".join(unknown),
+                "declared global but not a table of the source schema",
+                "check the spelling in the playbook or --global",
+            )
+        self.role_check()
+        self.add(
+            "schema", "", sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.o.schema))
+        )
+        self.types()
+        for name in sorted(self.source.tables):
+            self.table(self.source.tables[name])
+        self.partitions()
+        for name in sorted(self.source.tables):
+            t = self.source.tables[name]
+            for fk in t.foreign_keys:
+                self.foreign_key(t, fk)
+            for index in t.indexes:
+                self.index(t, index)
+        roots = partition_roots(self.source)
+        for name in sorted(self.tenant):
+            self.rls(name, name)
+        for p in self.source.partitions:
+            if roots[p.name] in self.tenant:
+                # Reading a partition directly skips the parent's policies: each needs its own.
+                self.rls(p.name, roots[p.name])
+        for v in self.source.views:
+            self.view(v)
+        self.grants()
+        self._report_uncarried()
+        return SharedSchema(
+            schema=self.o.schema,
+            upgrade=tuple(self.up),
+            downgrade=tuple(self.downgrade()),
+            notes=tuple(self.notes),
+            tenant_tables=tuple(sorted(self.tenant)),
+            global_tables=tuple(sorted(set(self.source.tables) - self.tenant)),
+            types=tuple(t.name for t in self.source.types),
+            views=tuple(v.name for v in self.source.views),
+            partitions=tuple(p.name for p in self.source.partitions),
+        )
+
+    def _report_uncarried(self) -> None:
+        fixes = {
+            "trigger": "re-create it (and its function) in the target by hand, or move it to the application",
+            "function": "create it in the target schema by hand if the application needs it",
+            "procedure": "create it in the target schema by hand if the application needs it",
+            "aggregate": "create it in the target schema by hand if the application needs it",
+            "rule": "re-create it by hand, or replace it with a view or trigger",
+            "policy": "none: the tenant policy replaces the source's own row-level security",
+            "materialized view": "re-create it by hand; it ignores RLS and would hold every tenant's rows",
+            "foreign table": "re-create the foreign server and table by hand",
+            "sequence": "create it in the target by hand",
+            "exclusion constraint": "re-create it with the tenant column (needs btree_gist)",
+        }
+        for u in self.source.uncarried:
+            self.note(
+                "warning",
+                "not-carried",
+                f"{u.kind} {u.name}",
+                " ".join(u.detail.split()) or "not re-created in the shared schema",
+                fixes.get(u.kind, "re-create it by hand"),
+            )
+        for ext in self.source.extensions:
+            self.note(
+                "info",
+                "extension-needed",
+                f"extension {ext}",
+                "the source has this extension; objects that use it need it in the target",
+                "CREATE EXTENSION in the target before applying the revision",
+            )
+
+
+def _index_columns(index: Index) -> list[str]:
+    """The plain column names an index leads with, up to its first expression."""
+    toks = [t for t in sqltext.tokens(index.definition) if t.kind != "other" or t.text.strip()]
+    using = sqltext.find_keyword(toks, "USING")
+    start = next((i for i in range(max(using, 0), len(toks)) if toks[i].text == "("), -1)
+    out: list[str] = []
+    i = start + 1
+    while 0 < i < len(toks):
+        tok = toks[i]
+        if tok.name is None:
+            break
+        nxt = toks[i + 1].text if i + 1 < len(toks) else ""
+        if nxt not in (",", ")"):
+            break
+        out.append(tok.name)
+        if nxt == ")":
+            break
+        i += 2
     return out
 
 
-def row_level_security(schema: str, table: str) -> list[sql.Composed]:
-    """RLS enabled and FORCED (so the owner is subject too), one policy for read and write.
-
-    ``current_setting(…, true)`` is NULL in a session that never set the tenant:
-    no rows, rather than an error or every tenant (shared/notes/postgres.md, pitfall 3).
-    """
-    qualified = sql.Identifier(schema, table)
-    predicate = sql.SQL("{} = current_setting({}, true)").format(
-        sql.Identifier(TENANT_COLUMN), sql.Literal(TENANT_SETTING)
-    )
-    return [
-        sql.SQL("ALTER TABLE {} ENABLE ROW LEVEL SECURITY").format(qualified),
-        sql.SQL("ALTER TABLE {} FORCE ROW LEVEL SECURITY").format(qualified),
-        sql.SQL("CREATE POLICY {} ON {} USING ({}) WITH CHECK ({})").format(
-            sql.Identifier(POLICY), qualified, predicate, predicate
-        ),
-    ]
+def build(source: SourceSchema, options: Options) -> SharedSchema:
+    """The shared schema's statements (upgrade and downgrade) and notes for one source schema."""
+    return _Builder(source, options).build()

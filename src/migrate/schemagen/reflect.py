@@ -1,29 +1,59 @@
-"""Read a source schema from the catalog: tables, columns, keys, foreign keys.
+"""Read a source schema from the catalog: tables, columns, keys, types, indexes, views.
 
-The catalog's own renderings (``format_type``, ``pg_get_expr``) are kept as
-text: they are PostgreSQL's canonical spelling of a type or a default, not
-user input, and they are what the shared table must say to hold the same values.
+The catalog's own renderings (``format_type``, ``pg_get_expr``,
+``pg_get_constraintdef``, ``pg_get_indexdef``, ``pg_get_viewdef``) are kept as
+text: they are PostgreSQL's canonical spelling of a type, a default or a
+definition, not user input, and they are what the shared schema must say to hold
+and check the same values. They are read with ``search_path = pg_catalog``, so
+every name outside ``pg_catalog`` comes schema-qualified and can be moved to the
+target schema without guessing (see sqltext.py).
+
+``reflect()`` is what every tenant's run needs (tables, columns, keys); the
+generator and the schema step read the rest with ``reflect_schema()``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from importlib.resources import files
 from typing import Any
 
 import psycopg
 
 from migrate.errors import StepFailed
+from migrate.schemagen.sqltext import tokens
 
 
 @dataclass(frozen=True)
 class Column:
     name: str
-    type: str  # format_type(), e.g. "numeric(12,2)"
+    type: str  # format_type() with search_path = pg_catalog, e.g. "numeric(12,2)", "public.mood"
     not_null: bool
-    default: str | None  # pg_get_expr(); None for identity columns and sequences
+    default: str | None  # pg_get_expr(); None for identity, serial and generated columns
     identity: bool
+    identity_kind: str = ""  # "a" GENERATED ALWAYS, "d" BY DEFAULT, "" none
+    generated: str | None = None  # expression of a STORED generated column
+    serial: bool = False  # default was nextval() of a sequence the column owns
+    collation: str | None = None  # COLLATE clause when not the type's default
+    comment: str | None = None
+
+    @property
+    def sequenced(self) -> bool:
+        """Numbered by a sequence (identity or serial): the consolidation report names it."""
+        return bool(self.identity_kind) or self.serial
+
+
+@dataclass(frozen=True)
+class Key:
+    """A primary key or unique constraint."""
+
+    name: str
+    columns: tuple[str, ...]
+    deferrable: bool = False
+    deferred: bool = False
+    nulls_not_distinct: bool = False
 
 
 @dataclass(frozen=True)
@@ -32,6 +62,30 @@ class ForeignKey:
     columns: tuple[str, ...]
     ref_table: str
     ref_columns: tuple[str, ...]
+    ref_schema: str | None = None  # None: the same schema
+    on_update: str = "a"  # pg_constraint.confupdtype: a no action, r restrict, c cascade, n null, d default
+    on_delete: str = "a"
+    match_full: bool = False
+    deferrable: bool = False
+    deferred: bool = False
+    delete_set_columns: tuple[str, ...] = ()  # ON DELETE SET NULL (cols) / SET DEFAULT (cols)
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    definition: str  # pg_get_constraintdef(): "CHECK ((estimate >= (0)::numeric))"
+    validated: bool = True
+
+
+@dataclass(frozen=True)
+class Index:
+    """An index no constraint owns: secondary, partial or on expressions."""
+
+    name: str
+    definition: str  # pg_get_indexdef()
+    unique: bool
+    method: str  # btree, gin, gist, …
 
 
 @dataclass(frozen=True)
@@ -41,49 +95,340 @@ class SourceTable:
     primary_key: tuple[str, ...]
     uniques: tuple[tuple[str, ...], ...]
     foreign_keys: tuple[ForeignKey, ...]
+    primary_key_name: str | None = None
+    unique_keys: tuple[Key, ...] = ()
+    checks: tuple[Check, ...] = ()
+    indexes: tuple[Index, ...] = ()
+    partition_key: str | None = None  # pg_get_partkeydef(), e.g. "RANGE (created_at)"
+    primary_key_info: Key | None = None
+    comment: str | None = None
 
     @property
     def column_names(self) -> tuple[str, ...]:
-        return tuple(c.name for c in self.columns)
+        """The columns a copy writes: every column but the generated ones, which the target computes."""
+        return tuple(c.name for c in self.columns if c.generated is None)
 
     def signature(self) -> tuple[tuple[str, str], ...]:
         """(name, type) of every column: what must match between tenants."""
         return tuple((c.name, c.type) for c in self.columns)
 
 
+@dataclass(frozen=True)
+class Partition:
+    name: str
+    parent: str
+    bound: str  # pg_get_expr(relpartbound): "FOR VALUES FROM (…) TO (…)" or "DEFAULT"
+    partition_key: str | None = None  # set when the partition is partitioned itself
+
+
+@dataclass(frozen=True)
+class UserType:
+    """An enum, domain or composite type of the source schema."""
+
+    name: str
+    kind: str  # e enum, d domain, c composite
+    labels: tuple[str, ...] = ()
+    base_type: str | None = None
+    not_null: bool = False
+    default: str | None = None
+    constraint_names: tuple[str, ...] = ()
+    constraints: tuple[str, ...] = ()
+    attributes: tuple[tuple[str, str], ...] = ()  # composite: (name, type)
+
+
+@dataclass(frozen=True)
+class View:
+    name: str
+    definition: str  # pg_get_viewdef()
+    options: tuple[str, ...]  # reloptions, e.g. "security_barrier=true"
+    reads: tuple[str, ...]  # relations of the same schema it reads
+
+
+@dataclass(frozen=True)
+class Uncarried:
+    """Something of the source the shared schema does not re-create, and why."""
+
+    kind: str  # trigger, function, rule, policy, sequence, extension, …
+    name: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class SourceSchema:
+    """All of one source schema the shared schema is generated from."""
+
+    name: str
+    tables: dict[str, SourceTable]
+    partitions: tuple[Partition, ...] = ()
+    types: tuple[UserType, ...] = ()
+    views: tuple[View, ...] = ()
+    uncarried: tuple[Uncarried, ...] = ()
+    extensions: tuple[str, ...] = field(default=())
+
+    def restricted(self, names: Iterable[str]) -> SourceSchema:
+        """Only these tables (their partitions, the views that read only them, all types)."""
+        keep = set(names)
+        parts = _partition_roots(self.partitions)
+        return SourceSchema(
+            name=self.name,
+            tables={n: t for n, t in self.tables.items() if n in keep},
+            partitions=tuple(p for p in self.partitions if parts.get(p.name) in keep),
+            types=self.types,
+            views=tuple(v for v in self.views if set(v.reads) <= keep | {w.name for w in self.views}),
+            uncarried=self.uncarried,
+            extensions=self.extensions,
+        )
+
+
+def _partition_roots(partitions: Sequence[Partition]) -> dict[str, str]:
+    parent = {p.name: p.parent for p in partitions}
+    roots: dict[str, str] = {}
+    for name in parent:
+        root = name
+        while root in parent:
+            root = parent[root]
+        roots[name] = root
+    return roots
+
+
+def partition_roots(schema: SourceSchema) -> dict[str, str]:
+    """Each partition's root table."""
+    return _partition_roots(schema.partitions)
+
+
 def _sql(name: str) -> str:
     return (files("migrate.schemagen") / name).read_text()
 
 
-def reflect(conn: psycopg.Connection[Any], schema: str) -> dict[str, SourceTable]:
-    """Every ordinary or partitioned table of ``schema``, by name."""
+@contextmanager
+def catalog_rendering(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """One transaction with search_path = pg_catalog, so renderings qualify every other name.
+
+    The setting is transaction-local and put back explicitly: on a connection that is
+    not autocommit, ``transaction()`` is only a savepoint (shared/notes/postgres.md, 2).
+    """
+    with conn.transaction():
+        row = conn.execute("SELECT current_setting('search_path')").fetchone()
+        conn.execute("SELECT set_config('search_path', 'pg_catalog', true)")
+        try:
+            yield
+        finally:
+            if conn.info.transaction_status != psycopg.pq.TransactionStatus.INERROR:
+                conn.execute("SELECT set_config('search_path', %s, true)", (row[0] if row else "",))
+
+
+def _read_tables(conn: psycopg.Connection[Any], schema: str) -> dict[str, SourceTable]:
     cols: dict[str, list[Column]] = {}
-    for table, name, type_, not_null, default, identity in conn.execute(
-        _sql("reflect_columns.sql"), {"schema": schema}
-    ):
-        cols.setdefault(table, []).append(Column(name, type_, not_null, default, identity))
-    pks: dict[str, tuple[str, ...]] = {}
-    uniques: dict[str, list[tuple[str, ...]]] = {}
+    comments: dict[str, str | None] = {}
+    for (
+        table,
+        name,
+        type_,
+        not_null,
+        default,
+        identity,
+        generated,
+        serial,
+        collation,
+        comment,
+        table_comment,
+    ) in conn.execute(_sql("reflect_columns.sql"), {"schema": schema}):
+        comments[table] = table_comment
+        cols.setdefault(table, []).append(
+            Column(
+                name=name,
+                type=type_,
+                not_null=not_null,
+                default=None if identity or generated or serial else default,
+                identity=bool(identity),
+                identity_kind=identity,
+                generated=default if generated else None,
+                serial=bool(serial),
+                collation=collation,
+                comment=comment,
+            )
+        )
+    pks: dict[str, Key] = {}
+    uniques: dict[str, list[Key]] = {}
     fks: dict[str, list[ForeignKey]] = {}
-    for table, cname, ctype, columns, ref_table, ref_columns in conn.execute(
-        _sql("reflect_constraints.sql"), {"schema": schema}
-    ):
-        if ctype == "p":
-            pks[table] = tuple(columns)
-        elif ctype == "u":
-            uniques.setdefault(table, []).append(tuple(columns))
+    checks: dict[str, list[Check]] = {}
+    for (
+        table,
+        cname,
+        ctype,
+        columns,
+        ref_table,
+        ref_schema,
+        ref_columns,
+        deferrable,
+        deferred,
+        on_update,
+        on_delete,
+        match,
+        set_columns,
+        nulls_not_distinct,
+        validated,
+        definition,
+    ) in conn.execute(_sql("reflect_constraints.sql"), {"schema": schema}):
+        if ctype in ("p", "u"):
+            key = Key(cname, tuple(columns), deferrable, deferred, nulls_not_distinct)
+            if ctype == "p":
+                pks[table] = key
+            else:
+                uniques.setdefault(table, []).append(key)
         elif ctype == "f":
-            fks.setdefault(table, []).append(ForeignKey(cname, tuple(columns), ref_table, tuple(ref_columns)))
+            fks.setdefault(table, []).append(
+                ForeignKey(
+                    name=cname,
+                    columns=tuple(columns),
+                    ref_table=ref_table,
+                    ref_columns=tuple(ref_columns),
+                    ref_schema=None if ref_schema == schema else ref_schema,
+                    on_update=on_update,
+                    on_delete=on_delete,
+                    match_full=match == "f",
+                    deferrable=deferrable,
+                    deferred=deferred,
+                    delete_set_columns=tuple(set_columns or ()),
+                )
+            )
+        elif ctype == "c":
+            checks.setdefault(table, []).append(Check(cname, definition, validated))
     return {
         name: SourceTable(
             name=name,
             columns=tuple(columns),
-            primary_key=pks.get(name, ()),
-            uniques=tuple(uniques.get(name, ())),
+            primary_key=pks[name].columns if name in pks else (),
+            uniques=tuple(k.columns for k in uniques.get(name, ())),
             foreign_keys=tuple(fks.get(name, ())),
+            primary_key_name=pks[name].name if name in pks else None,
+            unique_keys=tuple(uniques.get(name, ())),
+            checks=tuple(checks.get(name, ())),
+            primary_key_info=pks.get(name),
+            comment=comments.get(name),
         )
         for name, columns in cols.items()
     }
+
+
+def reflect(conn: psycopg.Connection[Any], schema: str) -> dict[str, SourceTable]:
+    """Every ordinary or partitioned table of ``schema`` (partitions excluded), by name."""
+    with catalog_rendering(conn):
+        return _read_tables(conn, schema)
+
+
+def reflect_schema(conn: psycopg.Connection[Any], schema: str) -> SourceSchema:
+    """Tables with their indexes and partitioning, types, views, and what cannot be carried."""
+    with catalog_rendering(conn):
+        tables = _read_tables(conn, schema)
+        indexes: dict[str, list[Index]] = {}
+        for table, name, definition, unique, method in conn.execute(
+            _sql("reflect_indexes.sql"), {"schema": schema}
+        ):
+            indexes.setdefault(table, []).append(Index(name, definition, unique, method))
+        keys: dict[str, str] = {}
+        partitions: list[Partition] = []
+        for name, key, parent, bound in conn.execute(_sql("reflect_partitions.sql"), {"schema": schema}):
+            if parent is None:
+                keys[name] = key
+            else:
+                partitions.append(Partition(name, parent, bound, key))
+        types = [
+            UserType(
+                name=name,
+                kind=kind,
+                labels=tuple(labels or ()),
+                base_type=base,
+                not_null=not_null,
+                default=default,
+                constraint_names=tuple(cnames or ()),
+                constraints=tuple(cdefs or ()),
+                attributes=tuple(zip(anames or (), atypes or (), strict=True)),
+            )
+            for name, kind, labels, base, not_null, default, cnames, cdefs, anames, atypes in conn.execute(
+                _sql("reflect_types.sql"), {"schema": schema}
+            )
+        ]
+        views = [
+            View(name, definition, tuple(options), tuple(sorted(reads)))
+            for name, definition, options, reads in conn.execute(
+                _sql("reflect_views.sql"), {"schema": schema}
+            )
+        ]
+        uncarried = [
+            Uncarried(kind, name, detail or "")
+            for kind, name, detail in conn.execute(_sql("reflect_uncarried.sql"), {"schema": schema})
+        ]
+    for name, table in list(tables.items()):
+        tables[name] = replace(table, indexes=tuple(indexes.get(name, ())), partition_key=keys.get(name))
+    return SourceSchema(
+        name=schema,
+        tables=tables,
+        partitions=tuple(_parents_first(partitions)),
+        types=tuple(_types_in_order(types, schema)),
+        views=tuple(_views_in_order(views)),
+        uncarried=tuple(u for u in uncarried if u.kind != "extension"),
+        extensions=tuple(f"{u.name} ({u.detail})" for u in uncarried if u.kind == "extension"),
+    )
+
+
+def _parents_first(partitions: list[Partition]) -> list[Partition]:
+    names = {p.name for p in partitions}
+    done: set[str] = set()
+    out: list[Partition] = []
+    pending = sorted(partitions, key=lambda p: p.name)
+    while pending:
+        ready = [p for p in pending if p.parent not in names or p.parent in done]
+        if not ready:  # cannot happen in a catalog; keep whatever is left rather than loop
+            ready = pending
+        for p in ready:
+            out.append(p)
+            done.add(p.name)
+        pending = [p for p in pending if p.name not in done]
+    return out
+
+
+def _types_in_order(types: list[UserType], schema: str) -> list[UserType]:
+    """Enums first, then domains and composites after the local types they use."""
+    by_name = {t.name: t for t in types}
+
+    def uses(t: UserType) -> set[str]:
+        texts = [t.base_type or ""] + [type_ for _n, type_ in t.attributes]
+        found: set[str] = set()
+        for text in texts:
+            toks = list(tokens(text))
+            for i, tok in enumerate(toks[:-2]):
+                if tok.name == schema and toks[i + 1].text == "." and toks[i + 2].name in by_name:
+                    found.add(str(toks[i + 2].name))
+        return found - {t.name}
+
+    deps = {t.name: uses(t) for t in types}
+    out: list[UserType] = []
+    done: set[str] = set()
+    while len(done) < len(types):
+        ready = sorted(n for n in deps if n not in done and deps[n] <= done)
+        if not ready:
+            ready = sorted(n for n in deps if n not in done)
+        for name in sorted(ready, key=lambda n: (by_name[n].kind != "e", n)):
+            out.append(by_name[name])
+            done.add(name)
+    return out
+
+
+def _views_in_order(views: list[View]) -> list[View]:
+    by_name = {v.name: v for v in views}
+    out: list[View] = []
+    done: set[str] = set()
+    while len(done) < len(views):
+        ready = sorted(
+            n for n, v in by_name.items() if n not in done and {r for r in v.reads if r in by_name} <= done
+        )
+        if not ready:
+            ready = sorted(n for n in by_name if n not in done)
+        for name in ready:
+            out.append(by_name[name])
+            done.add(name)
+    return out
 
 
 def fk_order(tables: Iterable[SourceTable]) -> list[SourceTable]:
@@ -93,7 +438,11 @@ def fk_order(tables: Iterable[SourceTable]) -> list[SourceTable]:
     """
     by_name = {t.name: t for t in tables}
     deps = {
-        t.name: {fk.ref_table for fk in t.foreign_keys if fk.ref_table != t.name and fk.ref_table in by_name}
+        t.name: {
+            fk.ref_table
+            for fk in t.foreign_keys
+            if fk.ref_table != t.name and fk.ref_table in by_name and fk.ref_schema is None
+        }
         for t in by_name.values()
     }
     ordered: list[SourceTable] = []
@@ -114,15 +463,20 @@ def fk_order(tables: Iterable[SourceTable]) -> list[SourceTable]:
 
 
 def select_tables(
-    reflected: dict[str, SourceTable], wanted: Sequence[str] | None, *, schema: str
+    reflected: dict[str, SourceTable],
+    wanted: Sequence[str] | None,
+    *,
+    schema: str,
+    exclude: Iterable[str] = (),
 ) -> list[SourceTable]:
-    """The playbook's tables (all when ``auto``) in foreign-key order."""
+    """The playbook's tables (all when ``auto``, less ``exclude``, e.g. global tables) in FK order."""
+    skip = set(exclude)
     if wanted is None:
-        return fk_order(reflected.values())
+        return fk_order(t for t in reflected.values() if t.name not in skip)
     missing = [t for t in wanted if t not in reflected]
     if missing:
         raise StepFailed(
             f"table(s) {', '.join(missing)} not found in source schema '{schema}'",
             hint=f"the source has: {', '.join(sorted(reflected)) or 'no tables'}",
         )
-    return fk_order(reflected[t] for t in wanted)
+    return fk_order(reflected[t] for t in wanted if t not in skip)

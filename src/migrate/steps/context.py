@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, Protocol
 from uuid import UUID
 
 import psycopg
@@ -16,6 +16,36 @@ from migrate.schemagen.reflect import SourceTable
 
 Details = dict[str, Any]
 
+ProgressKind = Literal[
+    "run_started", "tenant_started", "tenant_sized", "chunk_copied", "table_copied", "tenant_finished"
+]
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """One fact about a tenant's copy, for whoever shows progress (the CLI on a terminal).
+
+    ``run_started`` says how many ``tenants`` have work to do; ``tenant_sized``
+    carries the estimated rows still to copy (``rows``); ``chunk_copied`` the rows
+    and bytes one committed chunk added; ``table_copied`` the table's rows in all;
+    ``tenant_finished`` the tenant's outcome in ``outcome``.
+    """
+
+    kind: ProgressKind
+    tenant: str = ""
+    table: str | None = None
+    rows: int = 0
+    bytes: int = 0
+    outcome: str | None = None
+    tenants: int = 0
+
+
+ProgressSink = Callable[[ProgressEvent], None]
+
+
+def no_progress(event: ProgressEvent) -> None:
+    """The default sink: nobody is watching."""
+
 
 @dataclass
 class StepContext:
@@ -23,7 +53,8 @@ class StepContext:
 
     ``source`` and ``target`` are autocommit connections: a step opens its own
     transactions with ``conn.transaction()`` so ``SET LOCAL`` and checkpoints
-    end where the block ends (shared/notes/postgres.md, pitfall 2).
+    end where the block ends (shared/notes/postgres.md, pitfall 2). The target
+    connection also holds the tenant's lock: a step never closes it.
     """
 
     run_id: UUID
@@ -32,10 +63,12 @@ class StepContext:
     target: psycopg.Connection[Any]
     source_schema: str
     target_schema: str
-    tables: tuple[SourceTable, ...]  # the tenant's source tables, in foreign-key order
+    tables: tuple[SourceTable, ...]  # the tenant's source tables, in load order (parents first)
     control: ControlStore
     flags: FlagProvider
     log: Any
+    keys: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # keys declared in the playbook
+    progress: ProgressSink = no_progress
 
 
 class StepKind(Protocol):

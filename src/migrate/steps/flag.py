@@ -1,4 +1,12 @@
-"""The flag step: the tenant's flag on (or off); revert restores what was there."""
+"""The flag step: the tenant's flag on (or off); revert restores the snapshot exactly.
+
+Before its first flip the step takes a snapshot of the flag (``FlagProvider.snapshot``)
+and keeps it as a checkpoint of the tenant, ``flag:<flag>:<action>``, before it changes
+anything. A runner killed between the flip and the step's ``done`` record leaves that
+checkpoint behind; the replayed apply finds the tenant already flipped, yet still
+records the state from before the first attempt, so a later rollback restores what
+was really there and not what the interrupted run had just written.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +16,7 @@ from typing import Any, ClassVar
 from migrate.errors import CheckFailed
 from migrate.playbook.model import FlagStep as FlagSpec
 from migrate.playbook.model import Step
+from migrate.ports import FlagSnapshot
 from migrate.steps.context import Details, StepContext
 
 
@@ -23,9 +32,38 @@ class FlagStep:
     def wanted(self) -> bool:
         return self.spec.action == "enable"
 
+    @property
+    def checkpoint_key(self) -> str:
+        """Never a table name (those are plain identifiers), so no backfill checkpoint collides."""
+        return f"flag:{self.spec.flag}:{self.spec.action}"
+
+    def _pending(self, ctx: StepContext) -> FlagSnapshot | None:
+        """The snapshot an earlier, unfinished or unreverted apply kept, if any."""
+        checkpoint = ctx.control.checkpoint(ctx.target, ctx.tenant.id, self.checkpoint_key)
+        if checkpoint is None or checkpoint.done or not isinstance(checkpoint.last_key, dict):
+            return None
+        return FlagSnapshot.from_json(checkpoint.last_key)
+
     def apply(self, ctx: StepContext) -> Details:
+        snapshot = self._pending(ctx)
+        if snapshot is None:
+            snapshot = ctx.flags.snapshot(self.spec.flag, ctx.tenant.id)
+            # Saved before the flip: the intent, with what to go back to (CONVENTIONS 5).
+            ctx.control.save_checkpoint(
+                ctx.target,
+                ctx.tenant.id,
+                self.checkpoint_key,
+                rows_copied=0,
+                done=False,
+                last_key=snapshot.to_json(),
+            )
         change = ctx.flags.set_enabled(self.spec.flag, ctx.tenant.id, self.wanted)
-        return {"flag": change.flag, "before": change.before, "after": change.after}
+        return {
+            "flag": change.flag,
+            "before": snapshot.enabled,
+            "after": change.after,
+            "snapshot": snapshot.to_json(),
+        }
 
     def verify(self, ctx: StepContext, details: Mapping[str, Any]) -> None:
         seen = ctx.flags.is_enabled(self.spec.flag, ctx.tenant.id)
@@ -37,6 +75,19 @@ class FlagStep:
             )
 
     def revert(self, ctx: StepContext, details: Mapping[str, Any]) -> Details:
-        before = bool(details.get("before", not self.wanted))
-        change = ctx.flags.set_enabled(self.spec.flag, ctx.tenant.id, before)
-        return {"flag": change.flag, "before": change.before, "after": change.after}
+        recorded = details.get("snapshot")
+        snapshot = self._pending(ctx) or (
+            FlagSnapshot.from_json(recorded) if isinstance(recorded, Mapping) else None
+        )
+        if snapshot is not None:
+            change = ctx.flags.restore(snapshot)
+        elif "before" in details and "after" in details:
+            # Applied before snapshots were recorded: put the tenant's own state back.
+            change = ctx.flags.set_enabled(self.spec.flag, ctx.tenant.id, bool(details["before"]))
+        else:
+            return {"flag": self.spec.flag, "restored": False}  # no flip was ever started
+        # Consumed: the next apply takes a fresh snapshot.
+        ctx.control.save_checkpoint(
+            ctx.target, ctx.tenant.id, self.checkpoint_key, rows_copied=0, done=True, last_key=None
+        )
+        return {"flag": change.flag, "restored": True, "was": change.before, "now": change.after}

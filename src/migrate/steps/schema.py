@@ -1,51 +1,62 @@
 """The schema step: the shared tables exist and fit this tenant's source.
 
-The first tenant creates the shared tables (under a lock, in one transaction,
-so two runners never half-create them); every later tenant checks that its
-source columns have the same names and types, because COPY in binary format
-moves values only between identical types.
+The first tenant creates the shared tables — with the very statements
+``migrate schema generate`` writes into its alembic revision (schemagen/ddl.py is
+the one source of truth), less the grants, which need an application role — under
+a lock and in one transaction, so two runners never half-create them. Objects that
+already exist (from an applied revision, or from an earlier tenant) are left as
+they are. Every tenant then checks that its source columns have the same names and
+types as the shared tables, because COPY in binary format moves values only
+between identical types.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any, ClassVar
 
 from psycopg import sql
 
 from migrate.errors import StepFailed
 from migrate.playbook.model import Step
-from migrate.schemagen import ddl
-from migrate.schemagen.reflect import SourceTable
+from migrate.schemagen import ddl, sqltext
+from migrate.schemagen.reflect import SourceTable, UserType, reflect, reflect_schema
 from migrate.steps.context import Details, StepContext
 
 _EXISTING = (
-    "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-    " WHERE n.nspname = %s AND c.relkind IN ('r', 'p')"
+    "SELECT c.relname, c.relkind::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+    " WHERE n.nspname = %s AND c.relkind IN ('r', 'p', 'v')"
+    " UNION ALL SELECT t.typname, 'T' FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace"
+    " WHERE n.nspname = %s AND t.typtype IN ('e', 'd', 'c')"
 )
-_COLUMNS = (
-    "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a"
-    " WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped"
-    " ORDER BY a.attnum"
-)
+_TABLE_KINDS = ("table", "comment", "partition", "check", "foreign_key", "index", "rls")
 
 
-def _check_fits(ctx: StepContext, table: SourceTable) -> None:
-    qualified = sql.Identifier(ctx.target_schema, table.name).as_string(ctx.target)
-    have = {name: type_ for name, type_ in ctx.target.execute(_COLUMNS, (qualified,))}
-    for col in table.columns:
-        if col.name not in have:
+def _check_fits(ctx: StepContext, tables: Collection[SourceTable], local_types: Collection[str]) -> None:
+    """Every source column has a shared column of the same type (types moved to the target schema)."""
+    shared = reflect(ctx.target, ctx.target_schema)
+    for table in tables:
+        qualified = f"{ctx.target_schema}.{table.name}"
+        if table.name not in shared:
             raise StepFailed(
-                f"source column {table.name}.{col.name} has no column in the shared table {qualified}",
-                hint="this tenant's source schema differs from the one the shared tables were made "
-                "from: migrate its schema first, or add the column to the shared table",
+                f"the shared table {qualified} does not exist",
+                hint="run the schema step again, or apply the revision of 'migrate schema generate'",
             )
-        if have[col.name] != col.type:
-            raise StepFailed(
-                f"column {table.name}.{col.name} is {col.type} in the source but "
-                f"{have[col.name]} in the shared table {qualified}",
-                hint="make the types equal on both sides before the backfill",
-            )
+        have = {c.name: c.type for c in shared[table.name].columns}
+        for col in table.columns:
+            if col.name not in have:
+                raise StepFailed(
+                    f"source column {table.name}.{col.name} has no column in the shared table {qualified}",
+                    hint="this tenant's source schema differs from the one the shared tables were made "
+                    "from: migrate its schema first, or add the column to the shared table",
+                )
+            want = sqltext.requalify(col.type, ctx.source_schema, ctx.target_schema, local_types)
+            if sqltext.canonical(want) != sqltext.canonical(have[col.name]):
+                raise StepFailed(
+                    f"column {table.name}.{col.name} is {col.type} in the source but "
+                    f"{have[col.name]} in the shared table {qualified}",
+                    hint="make the types equal on both sides before the backfill",
+                )
 
 
 class SchemaStep:
@@ -56,6 +67,8 @@ class SchemaStep:
         self.spec = spec
 
     def apply(self, ctx: StepContext) -> Details:
+        source = reflect_schema(ctx.source, ctx.source_schema).restricted(t.name for t in ctx.tables)
+        shared = ddl.build(source, ddl.Options(schema=ctx.target_schema))
         created: list[str] = []
         with ctx.target.transaction():
             ctx.target.execute(
@@ -65,24 +78,30 @@ class SchemaStep:
             ctx.target.execute(
                 sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(ctx.target_schema))
             )
-            existing = {r[0] for r in ctx.target.execute(_EXISTING, (ctx.target_schema,))}
-            missing = [t for t in ctx.tables if t.name not in existing]
-            for table in missing:
-                ctx.target.execute(ddl.create_table(ctx.target_schema, table))
-            for table in missing:
-                for statement in ddl.foreign_keys(ctx.target_schema, table):
-                    ctx.target.execute(statement)
-                for statement in ddl.row_level_security(ctx.target_schema, table.name):
-                    ctx.target.execute(statement)
-                created.append(table.name)
-        for table in ctx.tables:
-            _check_fits(ctx, table)
+            existing = {
+                (kind, name)
+                for name, kind in ctx.target.execute(_EXISTING, (ctx.target_schema, ctx.target_schema))
+            }
+            relations = {name for kind, name in existing if kind != "T"}
+            types = {name for kind, name in existing if kind == "T"}
+            missing = {t.name for t in ctx.tables} - relations
+            for statement in shared.upgrade:
+                if (
+                    (statement.kind == "type" and statement.object not in types)
+                    or (statement.kind in _TABLE_KINDS and statement.object in missing)
+                    or (statement.kind == "view" and statement.object not in relations)
+                ):
+                    ctx.target.execute(statement.sql)
+            created = sorted(missing)
+        self._fits(ctx, source.types)
         ctx.log.info("shared_tables_ready", created=created, tables=len(ctx.tables))
         return {"created": created, "tables": [t.name for t in ctx.tables]}
 
+    def _fits(self, ctx: StepContext, types: Collection[UserType]) -> None:
+        _check_fits(ctx, ctx.tables, {t.name for t in types})
+
     def verify(self, ctx: StepContext, details: Mapping[str, Any]) -> None:
-        for table in ctx.tables:
-            _check_fits(ctx, table)
+        self._fits(ctx, reflect_schema(ctx.source, ctx.source_schema).types)
 
     def revert(self, ctx: StepContext, details: Mapping[str, Any]) -> Details:
         # The shared tables hold every tenant's rows: one tenant's rollback never drops them.

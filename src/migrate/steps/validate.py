@@ -1,39 +1,57 @@
-"""The validate step: per table, row counts and checksums equal on both sides."""
+"""The validate step: per table, row counts and checksums equal on both sides.
+
+The figures (rows and checksum per side and table, and the checksum mode) are
+what ``apply`` returns, so they reach the step state, the ledger and the run
+report; a mismatch makes ``verify`` fail the tenant, which stops its later
+phases (the cut-over among them), and the error names every table that differs
+with its row counts.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-from migrate.checks.checksum import table_sum
+import psycopg
+
+from migrate.checks.checksum import Mode, Side, TableFigures, choose_mode, compare, table_shapes
 from migrate.errors import CheckFailed
 from migrate.playbook.model import Step
 from migrate.schemagen.ddl import TENANT_COLUMN
+from migrate.schemagen.reflect import SourceTable
 from migrate.steps.context import Details, StepContext
 
 
-def compare(ctx: StepContext) -> dict[str, dict[str, Any]]:
-    """Figures per table: rows and checksum on each side, and whether they match."""
-    out: dict[str, dict[str, Any]] = {}
-    for table in ctx.tables:
-        columns = table.signature()
-        src = table_sum(ctx.source, ctx.source_schema, table.name, columns)
-        dst = table_sum(
-            ctx.target,
-            ctx.target_schema,
-            table.name,
-            columns,
-            tenant_column=TENANT_COLUMN,
-            tenant=ctx.tenant.id,
-        )
-        out[table.name] = {
-            "source_rows": src.rows,
-            "target_rows": dst.rows,
-            "source_checksum": src.checksum,
-            "target_checksum": dst.checksum,
-            "match": src == dst,
-        }
-    return out
+def compare_tenant(
+    source: psycopg.Connection[Any],
+    target: psycopg.Connection[Any],
+    *,
+    source_schema: str,
+    target_schema: str,
+    tenant: str,
+    tables: Sequence[SourceTable],
+    mode: Mode | None = None,
+) -> tuple[Mode, list[TableFigures]]:
+    """The checksum mode and every table's figures for one tenant, source vs its rows in the target."""
+    mode = mode or choose_mode(source, target)
+    shapes = table_shapes(source, source_schema, {t.name: t.primary_key for t in tables})
+    figures = compare(
+        Side(source, source_schema),
+        Side(target, target_schema, TENANT_COLUMN, tenant, label="target"),
+        shapes,
+        mode,
+    )
+    return mode, figures
+
+
+def mismatch_summary(figures: Mapping[str, Mapping[str, Any]]) -> str:
+    """'tasks (rows 200 vs 199), comments (rows 400 vs 400, checksums differ)' for the tables that differ."""
+    return ", ".join(
+        f"{name} (rows {f['source_rows']} vs {f['target_rows']}"
+        f"{', checksums differ' if f['source_rows'] == f['target_rows'] else ''})"
+        for name, f in figures.items()
+        if not f["match"]
+    )
 
 
 class ValidateStep:
@@ -44,26 +62,35 @@ class ValidateStep:
         self.spec = spec
 
     def apply(self, ctx: StepContext) -> Details:
-        tables = compare(ctx)
-        rows = sum(t["target_rows"] for t in tables.values())
+        mode, figures = compare_tenant(
+            ctx.source,
+            ctx.target,
+            source_schema=ctx.source_schema,
+            target_schema=ctx.target_schema,
+            tenant=ctx.tenant.id,
+            tables=ctx.tables,
+        )
+        tables = {f.table: f.as_details() for f in figures}
+        rows = sum(f.target.rows for f in figures)
         ctx.log.info(
             "tenant_validated",
             tables=len(tables),
             rows=rows,
-            mismatched=[n for n, t in tables.items() if not t["match"]],
+            checksum=mode,
+            mismatched=[f.table for f in figures if not f.match],
         )
-        return {"tables": tables, "rows": rows, "match": all(t["match"] for t in tables.values())}
+        return {
+            "tables": tables,
+            "rows": rows,
+            "checksum": mode,
+            "match": all(f.match for f in figures),
+        }
 
     def verify(self, ctx: StepContext, details: Mapping[str, Any]) -> None:
-        bad = {n: t for n, t in details.get("tables", {}).items() if not t["match"]}
-        if bad:
-            lines = ", ".join(
-                f"{n} (rows {t['source_rows']} vs {t['target_rows']}"
-                f"{'' if t['source_rows'] != t['target_rows'] else ', checksums differ'})"
-                for n, t in bad.items()
-            )
+        tables = details.get("tables", {})
+        if not all(t["match"] for t in tables.values()):
             raise CheckFailed(
-                f"tenant '{ctx.tenant.id}': source and target differ in {lines}",
+                f"tenant '{ctx.tenant.id}': source and target differ in {mismatch_summary(tables)}",
                 hint=f"see which rows with 'migrate diff PLAYBOOK --tenant {ctx.tenant.id} --table …'",
             )
 

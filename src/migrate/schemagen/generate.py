@@ -1,0 +1,68 @@
+"""``migrate schema generate``: reflect the sources, build the shared schema, report, write.
+
+The first source is the model of the shared schema; every source (one is enough)
+feeds the consolidation report. The revision is written even when the report has
+errors: the schema is right, the data is what must change before any copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from migrate.log import get_logger
+from migrate.schemagen.consolidate import UniqueAcrossTenants, consolidate
+from migrate.schemagen.ddl import Note, Options, SharedSchema, build
+from migrate.schemagen.reflect import SourceSchema, reflect_schema
+from migrate.schemagen.revision import RevisionFile, write
+
+_ORDER = {"error": 0, "warning": 1, "info": 2}
+
+
+@dataclass(frozen=True)
+class GenerateResult:
+    revision: RevisionFile
+    shared: SharedSchema
+    sources: tuple[str, ...]
+    notes: tuple[Note, ...]  # the generation's and the consolidation's, errors first
+
+    @property
+    def errors(self) -> tuple[Note, ...]:
+        return tuple(n for n in self.notes if n.severity == "error")
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def generate(
+    sources: Mapping[str, psycopg.Connection[Any]],
+    *,
+    source_schema: str,
+    options: Options,
+    out: Path,
+    unique_across: Sequence[UniqueAcrossTenants] = (),
+) -> GenerateResult:
+    """Reflect every source, write the revision built from the first, and report on all of them."""
+    log = get_logger()
+    schemas: dict[str, SourceSchema] = {
+        label: reflect_schema(conn, source_schema) for label, conn in sources.items()
+    }
+    model = schemas[next(iter(schemas))]
+    shared = build(model, options)
+    notes = list(shared.notes) + consolidate(sources, schemas, options, unique_across)
+    notes.sort(key=lambda n: _ORDER[n.severity])
+    revision = write(shared, out, sources=list(sources))
+    log.info(
+        "schema_generated",
+        revision=revision.revision,
+        path=str(revision.path),
+        unchanged=revision.unchanged,
+        tenant_tables=len(shared.tenant_tables),
+        errors=sum(1 for n in notes if n.severity == "error"),
+    )
+    return GenerateResult(revision, shared, tuple(sources), tuple(notes))

@@ -1,0 +1,73 @@
+"""The order a tenant's tables load in: parents before children, cycles broken where they must be.
+
+A table loads after every table its foreign keys point to. A self-reference,
+or a cycle of tables pointing at each other, has no such order: those tables
+are *deferred* — the backfill loads them with the foreign-key triggers off for
+its own transaction (``session_replication_role = replica``, which touches no
+other session) and checks their foreign keys afterwards with one anti-join per
+key (load-then-validate). Deferred constraints cannot do this job: a chunk's
+transaction would check them at its own commit, before the rows they point to
+have arrived in a later chunk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from migrate.errors import StepFailed
+from migrate.schemagen.reflect import SourceTable
+
+
+def load_order(tables: Iterable[SourceTable]) -> list[SourceTable]:
+    """Parents first (alphabetical among equals); a cycle is broken at its least-blocked table."""
+    by_name = {t.name: t for t in tables}
+    deps = {
+        t.name: {
+            fk.ref_table
+            for fk in t.foreign_keys
+            if fk.ref_table != t.name and fk.ref_table in by_name and fk.ref_schema is None
+        }
+        for t in by_name.values()
+    }
+    ordered: list[SourceTable] = []
+    done: set[str] = set()
+    while len(done) < len(by_name):
+        ready = sorted(n for n, d in deps.items() if n not in done and d <= done)
+        if not ready:
+            # A cycle: take the table waiting on the fewest others; its foreign keys are deferred.
+            ready = [min((n for n in deps if n not in done), key=lambda n: (len(deps[n] - done), n))]
+        for name in ready:
+            ordered.append(by_name[name])
+            done.add(name)
+    return ordered
+
+
+def deferred_tables(ordered: Sequence[SourceTable]) -> frozenset[str]:
+    """Tables with a foreign key to themselves or to a table that loads at the same time or later."""
+    position = {t.name: i for i, t in enumerate(ordered)}
+    out = set()
+    for i, table in enumerate(ordered):
+        for fk in table.foreign_keys:
+            if fk.ref_schema is None and position.get(fk.ref_table, -1) >= i:
+                out.add(table.name)
+    return frozenset(out)
+
+
+def select_in_load_order(
+    reflected: dict[str, SourceTable],
+    wanted: Sequence[str] | None,
+    *,
+    schema: str,
+    exclude: Iterable[str] = (),
+) -> list[SourceTable]:
+    """The playbook's tables (all when ``auto``, less ``exclude``: global tables) in load order."""
+    skip = set(exclude)
+    if wanted is None:
+        return load_order(t for t in reflected.values() if t.name not in skip)
+    missing = [t for t in wanted if t not in reflected]
+    if missing:
+        raise StepFailed(
+            f"table(s) {', '.join(missing)} not found in source schema '{schema}'",
+            hint=f"the source has: {', '.join(sorted(reflected)) or 'no tables'}",
+        )
+    return load_order(reflected[t] for t in wanted if t not in skip)
