@@ -201,8 +201,10 @@ def test_a_second_runner_on_the_same_tenant_is_refused_naming_the_first_while_ot
     database_factory: DatabaseFactory, tmp_path: Path
 ) -> None:
     """Two real `migrate run` processes: the second reports acme locked by the first's pid, copies globex."""
-    world = make_world(database_factory, tmp_path, tenants=(("acme", 30), ("globex", 1)))
-    book = chunked_playbook(tmp_path, ("acme", "globex"), chunk_rows=100)
+    # Big enough, in small enough chunks, that the first runner is still copying acme (tens of
+    # seconds) when the second has started its interpreter (about a second): no race.
+    world = make_world(database_factory, tmp_path, tenants=(("acme", 150), ("globex", 1)))
+    book = chunked_playbook(tmp_path, ("acme", "globex"), chunk_rows=25)
     first = start_run(world, book, "acme")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and first.proc.poll() is None and not checkpoints(world, "acme"):

@@ -14,7 +14,7 @@ generator and the schema step read the rest with ``reflect_schema()``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from importlib.resources import files
@@ -468,15 +468,17 @@ def select_tables(
     *,
     schema: str,
     exclude: Iterable[str] = (),
+    order: Callable[[Iterable[SourceTable]], list[SourceTable]] = fk_order,
 ) -> list[SourceTable]:
-    """The playbook's tables (all when ``auto``, less ``exclude``, e.g. global tables) in FK order."""
+    """The playbook's tables (all when ``auto``, less ``exclude``, e.g. global tables) in ``order``
+    (foreign-key order by default; the backfill passes its cycle-aware load order)."""
     skip = set(exclude)
     if wanted is None:
-        return fk_order(t for t in reflected.values() if t.name not in skip)
+        return order(t for t in reflected.values() if t.name not in skip)
     missing = [t for t in wanted if t not in reflected]
     if missing:
         raise StepFailed(
             f"table(s) {', '.join(missing)} not found in source schema '{schema}'",
             hint=f"the source has: {', '.join(sorted(reflected)) or 'no tables'}",
         )
-    return fk_order(reflected[t] for t in wanted if t not in skip)
+    return order(reflected[t] for t in wanted if t not in skip)

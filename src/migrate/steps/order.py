@@ -14,8 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from migrate.errors import StepFailed
-from migrate.schemagen.reflect import SourceTable
+from migrate.schemagen.reflect import SourceTable, select_tables
 
 
 def load_order(tables: Iterable[SourceTable]) -> list[SourceTable]:
@@ -61,13 +60,4 @@ def select_in_load_order(
     exclude: Iterable[str] = (),
 ) -> list[SourceTable]:
     """The playbook's tables (all when ``auto``, less ``exclude``: global tables) in load order."""
-    skip = set(exclude)
-    if wanted is None:
-        return load_order(t for t in reflected.values() if t.name not in skip)
-    missing = [t for t in wanted if t not in reflected]
-    if missing:
-        raise StepFailed(
-            f"table(s) {', '.join(missing)} not found in source schema '{schema}'",
-            hint=f"the source has: {', '.join(sorted(reflected)) or 'no tables'}",
-        )
-    return load_order(reflected[t] for t in wanted if t not in skip)
+    return select_tables(reflected, wanted, schema=schema, exclude=exclude, order=load_order)
