@@ -14,7 +14,7 @@ generator and the schema step read the rest with ``reflect_schema()``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from importlib.resources import files
@@ -403,39 +403,42 @@ def _types_in_order(types: list[UserType], schema: str) -> list[UserType]:
         return found - {t.name}
 
     deps = {t.name: uses(t) for t in types}
-    out: list[UserType] = []
-    done: set[str] = set()
-    while len(done) < len(types):
-        ready = sorted(n for n in deps if n not in done and deps[n] <= done)
-        if not ready:
-            ready = sorted(n for n in deps if n not in done)
-        for name in sorted(ready, key=lambda n: (by_name[n].kind != "e", n)):
-            out.append(by_name[name])
-            done.add(name)
-    return out
+    names = layered_order(deps, _all_waiting, key=lambda n: (by_name[n].kind != "e", n))
+    return [by_name[n] for n in names]
 
 
 def _views_in_order(views: list[View]) -> list[View]:
     by_name = {v.name: v for v in views}
-    out: list[View] = []
+    deps = {n: {r for r in v.reads if r in by_name} for n, v in by_name.items()}
+    return [by_name[n] for n in layered_order(deps, _all_waiting)]
+
+
+def layered_order(
+    deps: Mapping[str, set[str]],
+    on_cycle: Callable[[list[str], set[str]], list[str]],
+    *,
+    key: Callable[[str], Any] = lambda n: n,
+) -> list[str]:
+    """Names after everything they depend on, one layer at a time (sorted by ``key`` within a
+    layer). When nothing is ready the rest is a cycle: ``on_cycle(waiting, done)`` says what
+    goes next, or raises. The one topological sort behind tables, types and views."""
+    ordered: list[str] = []
     done: set[str] = set()
-    while len(done) < len(views):
-        ready = sorted(
-            n for n, v in by_name.items() if n not in done and {r for r in v.reads if r in by_name} <= done
-        )
-        if not ready:
-            ready = sorted(n for n in by_name if n not in done)
-        for name in ready:
-            out.append(by_name[name])
-            done.add(name)
-    return out
+    while len(done) < len(deps):
+        waiting = sorted(n for n in deps if n not in done)
+        ready = [n for n in waiting if deps[n] <= done] or on_cycle(waiting, done)
+        ready.sort(key=key)
+        ordered += ready
+        done.update(ready)
+    return ordered
 
 
-def fk_order(tables: Iterable[SourceTable]) -> list[SourceTable]:
-    """Parents before children (alphabetical among equals); self-references allowed.
+def _all_waiting(waiting: list[str], _done: set[str]) -> list[str]:
+    return waiting
 
-    A cycle between tables cannot be loaded parent-first: it is named, with the fix.
-    """
+
+def fk_dependencies(tables: Iterable[SourceTable]) -> tuple[dict[str, SourceTable], dict[str, set[str]]]:
+    """Tables by name, and the tables of this schema each one's foreign keys point to (not itself)."""
     by_name = {t.name: t for t in tables}
     deps = {
         t.name: {
@@ -445,21 +448,24 @@ def fk_order(tables: Iterable[SourceTable]) -> list[SourceTable]:
         }
         for t in by_name.values()
     }
-    ordered: list[SourceTable] = []
-    done: set[str] = set()
-    while len(done) < len(by_name):
-        ready = sorted(n for n, d in deps.items() if n not in done and d <= done)
-        if not ready:
-            cycle = sorted(n for n in deps if n not in done)
-            raise StepFailed(
-                f"tables {', '.join(cycle)} reference each other in a cycle",
-                hint="list the tables in the playbook in a loadable order; cyclic foreign keys "
-                "are not supported yet",
-            )
-        for name in ready:
-            ordered.append(by_name[name])
-            done.add(name)
-    return ordered
+    return by_name, deps
+
+
+def fk_order(tables: Iterable[SourceTable]) -> list[SourceTable]:
+    """Parents before children (alphabetical among equals); self-references allowed.
+
+    A cycle between tables cannot be loaded parent-first: it is named, with the fix.
+    """
+
+    def refuse(waiting: list[str], _done: set[str]) -> list[str]:
+        raise StepFailed(
+            f"tables {', '.join(waiting)} reference each other in a cycle",
+            hint="list the tables in the playbook in a loadable order; cyclic foreign keys "
+            "are not supported yet",
+        )
+
+    by_name, deps = fk_dependencies(tables)
+    return [by_name[n] for n in layered_order(deps, refuse)]
 
 
 def select_tables(

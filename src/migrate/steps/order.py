@@ -14,31 +14,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from migrate.schemagen.reflect import SourceTable, select_tables
+from migrate.schemagen.reflect import SourceTable, fk_dependencies, layered_order, select_tables
 
 
 def load_order(tables: Iterable[SourceTable]) -> list[SourceTable]:
     """Parents first (alphabetical among equals); a cycle is broken at its least-blocked table."""
-    by_name = {t.name: t for t in tables}
-    deps = {
-        t.name: {
-            fk.ref_table
-            for fk in t.foreign_keys
-            if fk.ref_table != t.name and fk.ref_table in by_name and fk.ref_schema is None
-        }
-        for t in by_name.values()
-    }
-    ordered: list[SourceTable] = []
-    done: set[str] = set()
-    while len(done) < len(by_name):
-        ready = sorted(n for n, d in deps.items() if n not in done and d <= done)
-        if not ready:
-            # A cycle: take the table waiting on the fewest others; its foreign keys are deferred.
-            ready = [min((n for n in deps if n not in done), key=lambda n: (len(deps[n] - done), n))]
-        for name in ready:
-            ordered.append(by_name[name])
-            done.add(name)
-    return ordered
+    by_name, deps = fk_dependencies(tables)
+
+    def least_blocked(waiting: list[str], done: set[str]) -> list[str]:
+        # A cycle: take the table waiting on the fewest others; its foreign keys are deferred.
+        return [min(waiting, key=lambda n: (len(deps[n] - done), n))]
+
+    return [by_name[n] for n in layered_order(deps, least_blocked)]
 
 
 def deferred_tables(ordered: Sequence[SourceTable]) -> frozenset[str]:
