@@ -10,7 +10,7 @@ from alembic.config import Config
 from psycopg.conninfo import conninfo_to_dict
 from sqlalchemy.pool import NullPool
 
-HEAD = "0002"
+HEAD = "0003"
 
 
 def sqlalchemy_url(dsn: str) -> sa.URL:

@@ -35,6 +35,42 @@ class Checkpoint:
 
 
 @dataclass(frozen=True)
+class Holder:
+    """Who holds a tenant's lock right now: the runner's host and pid, since when, in which run.
+
+    Read from the lock itself (pg_locks), completed from the ``holders`` row the runner
+    wrote when it took the lock; a rehearsal writes no row, so only ``application``
+    (``migrate HOST:PID``) and ``since`` (its session's start) are known then.
+    """
+
+    tenant: str
+    backend_pid: int
+    since: datetime
+    host: str | None = None
+    pid: int | None = None
+    run_id: UUID | None = None
+    command: str | None = None
+    application: str | None = None
+
+    def describe(self) -> str:
+        if self.host is not None:
+            run = f"run {str(self.run_id)[:8]} " if self.run_id else ""
+            since = f"{self.since:%Y-%m-%d %H:%M:%S %Z}".strip()
+            return f"{run}('migrate {self.command}') on {self.host}, pid {self.pid}, since {since}"
+        who = self.application or "a session"
+        return f"{who} (backend pid {self.backend_pid}, since {self.since:%Y-%m-%d %H:%M:%S %Z})"
+
+
+@dataclass(frozen=True)
+class Approval:
+    wave: str
+    actor: str
+    host: str
+    digest: str
+    at: datetime
+
+
+@dataclass(frozen=True)
 class StepRecord:
     tenant: str
     step_key: str
@@ -42,6 +78,7 @@ class StepRecord:
     finished_at: datetime | None
     details: Mapping[str, Any]
     error: str | None
+    run_id: UUID | None = None
 
 
 class ControlStore:
@@ -87,12 +124,12 @@ class ControlStore:
     def steps(self, conn: psycopg.Connection[Any], tenants: Sequence[str] | None = None) -> list[StepRecord]:
         rows = conn.execute(
             sql.SQL(
-                "SELECT tenant, step_key, status, finished_at, details, error FROM {}"
+                "SELECT tenant, step_key, status, finished_at, details, error, run_id FROM {}"
                 " WHERE playbook = %s AND (%s::text[] IS NULL OR tenant = ANY(%s))"
             ).format(self._t("step_state")),
             (self.playbook, list(tenants) if tenants else None, list(tenants) if tenants else None),
         ).fetchall()
-        return [StepRecord(r[0], r[1], StepStatus(r[2]), r[3], r[4], r[5]) for r in rows]
+        return [StepRecord(r[0], r[1], StepStatus(r[2]), r[3], r[4], r[5], r[6]) for r in rows]
 
     def progress(
         self, conn: psycopg.Connection[Any], tenants: Sequence[str] | None = None
@@ -202,7 +239,81 @@ class ControlStore:
             ),
         )
 
+    # playbook version, approvals -------------------------------------------------
+    def accepted_digest(self, conn: psycopg.Connection[Any]) -> tuple[str, datetime, str] | None:
+        """(digest, since, by whom) of the playbook version runs work to; None before the first run."""
+        row = conn.execute(
+            sql.SQL("SELECT playbook_digest, accepted_at, actor FROM {} WHERE playbook = %s").format(
+                self._t("playbook_versions")
+            ),
+            (self.playbook,),
+        ).fetchone()
+        return None if row is None else (row[0], row[1], row[2])
+
+    def accept_digest(self, conn: psycopg.Connection[Any], digest: str, actor: str) -> None:
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (playbook, playbook_digest, actor) VALUES (%s, %s, %s)"
+                " ON CONFLICT (playbook) DO UPDATE SET playbook_digest = excluded.playbook_digest,"
+                "  actor = excluded.actor, accepted_at = clock_timestamp()"
+            ).format(self._t("playbook_versions")),
+            (self.playbook, digest, actor),
+        )
+
+    def approve(
+        self, conn: psycopg.Connection[Any], wave: str, *, digest: str, actor: str, host: str
+    ) -> None:
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (playbook, wave, playbook_digest, actor, host) VALUES (%s, %s, %s, %s, %s)"
+                " ON CONFLICT (playbook, wave) DO UPDATE SET playbook_digest = excluded.playbook_digest,"
+                "  actor = excluded.actor, host = excluded.host, approved_at = clock_timestamp()"
+            ).format(self._t("approvals")),
+            (self.playbook, wave, digest, actor, host),
+        )
+
+    def approvals(self, conn: psycopg.Connection[Any]) -> dict[str, Approval]:
+        rows = conn.execute(
+            sql.SQL(
+                "SELECT wave, actor, host, playbook_digest, approved_at FROM {} WHERE playbook = %s"
+            ).format(self._t("approvals")),
+            (self.playbook,),
+        ).fetchall()
+        return {r[0]: Approval(r[0], r[1], r[2], r[3], r[4]) for r in rows}
+
     # tenant locks ---------------------------------------------------------------
+    def record_holder(
+        self, conn: psycopg.Connection[Any], tenant: str, *, run_id: UUID, command: str, host: str, pid: int
+    ) -> None:
+        """Note who took the tenant's lock, on the connection that holds it (status shows it)."""
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (tenant, playbook, run_id, command, host, pid, backend_pid)"
+                " VALUES (%s, %s, %s, %s, %s, %s, pg_backend_pid())"
+                " ON CONFLICT (tenant) DO UPDATE SET playbook = excluded.playbook, run_id = excluded.run_id,"
+                "  command = excluded.command, host = excluded.host, pid = excluded.pid,"
+                "  backend_pid = excluded.backend_pid, since = clock_timestamp()"
+            ).format(self._t("holders")),
+            (tenant, self.playbook, run_id, command, host, pid),
+        )
+
+    def holders(self, conn: psycopg.Connection[Any], tenants: Sequence[str]) -> dict[str, Holder]:
+        """Who holds each of ``tenants`` now, from the locks themselves (a dead runner holds nothing)."""
+        rows = conn.execute(
+            sql.SQL(
+                "SELECT t.tenant, l.pid, coalesce(h.since, a.backend_start), h.host, h.pid, h.run_id,"
+                "  h.command, a.application_name"
+                " FROM unnest(%s::text[]) AS t(tenant)"
+                " JOIN pg_locks l ON l.locktype = 'advisory' AND l.granted AND l.objsubid = 2"
+                "  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                "  AND l.classid = hashtext(%s)::oid AND l.objid = hashtext(t.tenant)::oid"
+                " JOIN pg_stat_activity a ON a.pid = l.pid"
+                " LEFT JOIN {} h ON h.tenant = t.tenant AND h.backend_pid = l.pid"
+            ).format(self._t("holders")),
+            (list(tenants), _TENANT_LOCK_CLASS),
+        ).fetchall()
+        return {r[0]: Holder(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]) for r in rows}
+
     def lock_tenant(self, conn: psycopg.Connection[Any], tenant: str) -> None:
         """Take the tenant for this session, or raise TenantLocked naming the holder.
 
@@ -215,18 +326,8 @@ class ControlStore:
         ).fetchone()
         if got and got[0]:
             return
-        holder = conn.execute(
-            "SELECT a.application_name, a.client_addr::text, a.pid, a.backend_start"
-            " FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
-            " WHERE l.locktype = 'advisory' AND l.granted"
-            "  AND l.classid = hashtext(%s)::oid AND l.objid = hashtext(%s)::oid LIMIT 1",
-            (_TENANT_LOCK_CLASS, tenant),
-        ).fetchone()
-        who = (
-            f"{holder[0] or 'a session'} (backend pid {holder[2]}, since {holder[3]:%Y-%m-%d %H:%M:%S})"
-            if holder
-            else "another runner"
-        )
+        holder = self.holders(conn, [tenant]).get(tenant)
+        who = holder.describe() if holder else "another runner"
         raise TenantLocked(
             f"tenant '{tenant}' is being worked on by {who}",
             where=f"tenant {tenant}",
