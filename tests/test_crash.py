@@ -222,7 +222,7 @@ def test_a_second_runner_on_the_same_tenant_is_refused_naming_the_first_while_ot
     assert first.proc.returncode == 0, err[-2000:]
     assert second.returncode == 1
     assert "acme: LOCKED" in second.stdout
-    assert f":{first.pid} (backend pid" in second.stdout  # the holder: host and pid of the first runner
+    assert f"pid {first.pid}, since" in second.stdout  # the holder: host and pid of the first runner
     assert "globex: done" in second.stdout
     assert world.target_counts("globex") == world.source_counts("globex")
     assert world.target_counts("acme") == world.source_counts("acme")

@@ -152,7 +152,7 @@ def test_ledger_chain_verifies_after_a_run_and_the_database_refuses_edits(world:
 
 def test_ledger_verify_names_an_entry_edited_behind_the_trigger_after_a_run(world: World) -> None:
     """After a real run, a superuser who switches the trigger off to edit an entry is caught at it."""
-    api.run(DEMO, environ=world.environ, tenants=["initech"])
+    api.run(DEMO, environ=world.environ, tenants=["acme"])
     tamper(world.target_dsn, lambda c: c.execute(f"UPDATE {TABLE} SET actor = 'mallory' WHERE seq = 3"))
     report = api.ledger(DEMO, environ=world.environ)
     assert report.broken_at == 3 and report.why and "changed" in report.why

@@ -79,7 +79,7 @@ def test_cli_second_run_says_it_copied_nothing(
 
 def test_shared_tables_have_tenant_id_in_every_key_and_rls_forced(world: World) -> None:
     """Every shared table: tenant_id leads the primary key, RLS enabled and forced, one policy."""
-    api.run(DEMO, environ=world.environ, tenants=["initech"])
+    api.run(DEMO, environ=world.environ, tenants=["acme"])
     with world.target() as conn:
         rows = conn.execute(
             "SELECT c.relname, c.relrowsecurity, c.relforcerowsecurity,"
@@ -128,17 +128,17 @@ def test_flags_are_on_for_migrated_tenants_only(world: World) -> None:
 
 
 def test_a_locked_tenant_is_refused_naming_the_holder_while_others_proceed(world: World) -> None:
-    """A tenant held by another runner is reported locked; the other tenants still run."""
-    api.run(DEMO, environ=world.environ, tenants=["initech"])  # creates the control schema
+    """A tenant held by another runner is reported locked; the other tenants of its wave still run."""
+    api.run(DEMO, environ=world.environ, tenants=["acme"])  # the canary; creates the control schema
     with psycopg.connect(world.target_dsn, autocommit=True, application_name="other-runner") as holder:
-        holder.execute("SELECT pg_advisory_lock(hashtext('migrate.tenant'), hashtext('acme'))")
+        holder.execute("SELECT pg_advisory_lock(hashtext('migrate.tenant'), hashtext('globex'))")
         with capture_logs() as logs:
             result = api.run(DEMO, environ=world.environ, jobs=2)
     by_tenant = {t.tenant: t for t in result.tenants}
-    assert by_tenant["acme"].outcome == "locked"
-    assert by_tenant["acme"].error is not None and "other-runner" in by_tenant["acme"].error.message
-    assert by_tenant["globex"].outcome == "done"
-    assert world.target_counts("acme") == dict.fromkeys(TABLES, 0)
+    assert by_tenant["globex"].outcome == "locked"
+    assert by_tenant["globex"].error is not None and "other-runner" in by_tenant["globex"].error.message
+    assert by_tenant["initech"].outcome == "done"
+    assert world.target_counts("globex") == dict.fromkeys(TABLES, 0)
     assert any(e["event"] == "run_finished" and e["outcome"] == "failed" for e in logs)
 
 
@@ -171,7 +171,7 @@ def test_an_inventory_file_and_an_explicit_table_list_are_honoured(world: World,
     result = api.run(path, environ=world.environ)
     assert [t.tenant for t in result.tenants] == ["globex", "initech"]
     assert result.ok
-    backfill = result.tenants[0].steps[1]
+    (backfill,) = [s for s in result.tenants[0].steps if s.kind == "backfill"]
     assert list(backfill.details["tables"]) == ["organizations", "users"]
     with world.target() as conn:
         shared = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'app'")}

@@ -616,6 +616,26 @@ def test_flags_sync_and_status_commands(
     assert "tenants listed: acme" in capsys.readouterr().out
 
 
+def test_a_rehearsed_cutover_on_unleash_reports_the_flip_and_leaves_the_server_as_it_was(
+    world: World, unleash: UnleashEndpoint, tmp_path: Path
+) -> None:
+    """--dry-run on a real Unleash: the flag step says off -> on, the server's environment is unchanged and
+    the SDK still sees the tenant off; the real run that follows flips it."""
+    playbook = unleash_playbook(tmp_path)
+    flag = playbook_flag(playbook)
+    environ = {**world.environ, **unleash.environ()}
+    api.flags_sync(playbook, environ=environ)
+    before = environment_state(unleash, flag)
+    rehearsal = api.run(playbook, ["acme"], environ=environ, dry_run=True)
+    assert rehearsal.ok, rehearsal.tenants[0].error
+    (step,) = [s for s in rehearsal.tenants[0].steps if s.kind == "flag"]
+    assert step.outcome == "rehearsed" and (step.details["before"], step.details["after"]) == (False, True)
+    assert environment_state(unleash, flag) == before
+    assert app_sees_on_server(unleash, flag, "acme") is False
+    assert api.run(playbook, ["acme"], environ=environ).ok
+    assert app_sees_on_server(unleash, flag, "acme") is True
+
+
 def _waiting_for_advisory_lock(dsn: str) -> bool:
     with psycopg.connect(dsn, autocommit=True) as conn:
         row = conn.execute(
@@ -686,7 +706,7 @@ def test_unleash_stopped_mid_run_fails_the_flag_step_cleanly_and_the_next_run_re
     assert [s.key for s in again.tenants[0].steps if s.outcome == "applied"] == ["cutover/flag"]
     assert app_sees_on_server(endpoint, flag, "acme") is True
     assert app_sees_on_server(endpoint, flag, "globex") is False
-    rolled = api.rollback(playbook, "acme", "pre-cutover", environ=environ)
+    rolled = api.rollback(playbook, "acme", "pre-cutover", environ=environ, discard_writes_since_cutover=True)
     assert [s.key for s in rolled.steps] == ["cutover/flag"]
     assert environment_state(endpoint, flag) == before
 

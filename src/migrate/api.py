@@ -22,17 +22,20 @@ from __future__ import annotations
 import getpass
 import os
 import re
+import shlex
 import socket
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 import psycopg
 
+from migrate.adapters.recording import RecordingFlags
 from migrate.checks.checksum import Mode, Side, TableFigures, choose_mode, table_shapes
 from migrate.checks.diff import DiffResult, diff_table
 from migrate.checks.isolation import IsolationReport, check_isolation
@@ -48,14 +51,32 @@ from migrate.control.ledger import (
     parse_run,
     parse_since,
 )
-from migrate.control.store import StepRecord
-from migrate.engine.rollback import RollbackResult
+from migrate.control.store import Approval, ControlStore, Holder, StepRecord
+from migrate.engine.gates import Approved
+from migrate.engine.gates import approve as engine_approve
+from migrate.engine.rollback import RollbackPreview, RollbackResult, refuse_across_cutover, what_to_revert
 from migrate.engine.rollback import rollback as engine_rollback
-from migrate.engine.run import Environment, RunResult
+from migrate.engine.run import Environment, RunOptions, RunResult
 from migrate.engine.run import run as engine_run
-from migrate.errors import ArgumentError, CheckFailed, LedgerBroken, SettingsError, StepFailed
+from migrate.errors import (
+    ArgumentError,
+    CheckFailed,
+    LedgerBroken,
+    MigrateError,
+    SettingsError,
+    StepFailed,
+)
 from migrate.log import redact
-from migrate.plan import Plan, StepStatus, build_plan, select_tenants
+from migrate.plan import (
+    Plan,
+    PlannedStep,
+    StepStatus,
+    TenantPlan,
+    build_plan,
+    select_tenants,
+    select_wave,
+    wave_states,
+)
 from migrate.playbook import LoadedPlaybook, Tenant, load_playbook
 from migrate.playbook.model import FlagStep, UnleashFlags
 from migrate.ports import FlagChange, FlagProvider, FlagSnapshot
@@ -65,7 +86,7 @@ from migrate.schemagen.ddl import Options as SchemaOptions
 from migrate.schemagen.generate import GenerateResult, generate
 from migrate.schemagen.reflect import SourceTable, reflect, select_tables
 from migrate.steps.context import ProgressSink, no_progress
-from migrate.steps.validate import compare_tenant
+from migrate.steps.validate import compare_tenant, mismatch_summary
 
 if TYPE_CHECKING:
     from migrate.adapters.flagfile import FileFlagProvider
@@ -85,15 +106,32 @@ def _env(loaded: LoadedPlaybook, environ: Environ, var: str, *loc: str | int, wh
     return value
 
 
+# A runner that dies must not leave its session behind holding a tenant's lock. The server
+# notices a vanished client only when it next talks to it — never while the session waits on a
+# lock — unless it checks (PostgreSQL 14+), and keepalives find a machine that went away.
+_KEEPALIVES = {
+    "keepalives": "1",
+    "keepalives_idle": "30",
+    "keepalives_interval": "10",
+    "keepalives_count": "3",
+}
+_CHECK_CLIENT = "SELECT set_config('client_connection_check_interval', '1s', false)"
+
+
 def connect(dsn: str, *, what: str, var: str) -> psycopg.Connection[Any]:
     """An autocommit connection, or a SettingsError that never shows the password."""
     try:
-        return psycopg.connect(
-            dsn,
+        given = psycopg.conninfo.conninfo_to_dict(dsn)
+        extra = {k: v for k, v in _KEEPALIVES.items() if k not in given}
+        conn = psycopg.connect(
+            psycopg.conninfo.make_conninfo(dsn, **extra),
             autocommit=True,
             connect_timeout=10,
             application_name=f"migrate {socket.gethostname()}:{os.getpid()}",
         )
+        if conn.info.server_version >= 140000:
+            conn.execute(_CHECK_CLIENT)
+        return conn
     except psycopg.OperationalError as exc:
         raise SettingsError(
             f"cannot connect to {what}: {redact(str(exc).strip().splitlines()[0])}",
@@ -225,22 +263,39 @@ def flag_provider(loaded: LoadedPlaybook, environ: Environ) -> FlagProvider:
     return file_provider
 
 
+def connect_source(loaded: LoadedPlaybook, tenant: Tenant, environ: Environ) -> psycopg.Connection[Any]:
+    """A connection to the tenant's source on which every transaction is read-only.
+
+    The migrator only ever reads a source: the session default makes the server
+    refuse any write, whatever a step or a check might try.
+    """
+    src, src_var = source_dsn(loaded, tenant, environ)
+    conn = connect(src, what=f"tenant {tenant.id}'s source database", var=src_var)
+    try:
+        conn.execute("SET default_transaction_read_only = on")
+    except psycopg.Error:
+        conn.close()
+        raise
+    return conn
+
+
 def environment(
-    loaded: LoadedPlaybook, environ: Environ, actor: str | None = None, *, with_flags: bool = True
+    loaded: LoadedPlaybook,
+    environ: Environ,
+    actor: str | None = None,
+    *,
+    with_flags: bool = True,
+    with_sources: bool = True,
 ) -> Environment:
     dsn = target_dsn(loaded, environ)
     var = loaded.playbook.target.dsn_env
-
-    def connect_source(tenant: Tenant) -> psycopg.Connection[Any]:
-        src, src_var = source_dsn(loaded, tenant, environ)
-        return connect(src, what=f"tenant {tenant.id}'s source database", var=src_var)
-
-    for tenant in loaded.tenants:  # fail on a missing variable before any work starts
-        source_dsn(loaded, tenant, environ)
+    if with_sources:
+        for tenant in loaded.tenants:  # fail on a missing variable before any work starts
+            source_dsn(loaded, tenant, environ)
     return Environment(
         loaded=loaded,
         connect_target=lambda: connect(dsn, what="the target database", var=var),
-        connect_source=connect_source,
+        connect_source=lambda tenant: connect_source(loaded, tenant, environ),
         flags=flag_provider(loaded, environ) if with_flags else _NoFlags(),
         actor=actor or environ.get("MIGRATE_ACTOR") or getpass.getuser(),
         host=socket.gethostname(),
@@ -277,24 +332,73 @@ def run(
     playbook: Path | str,
     tenants: Sequence[str] | None = None,
     *,
+    wave: str | None = None,
     jobs: int = 1,
+    dry_run: bool = False,
+    max_failures: int | None = None,
+    replan: bool = False,
+    stop: threading.Event | None = None,
     actor: str | None = None,
     environ: Environ | None = None,
     progress: ProgressSink | None = None,
 ) -> RunResult:
-    """Run the playbook's phases for its tenants; done steps are skipped.
+    """Run the playbook's phases for its tenants, wave by wave; done steps are skipped.
 
-    ``progress`` receives the copy's ProgressEvents (from worker threads: it must be thread-safe).
+    ``dry_run`` rehearses: every step runs against the real sources and target inside
+    transactions that are rolled back, flag flips are only recorded, and the ledger
+    gains one ``rehearsed`` entry per step. ``stop``, once set (the CLI sets it on
+    Ctrl-C), ends every tenant at its next safe point. ``progress`` receives the
+    copy's ProgressEvents (from worker threads: it must be thread-safe).
     """
     if jobs < 1:
         raise ArgumentError(f"--jobs must be at least 1, not {jobs}", where="--jobs")
+    if max_failures is not None and max_failures < 1:
+        raise ArgumentError(
+            f"--max-failures must be at least 1, not {max_failures}",
+            where="--max-failures",
+            hint="leave it out to let every tenant run whatever the others do",
+        )
     environ = os.environ if environ is None else environ
     loaded = load_playbook(playbook)
     env = environment(loaded, environ, actor)
+    if dry_run:
+        env.flags = RecordingFlags(env.flags)
     _prepare(loaded, environ)
-    the_plan = build_plan(loaded, _progress(env, tenants), tenants)
-    command = "run " + " ".join(f"--tenant {t}" for t in tenants or ())
-    return engine_run(env, the_plan, command=command.strip(), jobs=jobs, progress=progress or no_progress)
+    the_plan = build_plan(loaded, _progress(env, tenants), tenants, wave)
+    words = ["run", *(f"--tenant {t}" for t in tenants or ()), *([f"--wave {wave}"] if wave else [])]
+    options = RunOptions(
+        command=" ".join(words + (["--dry-run"] if dry_run else [])),
+        jobs=jobs,
+        dry_run=dry_run,
+        max_failures=max_failures,
+        replan=replan,
+        stop=stop or threading.Event(),
+    )
+    return engine_run(env, the_plan, options, progress=progress or no_progress)
+
+
+def approve(
+    playbook: Path | str, wave: str, *, actor: str | None = None, environ: Environ | None = None
+) -> Approved:
+    """Open a wave's approval gate, as ``actor``; ledgered. Only once every earlier wave is done."""
+    environ = os.environ if environ is None else environ
+    loaded = load_playbook(playbook)
+    select_wave(loaded, wave)
+    env = environment(loaded, environ, actor, with_flags=False, with_sources=False)
+    _prepare(loaded, environ)
+    return engine_approve(env, build_plan(loaded), wave)
+
+
+@dataclass(frozen=True)
+class StepNow:
+    """The step a tenant is working on or stopped at: running, interrupted or failed."""
+
+    key: str  # phase/step
+    phase: str
+    step: str
+    kind: str
+    status: str  # running | interrupted (its runner is gone; the next run redoes it) | failed
+    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -303,97 +407,405 @@ class TenantStatus:
     wave: str
     phase: str | None  # phase of the last finished step
     last_step: str | None
-    state: str  # not started | in progress | done | failed | rolled back
-    rows: int | None
+    state: str  # not started | in progress | running | interrupted | failed | rolled back | done
+    rows: int | None  # rows copied: the backfill's figure, or its checkpoints' while it is under way
     validated: bool | None
     error: str | None
     figures: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # per table, from validate
+    current: StepNow | None = None
+    points: tuple[str, ...] = ()  # rollback points passed, in order
+    steps_done: int = 0
+    steps_total: int = 0
+    flags: Mapping[str, bool] = field(default_factory=dict)  # as the application sees them, per flag
+    holder: Holder | None = None  # the runner that holds the tenant's lock now
+
+
+@dataclass(frozen=True)
+class WaveStatus:
+    name: str
+    stage: str  # done | open | waiting for approval | waiting for an earlier wave
+    tenants: tuple[str, ...]
+    finished: tuple[str, ...]
+    approval_needed: bool
+    approval: Approval | None  # who opened the gate, where, when, for which playbook version
+    blocked_by: str | None  # the earlier wave it waits for
+
+
+@dataclass(frozen=True)
+class AcceptedVersion:
+    """The playbook version runs work to (moved only by ``run --replan``)."""
+
+    digest: str
+    since: datetime
+    actor: str
+
+
+@dataclass(frozen=True)
+class NextCommand:
+    command: str
+    why: str
 
 
 @dataclass(frozen=True)
 class Status:
     playbook: str
     digest: str
-    tenants: tuple[TenantStatus, ...]
+    tenants: tuple[TenantStatus, ...]  # those asked for (all by default), in wave order
+    path: str = ""  # the playbook's path as given, for the commands status suggests
+    waves: tuple[WaveStatus, ...] = ()
+    accepted: AcceptedVersion | None = None
+    started: bool = False  # the target has a control schema: something ran
+    flags_provider: str = "file"
+    flags: tuple[FlagSummary, ...] = ()
+    flags_error: str | None = None  # why the flags could not be read; None when they were
+    next: NextCommand | None = None  # for the whole playbook; None when everything is done
+
+    @property
+    def playbook_changed(self) -> bool:
+        """The playbook changed in substance since the version runs work to: the next run needs --replan."""
+        return self.accepted is not None and self.accepted.digest != self.digest
+
+    @property
+    def holders(self) -> tuple[Holder, ...]:
+        return tuple(t.holder for t in self.tenants if t.holder is not None)
 
 
 def status(
     playbook: Path | str, tenants: Sequence[str] | None = None, *, environ: Environ | None = None
 ) -> Status:
-    """Where each tenant stands, read from the control schema."""
+    """Waves, tenants, lock holders and flags, read from the control schema; and what to run next.
+
+    Read-only: it needs the target's settings (and the flags' for flag states, which are
+    otherwise "unavailable"), never a source's, and changes nothing, not even the control
+    schema's revision. ``next`` is for the whole playbook, whichever tenants are shown.
+    """
     environ = os.environ if environ is None else environ
     loaded = load_playbook(playbook)
-    env = environment(loaded, environ, with_flags=False)
-    the_plan = build_plan(loaded, tenants=tenants)
-    with env.connect_target() as conn:
-        records = (
-            env.control.steps(conn, tenants)
-            if _control_exists(conn, loaded.playbook.target.control_schema)
-            else []
-        )
-    by_tenant: dict[str, dict[str, StepRecord]] = {}
-    for rec in records:
-        by_tenant.setdefault(rec.tenant, {})[rec.step_key] = rec
-    out = []
-    for tp in the_plan.tenants:
-        recs = by_tenant.get(tp.tenant.id, {})
-        real = [s for s in tp.steps if not s.is_point]
-        done = [s for s in real if (r := recs.get(s.key)) and r.status is StepStatus.DONE]
-        failed = [recs[s.key] for s in real if s.key in recs and recs[s.key].status is StepStatus.FAILED]
-        reverted = [s for s in real if s.key in recs and recs[s.key].status is StepStatus.REVERTED]
-        last = done[-1] if done else None
-        rows = validated = None
-        figures: Mapping[str, Mapping[str, Any]] = {}
-        for s in real:
-            record = recs.get(s.key)
-            if record is None or record.status is not StepStatus.DONE:
-                continue
-            if s.kind == "backfill":
-                rows = int(record.details.get("rows", 0))
-            if s.kind == "validate":
-                validated = bool(record.details.get("match"))
-                figures = record.details.get("tables", {})
-        if failed:
-            state = "failed"
-        elif len(done) == len(real):
-            state = "done"
-        elif reverted:
-            state = "rolled back"
-        elif done or recs:
-            state = "in progress"
-        else:
-            state = "not started"
-        out.append(
-            TenantStatus(
-                tenant=tp.tenant.id,
-                wave=tp.tenant.wave,
-                phase=last.phase if last else None,
-                last_step=last.step_id if last else None,
-                state=state,
-                rows=rows,
-                validated=validated,
-                error=failed[0].error if failed else None,
-                figures=figures,
+    return _status(loaded, str(playbook), tenants, environ, read_flags=True)
+
+
+_CONTROL_TABLES = ("step_state", "checkpoints", "approvals", "playbook_versions", "holders")
+
+
+def _status(
+    loaded: LoadedPlaybook,
+    path: str,
+    tenants: Sequence[str] | None,
+    environ: Environ,
+    *,
+    read_flags: bool,
+) -> Status:
+    pb = loaded.playbook
+    shown = [t.id for t in select_tenants(loaded, tenants)]
+    skeleton = build_plan(loaded)
+    backfills = {s.key for tp in skeleton.tenants[:1] for s in tp.steps if s.kind == "backfill"}
+    store = ControlStore(pb.target.control_schema, pb.name)
+    with connect(target_dsn(loaded, environ), what="the target database", var=pb.target.dsn_env) as conn:
+        # A control schema older than this version lacks some tables: what is missing is empty.
+        found = {
+            name
+            for (name,) in conn.execute(
+                "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                " WHERE n.nspname = %s AND c.relname = ANY(%s)",
+                (pb.target.control_schema, list(_CONTROL_TABLES)),
             )
+        }
+        records = store.steps(conn) if "step_state" in found else []
+        holders = store.holders(conn, [t.id for t in loaded.tenants]) if "holders" in found else {}
+        if any(r.status is StepStatus.RUNNING and r.tenant not in holders for r in records):
+            # Read again after the locks: a runner may have finished that step and let go in between.
+            records = store.steps(conn)
+        approvals = store.approvals(conn) if "approvals" in found else {}
+        accepted = store.accepted_digest(conn) if "playbook_versions" in found else None
+        by_tenant: dict[str, dict[str, StepRecord]] = {}
+        for rec in records:
+            by_tenant.setdefault(rec.tenant, {})[rec.step_key] = rec
+        copying = {  # rows so far of a backfill under way, interrupted or failed: its checkpoints
+            rec.tenant for rec in records if rec.step_key in backfills and rec.status is not StepStatus.DONE
+        }
+        copied = {
+            t: sum(c.rows_copied for c in store.checkpoints(conn, t).values())
+            for t in copying
+            if "checkpoints" in found
+        }
+    progress = {(r.tenant, r.step_key): r.status for r in records}
+    the_plan = build_plan(loaded, progress)
+    states = {
+        tp.tenant.id: _tenant_status(
+            tp, by_tenant.get(tp.tenant.id, {}), holders.get(tp.tenant.id), copied.get(tp.tenant.id)
         )
-    return Status(loaded.playbook.name, loaded.digest, tuple(out))
+        for tp in the_plan.tenants
+    }
+    waves = tuple(
+        WaveStatus(
+            w.wave.name,
+            w.stage.value,
+            w.wave.tenants,
+            w.finished,
+            w.wave.approval,
+            approvals.get(w.wave.name),
+            w.blocked_by,
+        )
+        for w in wave_states(the_plan, progress, approved=set(approvals))
+    )
+    version = AcceptedVersion(*accepted) if accepted else None
+    flags_error: str | None = None
+    seen = _FlagsRead(pb.flags.provider, (), {})
+    if read_flags:
+        try:
+            seen = _read_flags(loaded, environ, shown)
+        except MigrateError as exc:  # Unleash down, settings missing, a broken file: status still works
+            flags_error = exc.message
+    ordered = [tp.tenant.id for tp in the_plan.tenants]
+    return Status(
+        pb.name,
+        loaded.digest,
+        tuple(
+            replace(states[t], flags={name: on[t] for name, on in seen.seen.items()})
+            for t in ordered
+            if t in shown
+        ),
+        path=path,
+        waves=waves,
+        accepted=version,
+        started="step_state" in found,
+        flags_provider=seen.provider,
+        flags=seen.summaries,
+        flags_error=flags_error,
+        next=_next_command(path, loaded.digest, [states[t] for t in ordered], waves, version),
+    )
+
+
+def _tenant_status(
+    tp: TenantPlan, recs: Mapping[str, StepRecord], holder: Holder | None, copied: int | None
+) -> TenantStatus:
+    def state_of(step: PlannedStep) -> StepStatus:
+        record = recs.get(step.key)
+        return StepStatus.PENDING if record is None else record.status
+
+    real = [s for s in tp.steps if not s.is_point]
+    done = [s for s in real if state_of(s) is StepStatus.DONE]
+    last = done[-1] if done else None
+    current: StepNow | None = None
+    rows: int | None = None
+    validated: bool | None = None
+    figures: Mapping[str, Mapping[str, Any]] = {}
+    for s in real:
+        status_now = state_of(s)
+        if current is None and status_now in (StepStatus.RUNNING, StepStatus.FAILED):
+            word = "failed" if status_now is StepStatus.FAILED else "running" if holder else "interrupted"
+            current = StepNow(s.key, s.phase, s.step_id, s.kind, word, recs[s.key].error)
+        if s.kind == "backfill" and status_now is StepStatus.DONE:
+            rows = int(recs[s.key].details.get("rows", 0))
+        elif s.kind == "backfill" and status_now in (StepStatus.RUNNING, StepStatus.FAILED):
+            rows = copied
+        # A failed validation keeps its figures: they are the evidence of what differs.
+        if s.kind == "validate" and status_now in (StepStatus.DONE, StepStatus.FAILED):
+            details = recs[s.key].details
+            if "tables" in details:
+                validated = bool(details.get("match"))
+                figures = details["tables"]
+    reverted = any(r.status is StepStatus.REVERTED for r in recs.values())
+    if holder is not None and len(done) < len(real):
+        state = "running"
+    elif current is not None and current.status != "running":
+        state = current.status
+    elif len(done) == len(real):
+        state = "done"
+    elif reverted:
+        state = "rolled back"
+    elif recs:
+        state = "in progress"
+    else:
+        state = "not started"
+    return TenantStatus(
+        tenant=tp.tenant.id,
+        wave=tp.tenant.wave,
+        phase=last.phase if last else None,
+        last_step=last.step_id if last else None,
+        state=state,
+        rows=rows,
+        validated=validated,
+        error=current.error if current and current.status == "failed" else None,
+        figures=figures,
+        current=current,
+        points=tuple(
+            s.step_id.removeprefix("@") for s in tp.steps if s.is_point and state_of(s) is StepStatus.DONE
+        ),
+        steps_done=len(done),
+        steps_total=len(real),
+        holder=holder,
+    )
+
+
+def _next_command(
+    path: str,
+    digest: str,
+    tenants: Sequence[TenantStatus],
+    waves: Sequence[WaveStatus],
+    accepted: AcceptedVersion | None,
+) -> NextCommand | None:
+    """The one command that moves the playbook on from here, and why; None when all is done."""
+    book = shlex.quote(path)
+    if accepted is not None and accepted.digest != digest:
+        return NextCommand(
+            f"migrate run {book} --replan",
+            f"the playbook changed since version {accepted.digest[:12]} "
+            f"(accepted {accepted.since:%Y-%m-%d %H:%M} by {accepted.actor}); "
+            f"review 'migrate plan {book}', then run with --replan to work to version {digest[:12]}",
+        )
+    for t in tenants:
+        if t.state != "failed" or t.current is None:
+            continue
+        rerun = f"migrate run {book} --tenant {shlex.quote(t.tenant)}"
+        differ = [name for name, f in sorted(t.figures.items()) if not f.get("match")]
+        if t.current.kind == "validate" and differ:
+            return NextCommand(
+                f"migrate diff {book} --tenant {shlex.quote(t.tenant)} --table {shlex.quote(differ[0])}",
+                f"tenant {t.tenant} failed validation: {mismatch_summary(t.figures)}; find the keys "
+                f"that differ, fix the cause, then '{rerun}'",
+            )
+        return NextCommand(
+            rerun,
+            f"tenant {t.tenant} failed at {t.current.key}: {t.current.error or 'no error recorded'}; "
+            "fix the cause, then re-run it (done steps are skipped)",
+        )
+    by_id = {t.tenant: t for t in tenants}
+    for wave in waves:
+        if wave.stage == "done":
+            continue
+        if wave.stage != "open":  # the first wave not done is either open or waits for approval
+            return NextCommand(
+                f"migrate approve {book} --wave {shlex.quote(wave.name)}",
+                f"wave {wave.name} waits for approval before any of its tenants starts",
+            )
+        todo = [t for t in wave.tenants if t not in wave.finished]
+        free = [t for t in todo if by_id[t].holder is None]
+        if not free:
+            held = "; ".join(f"{t} by {h.describe()}" for t in todo if (h := by_id[t].holder))
+            return NextCommand(
+                f"migrate status {book}",
+                f"wave {wave.name} is under way ({held}); check again when it finishes",
+            )
+        notes = [
+            f"{t} was interrupted at {c.key} (its runner is gone; the run redoes it)"
+            for t in free
+            if (c := by_id[t].current) and c.status == "interrupted"
+        ] + [
+            f"{t} was rolled back (the run re-applies what was reverted)"
+            for t in free
+            if by_id[t].state == "rolled back"
+        ]
+        only = "".join(f" --tenant {shlex.quote(t)}" for t in free) if len(free) < len(todo) else ""
+        first = "nothing has run yet; " if all(by_id[t].state == "not started" for t in by_id) else ""
+        return NextCommand(
+            f"migrate run {book}{only}",
+            f"{first}wave {wave.name} is open: {', '.join(free)} "
+            f"{'has' if len(free) == 1 else 'have'} steps to run" + "".join(f"; {n}" for n in notes),
+        )
+    return None
+
+
+def _rollback_plan(
+    loaded: LoadedPlaybook, tenants: str | Sequence[str] | None, wave: str | None, all_tenants: bool
+) -> tuple[Plan, str]:
+    """The tenants a rollback names — ``--tenant`` (repeatable), ``--wave`` or ``--all-tenants``,
+    exactly one kind — as a plan, and how the command line said it (for the run and the ledger)."""
+    named = [tenants] if isinstance(tenants, str) else list(tenants or ())
+    given = [
+        option
+        for option, said in (
+            ("--tenant", bool(named)),
+            ("--wave", wave is not None),
+            ("--all-tenants", all_tenants),
+        )
+        if said
+    ]
+    if len(given) != 1:
+        raise ArgumentError(
+            "name the tenants to roll back once: --tenant T (repeat it for more), --wave W or --all-tenants"
+            if not given
+            else f"{' and '.join(given)} exclude each other: name the tenants to roll back one way",
+            where="--tenant" if not given else given[1],
+            hint="e.g. migrate rollback PLAYBOOK --tenant acme --to pre-cutover",
+        )
+    the_plan = build_plan(loaded, tenants=named or None, wave=wave)
+    said = (
+        " ".join(f"--tenant {shlex.quote(t)}" for t in named)
+        if named
+        else (f"--wave {shlex.quote(wave)}" if wave is not None else "--all-tenants")
+    )
+    return the_plan, said
 
 
 def rollback(
     playbook: Path | str,
-    tenant: str,
+    tenants: str | Sequence[str] | None,
     to: str,
     *,
+    wave: str | None = None,
+    all_tenants: bool = False,
+    discard_writes_since_cutover: bool = False,
+    started: float | None = None,
     actor: str | None = None,
     environ: Environ | None = None,
 ) -> RollbackResult:
-    """Revert every step after rollback point ``to`` for one tenant, flags first."""
+    """Revert every step after rollback point ``to``: every selected tenant's flags first, then data.
+
+    The tenants are ``tenants`` (one id or several), the wave ``wave``, or all of them
+    (``all_tenants``): exactly one. A rollback that would undo a cut-over is refused
+    (ArgumentError) unless ``discard_writes_since_cutover``; a tenant another runner holds
+    refuses the whole rollback (TenantLocked) before anything changes. ``started``
+    (``time.monotonic()`` at the command's start) is where the result's times count from.
+    """
+    started = time.monotonic() if started is None else started
     environ = os.environ if environ is None else environ
     loaded = load_playbook(playbook)
+    the_plan, said = _rollback_plan(loaded, tenants, wave, all_tenants)
     env = environment(loaded, environ, actor)
     _prepare(loaded, environ)
-    the_plan = build_plan(loaded, tenants=[tenant])
-    return engine_rollback(env, the_plan.tenants[0], to)
+    command = f"rollback --to {shlex.quote(to)} {said}" + (
+        " --discard-writes-since-cutover" if discard_writes_since_cutover else ""
+    )
+    return engine_rollback(
+        env,
+        the_plan.tenants,
+        to,
+        discard_writes_since_cutover=discard_writes_since_cutover,
+        started=started,
+        command=command,
+    )
+
+
+def rollback_preview(
+    playbook: Path | str,
+    tenants: str | Sequence[str] | None,
+    to: str,
+    *,
+    wave: str | None = None,
+    all_tenants: bool = False,
+    discard_writes_since_cutover: bool = False,
+    environ: Environ | None = None,
+) -> RollbackPreview:
+    """What ``rollback`` with the same arguments would revert, read without taking any lock.
+
+    Refuses as ``rollback`` would (ArgumentError) when it would undo a cut-over and
+    ``discard_writes_since_cutover`` is not given, so nobody is asked to confirm a refusal.
+    """
+    environ = os.environ if environ is None else environ
+    loaded = load_playbook(playbook)
+    the_plan, _said = _rollback_plan(loaded, tenants, wave, all_tenants)
+    env = environment(loaded, environ, with_flags=False)
+    with env.connect_target() as conn:
+        records = (
+            env.control.steps(conn, [tp.tenant.id for tp in the_plan.tenants])
+            if _control_exists(conn, loaded.playbook.target.control_schema)
+            else []
+        )
+    preview = what_to_revert(the_plan.tenants, to, records)
+    if not discard_writes_since_cutover:
+        refuse_across_cutover(preview)
+    return preview
 
 
 @dataclass(frozen=True)
@@ -681,23 +1093,28 @@ class FlagsStatus:
     tenants: tuple[TenantFlags, ...]
 
 
-def flags_status(
-    playbook: Path | str, tenants: Sequence[str] | None = None, *, environ: Environ | None = None
-) -> FlagsStatus:
-    """Per tenant, each flag as the application sees it, next to the tenant's phase."""
-    environ = os.environ if environ is None else environ
-    loaded = load_playbook(playbook)
-    where = status(loaded.path, tenants, environ=environ)
+@dataclass(frozen=True)
+class _FlagsRead:
+    provider: str
+    summaries: tuple[FlagSummary, ...]
+    seen: Mapping[str, Mapping[str, bool]]  # flag -> tenant -> on, as the application sees it
+
+
+def _read_flags(loaded: LoadedPlaybook, environ: Environ, tenants: Sequence[str]) -> _FlagsRead:
+    """The playbook's flags as their provider holds them, and per tenant as the application sees them.
+
+    Read-only (``status`` and ``flags status``): a missing flag file means no tenant was
+    flipped yet, so all are off. Raises the provider's MigrateError when it cannot be read.
+    """
     names = _step_flags(loaded)
-    ids = [t.tenant for t in where.tenants]
     seen: dict[str, dict[str, bool]] = {}
     summaries: list[FlagSummary] = []
-    if isinstance(loaded.playbook.flags, UnleashFlags):
+    if names and isinstance(loaded.playbook.flags, UnleashFlags):
         provider = unleash_provider(loaded, environ)
         try:
             for name in names:
                 info = provider.describe(name)
-                seen[name] = provider.evaluate(name, ids)
+                seen[name] = provider.evaluate(name, tenants)
                 summaries.append(
                     FlagSummary(
                         name,
@@ -709,22 +1126,34 @@ def flags_status(
                 )
         finally:
             provider.close()
-    else:
-        # Read-only: a missing flag file means no tenant was flipped yet, so all are off.
+    elif names:
         file_provider = _file_provider(loaded, environ, create=False)
         for name in names:
             if file_provider is None:
-                seen[name] = dict.fromkeys(ids, False)
+                seen[name] = dict.fromkeys(tenants, False)
                 summaries.append(FlagSummary(name, "no flag file yet", None, (), None))
                 continue
-            seen[name] = file_provider.evaluate(name, ids)
+            seen[name] = file_provider.evaluate(name, tenants)
             listed = tuple(file_provider.tenants(name))
             summaries.append(FlagSummary(name, str(file_provider.path), None, listed, None))
+    return _FlagsRead(loaded.playbook.flags.provider, tuple(summaries), seen)
+
+
+def flags_status(
+    playbook: Path | str, tenants: Sequence[str] | None = None, *, environ: Environ | None = None
+) -> FlagsStatus:
+    """Per tenant, each flag as the application sees it, next to the tenant's phase."""
+    environ = os.environ if environ is None else environ
+    loaded = load_playbook(playbook)
+    where = _status(loaded, str(playbook), tenants, environ, read_flags=False)
+    read = _read_flags(loaded, environ, [t.tenant for t in where.tenants])
     rows = tuple(
-        TenantFlags(t.tenant, t.wave, t.phase, t.state, {name: seen[name][t.tenant] for name in names})
+        TenantFlags(
+            t.tenant, t.wave, t.phase, t.state, {name: read.seen[name][t.tenant] for name in read.seen}
+        )
         for t in where.tenants
     )
-    return FlagsStatus(where.playbook, where.digest, loaded.playbook.flags.provider, tuple(summaries), rows)
+    return FlagsStatus(where.playbook, where.digest, read.provider, read.summaries, rows)
 
 
 @dataclass(frozen=True)

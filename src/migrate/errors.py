@@ -11,7 +11,8 @@
         ├── StepFailed              a step's apply, verify or revert failed (tenant/phase/step)
         ├── CheckFailed             counts or checksums differ, an isolation probe got through
         ├── TenantLocked            another runner holds the tenant
-        └── LedgerBroken            the audit chain does not verify
+        ├── LedgerBroken            the audit chain does not verify
+        └── Interrupted             exit 130: stopped at a safe point on request (Ctrl-C)
 
 Anything else escaping to the CLI is a bug: it is reported as "internal error"
 with the log file, and a traceback only with ``--debug``.
@@ -80,3 +81,9 @@ class TenantLocked(RunFailure):
 
 class LedgerBroken(RunFailure):
     """The ledger's hash chain does not verify."""
+
+
+class Interrupted(RunFailure):
+    """The run was asked to stop (Ctrl-C) and stopped at a safe point; ``run`` resumes it."""
+
+    exit_code = 130

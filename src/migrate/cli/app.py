@@ -10,9 +10,14 @@ print local variables, DSNs included.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import tempfile
+import threading
+import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -22,8 +27,11 @@ from rich.console import Console
 
 from migrate import api
 from migrate.cli import render
+from migrate.cli import report as reports
+from migrate.engine.run import RunResult
 from migrate.errors import ArgumentError, MigrateError
 from migrate.log import configure, redact
+from migrate.steps.context import ProgressSink
 
 app = typer.Typer(
     name="migrate",
@@ -103,37 +111,151 @@ def plan(playbook: PlaybookArg, tenant: TenantOpt = None) -> None:
     out.print(render.plan(api.plan(playbook, tenant)), markup=False)
 
 
+WaveOpt = Annotated[
+    str | None,
+    typer.Option("--wave", "-w", help="Only the tenants of this wave.", show_default=False),
+]
+ActorOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Who acts, for the ledger (default: $MIGRATE_ACTOR, else the OS user).",
+        show_default=False,
+    ),
+]
+
+
+@contextmanager
+def _stop_on_interrupt() -> Iterator[threading.Event]:
+    """Ctrl-C asks the run to stop at its next safe point; a second Ctrl-C stops at once."""
+    stop = threading.Event()
+
+    def asked(signum: int, frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        err.print(
+            "stopping at the next safe point (every tenant finishes its current chunk or step); "
+            "Ctrl-C again to stop at once",
+            markup=False,
+        )
+
+    try:
+        previous = signal.signal(signal.SIGINT, asked)
+    except ValueError:  # not the main thread (the CLI called from a library): no handler
+        yield stop
+        return
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 @app.command()
 def run(
     playbook: PlaybookArg,
     tenant: TenantOpt = None,
+    wave: WaveOpt = None,
     jobs: Annotated[int, typer.Option("--jobs", "-j", help="Tenants worked on at once.")] = 1,
-    actor: Annotated[
-        str | None,
+    dry_run: Annotated[
+        bool,
         typer.Option(
-            help="Who runs this, for the ledger (default: $MIGRATE_ACTOR, else the OS user).",
-            show_default=False,
+            "--dry-run",
+            help="Rehearse: run every step for real inside transactions that are rolled back; "
+            "flag flips are reported, not made. Only the ledger changes ('rehearsed' entries).",
+        ),
+    ] = False,
+    max_failures: Annotated[
+        int | None,
+        typer.Option(
+            "--max-failures", help="Start no new tenant after this many have failed.", show_default=False
         ),
     ] = None,
+    replan: Annotated[
+        bool,
+        typer.Option(
+            "--replan",
+            help="Accept a playbook that changed in substance since its runs began (ledgered).",
+        ),
+    ] = False,
+    report: Annotated[
+        Path | None,
+        typer.Option(
+            "--report", help="Write per-tenant, per-step outcomes and figures as JSON.", show_default=False
+        ),
+    ] = None,
+    junit: Annotated[
+        Path | None,
+        typer.Option("--junit", help="Write the same as JUnit XML, for CI.", show_default=False),
+    ] = None,
+    actor: ActorOpt = None,
 ) -> None:
-    """Run the playbook's phases for each tenant; done steps are skipped, so re-running is safe."""
-    if err.is_terminal:  # bars on a terminal; elsewhere the log's chunk_copied/table_copied events
-        with render.CopyProgress(err) as progress:
-            result = api.run(playbook, tenant, jobs=jobs, actor=actor, progress=progress)
-    else:
-        result = api.run(playbook, tenant, jobs=jobs, actor=actor)
-    render.run(out, result)
+    """Run the playbook's phases, wave by wave; done steps are skipped, so re-running is safe.
+
+    Exit 0: every tenant done (or rehearsed). 1: a step or check failed, a tenant was
+    locked, or a wave waits (for approval or an earlier wave). 2: bad input.
+    130: stopped by Ctrl-C at a safe point — run the same command again to resume.
+    """
+    with _stop_on_interrupt() as stop:
+
+        def call(progress: ProgressSink | None = None) -> RunResult:
+            return api.run(
+                playbook,
+                tenant,
+                wave=wave,
+                jobs=jobs,
+                dry_run=dry_run,
+                max_failures=max_failures,
+                replan=replan,
+                stop=stop,
+                actor=actor,
+                progress=progress,
+            )
+
+        if err.is_terminal:  # bars on a terminal; elsewhere the log's chunk_copied/table_copied events
+            with render.CopyProgress(err) as bars:
+                result = call(bars)
+        else:
+            result = call()
+    render.run(out, result, playbook)
+    if report is not None:
+        reports.write_json(report, result, str(playbook))
+    if junit is not None:
+        reports.write_junit(junit, result, str(playbook))
+    if result.stopped:
+        raise typer.Exit(130)
     if not result.ok:
         raise typer.Exit(1)
+
+
+@app.command()
+def approve(
+    playbook: PlaybookArg,
+    wave: Annotated[str, typer.Option("--wave", "-w", help="The wave whose gate to open.")],
+    actor: ActorOpt = None,
+) -> None:
+    """Open a wave's approval gate (the wave has 'approval: true'); ledgered with who approved."""
+    result = api.approve(playbook, wave, actor=actor)
+    again = " again" if result.again else ""
+    out.print(
+        f"wave {result.wave} approved{again} by {result.actor} on {result.host} "
+        f"({len(result.tenants)} tenant(s): {', '.join(result.tenants)}); "
+        f"next: migrate run {playbook} --wave {result.wave}",
+        markup=False,
+    )
 
 
 @app.command()
 def status(
     playbook: PlaybookArg,
     tenant: TenantOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Machine-readable output, with the next command to run.")
+    ] = False,
 ) -> None:
-    """Show each tenant's phase, last step, rows copied and validation."""
+    """Show waves, tenants (step, rollback points, rows, validation, flags, lock holder) and what to run next.
+
+    Read-only: needs the target's settings (and the flags'), never a source's.
+    """
     result = api.status(playbook, tenant)
     if as_json:
         out.print_json(data=render.status_json(result))
@@ -174,8 +296,25 @@ def diff(
 @app.command()
 def rollback(
     playbook: PlaybookArg,
-    tenant: Annotated[str, typer.Option("--tenant", "-t", help="The tenant to roll back.")],
     to: Annotated[str, typer.Option("--to", help="The rollback point, e.g. pre-cutover.")],
+    tenant: Annotated[
+        list[str] | None,
+        typer.Option("--tenant", "-t", help="A tenant to roll back (repeat for more).", show_default=False),
+    ] = None,
+    wave: Annotated[
+        str | None, typer.Option("--wave", help="Roll back every tenant of this wave.", show_default=False)
+    ] = None,
+    all_tenants: Annotated[
+        bool, typer.Option("--all-tenants", help="Roll back every tenant of the playbook.")
+    ] = False,
+    discard_writes_since_cutover: Annotated[
+        bool,
+        typer.Option(
+            "--discard-writes-since-cutover",
+            help="Roll back across a cut-over although the writes a tenant took in the shared schema "
+            "since then are lost (there is no reverse sync yet); the ledger records who accepted it.",
+        ),
+    ] = False,
     yes: Annotated[
         bool, typer.Option("--yes", "-y", help="Do not ask (required without a terminal).")
     ] = False,
@@ -183,7 +322,8 @@ def rollback(
         str | None, typer.Option(help="Who rolls back, for the ledger.", show_default=False)
     ] = None,
 ) -> None:
-    """Revert every step after a rollback point: flags first, then data, each ledgered."""
+    """Revert every step after a rollback point: all flags first, then data, each ledgered."""
+    started = time.monotonic()
     if not yes:
         if not sys.stdin.isatty():
             raise ArgumentError(
@@ -191,8 +331,28 @@ def rollback(
                 where="--yes",
                 hint="add --yes in scripts",
             )
-        typer.confirm(f"Roll tenant '{tenant}' back to '{to}'?", abort=True)
-    result = api.rollback(playbook, tenant, to, actor=actor)
+        preview = api.rollback_preview(
+            playbook,
+            tenant,
+            to,
+            wave=wave,
+            all_tenants=all_tenants,
+            discard_writes_since_cutover=discard_writes_since_cutover,
+        )
+        render.rollback_preview(out, preview)
+        if not preview.nothing:
+            typer.confirm(render.rollback_question(preview), abort=True)
+            started = time.monotonic()  # the time a person takes to read is not the rollback's
+    result = api.rollback(
+        playbook,
+        tenant,
+        to,
+        wave=wave,
+        all_tenants=all_tenants,
+        discard_writes_since_cutover=discard_writes_since_cutover,
+        started=started,
+        actor=actor,
+    )
     render.rollback(out, result)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from datetime import UTC
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +15,9 @@ from rich.text import Text
 from migrate import api
 from migrate.checks.diff import DiffResult
 from migrate.checks.isolation import IsolationReport
-from migrate.engine.rollback import RollbackResult
-from migrate.engine.run import RunResult
+from migrate.control.store import Holder
+from migrate.engine.rollback import Reverted, RollbackPreview, RollbackResult
+from migrate.engine.run import RunResult, TenantResult
 from migrate.errors import MigrateError
 from migrate.plan import Plan, render_text
 from migrate.schemagen.generate import GenerateResult
@@ -34,37 +35,107 @@ def plan(the_plan: Plan) -> str:
     return render_text(the_plan)
 
 
-def run(console: Console, result: RunResult) -> None:
+def _flag_changes(tenant: TenantResult) -> list[str]:
+    """What a rehearsed flag step would change, as 'flag: off -> on'."""
+    out = []
+    for step in tenant.steps:
+        if step.kind == "flag" and step.outcome == "rehearsed" and "after" in step.details:
+            before, after = _on_off(step.details.get("before")), _on_off(step.details.get("after"))
+            change = f"{before} -> {after}" if before != after else f"stays {after}"
+            out.append(f"{step.details.get('flag')}: {change}")
+    return out
+
+
+def run(console: Console, result: RunResult, playbook: Path | None = None) -> None:
+    verb = "rehearsed" if result.dry_run else "applied"
+    if result.replanned:
+        old, new = result.replanned
+        console.print(f"playbook replanned: version {old[:12]} -> {new[:12]} (ledgered)", markup=False)
     for tenant in result.tenants:
-        applied = [s for s in tenant.steps if s.outcome == "applied"]
-        if tenant.outcome == "done" and not applied:
+        worked = [s for s in tenant.steps if s.outcome == verb]
+        if tenant.outcome == "done" and not worked:
             console.print(f"{tenant.tenant}: up to date, nothing to do (0 rows copied)", markup=False)
             continue
         if tenant.outcome == "done":
+            flips = _flag_changes(tenant)
             console.print(
-                f"{tenant.tenant}: done, {len(applied)} step(s) applied, "
-                f"{tenant.rows_copied_now} rows copied",
+                f"{tenant.tenant}: done, {len(worked)} step(s) {verb}, {tenant.rows_copied_now} rows copied"
+                + (" (rolled back)" if result.dry_run else "")
+                + (f"; flags: {', '.join(flips)}" if flips else ""),
                 markup=False,
             )
             continue
         console.print(f"{tenant.tenant}: {tenant.outcome.upper()}", markup=False)
+        if tenant.note:
+            console.print(f"  {tenant.note}", markup=False)
         if tenant.error is not None:
             where = f"{tenant.error.where}: " if tenant.error.where else ""
             console.print(f"  {where}{tenant.error.message}", markup=False)
-            if tenant.error.hint:
+            if tenant.error.hint and tenant.outcome != "stopped":
                 console.print(f"  hint: {tenant.error.hint}", markup=False)
+    for warning in result.warnings:
+        console.print(f"note: {warning}", markup=False)
     bad = [t.tenant for t in result.tenants if t.outcome != "done"]
     summary = "all tenants done" if not bad else f"{len(bad)} tenant(s) not done: {', '.join(bad)}"
-    console.print(f"run {str(result.run_id)[:8]}: {summary}", markup=False)
+    label = "rehearsal" if result.dry_run else "run"
+    console.print(
+        f"{label} {str(result.run_id)[:8]}: {summary} ({result.seconds:.1f} s)"
+        + ("; nothing was written: target, flags and run state are as before" if result.dry_run else ""),
+        markup=False,
+    )
+    if result.stopped and playbook is not None:
+        console.print(f"stopped at a safe point; resume with: migrate run {playbook}", markup=False)
 
 
 def _yes_no(value: bool | None) -> str:
     return "-" if value is None else ("yes" if value else "NO")
 
 
+def _when(at: datetime | None) -> str | None:
+    return None if at is None else f"{at.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
+
+
+def _iso(at: datetime | None) -> str | None:
+    """A time for machines: ISO 8601 in UTC."""
+    return None if at is None else at.astimezone(UTC).isoformat()
+
+
+def _wave_line(w: api.WaveStatus) -> str:
+    line = f"wave {w.name}: {w.stage} ({', '.join(w.tenants) or 'no tenants'})"
+    if w.blocked_by:
+        line += f", after wave {w.blocked_by}"
+    if w.approval is not None:
+        line += f"; approved by {w.approval.actor} on {w.approval.host} at {_when(w.approval.at)}"
+    elif w.approval_needed:
+        line += "; needs approval, not given yet"
+    return line
+
+
+def _step_now(now: api.StepNow) -> str:
+    if now.status == "interrupted":
+        return f"{now.key} interrupted (its runner is gone; the next run redoes it)"
+    return f"{now.key} {now.status}" + (f": {now.error}" if now.error else "")
+
+
 def status(console: Console, result: api.Status) -> None:
-    table = Table(title=f"playbook {result.playbook} ({result.digest[:12]})", title_justify="left")
-    for col in ("tenant", "wave", "phase", "last step", "state", "rows", "validated"):
+    """The playbook's version, its waves, a row per tenant, who holds what, figures and the next command."""
+    where = f" ({result.path})" if result.path else ""
+    console.print(f"playbook {result.playbook}, version {result.digest[:12]}{where}", markup=False)
+    if result.accepted is not None and result.playbook_changed:
+        console.print(
+            f"warning: the playbook changed since version {result.accepted.digest[:12]} "
+            f"(accepted {_when(result.accepted.since)} by {result.accepted.actor}): "
+            "the next 'migrate run' needs --replan",
+            markup=False,
+        )
+    if not result.started:
+        console.print("nothing has run yet (no control schema on the target)", markup=False)
+    for w in result.waves:
+        console.print(_wave_line(w), markup=False)
+    names = [f.flag for f in result.flags] if result.flags_error is None else []
+    table = Table(title_justify="left")
+    cols = ("tenant", "wave", "phase", "last step", "state", "points passed", "rows", "validated", *names)
+    for col in cols:
         table.add_column(col, justify="right" if col == "rows" else "left")
     for t in result.tenants:
         table.add_row(
@@ -73,33 +144,173 @@ def status(console: Console, result: api.Status) -> None:
             t.phase or "-",
             t.last_step or "-",
             t.state,
+            ", ".join(t.points) or "-",
             "-" if t.rows is None else f"{t.rows:,}",
             _yes_no(t.validated),
+            *(_on_off(t.flags.get(name)) for name in names),
         )
     console.print(table)
     for t in result.tenants:
-        if t.error:
-            console.print(f"{t.tenant}: {t.error}", markup=False)
+        parts = [_step_now(t.current)] if t.current is not None else []
+        if t.holder is not None:
+            parts.append(f"held by {t.holder.describe()}")
+        if parts:
+            console.print(f"{t.tenant}: {'; '.join(parts)}", markup=False)
+    if result.flags_error is not None:
+        console.print(f"flags unavailable: {result.flags_error}", markup=False)
+    if any(t.figures for t in result.tenants):
+        figures(console, result)
+    if result.next is None:
+        console.print("next: nothing, every tenant is done", markup=False)
+    else:
+        console.print(f"next: {result.next.command}", markup=False)
+        console.print(f"  why: {result.next.why}", markup=False)
 
 
-def status_json(result: api.Status) -> dict[str, Any]:
+def _holder_json(h: Holder) -> dict[str, Any]:
     return {
-        "playbook": result.playbook,
-        "digest": result.digest,
-        "tenants": [t.__dict__ for t in result.tenants],
+        "tenant": h.tenant,
+        "host": h.host,
+        "pid": h.pid,
+        "since": _iso(h.since),
+        "run_id": None if h.run_id is None else str(h.run_id),
+        "command": h.command,
+        "backend_pid": h.backend_pid,
+        "application": h.application,
+        "describe": h.describe(),
     }
 
 
+def status_json(result: api.Status) -> dict[str, Any]:
+    """The documented shape of 'status --json' (README.md, 'Status'): add keys, never rename them."""
+    accepted = result.accepted
+    return {
+        "playbook": result.playbook,
+        "path": result.path,
+        "digest": result.digest,
+        "accepted": None
+        if accepted is None
+        else {"digest": accepted.digest, "since": _iso(accepted.since), "actor": accepted.actor},
+        "playbook_changed": result.playbook_changed,
+        "started": result.started,
+        "waves": [
+            {
+                "name": w.name,
+                "stage": w.stage,
+                "tenants": list(w.tenants),
+                "finished": list(w.finished),
+                "blocked_by": w.blocked_by,
+                "approval": {
+                    "needed": w.approval_needed,
+                    "by": w.approval.actor if w.approval else None,
+                    "host": w.approval.host if w.approval else None,
+                    "at": _iso(w.approval.at) if w.approval else None,
+                    "digest": w.approval.digest if w.approval else None,
+                },
+            }
+            for w in result.waves
+        ],
+        "tenants": [
+            {
+                "tenant": t.tenant,
+                "wave": t.wave,
+                "state": t.state,
+                "phase": t.phase,
+                "last_step": t.last_step,
+                "step": None
+                if t.current is None
+                else {
+                    "key": t.current.key,
+                    "phase": t.current.phase,
+                    "step": t.current.step,
+                    "kind": t.current.kind,
+                    "status": t.current.status,
+                    "error": t.current.error,
+                },
+                "steps_done": t.steps_done,
+                "steps_total": t.steps_total,
+                "points_passed": list(t.points),
+                "rows": t.rows,
+                "validated": t.validated,
+                "figures": {name: dict(f) for name, f in t.figures.items()},
+                "error": t.error,
+                "flags": dict(t.flags),
+                "held_by": None if t.holder is None else t.holder.describe(),
+            }
+            for t in result.tenants
+        ],
+        "holders": [_holder_json(h) for h in result.holders],
+        "flags": {
+            "provider": result.flags_provider,
+            "available": result.flags_error is None,
+            "error": result.flags_error,
+            "flags": [f.__dict__ for f in result.flags],
+        },
+        "next": None if result.next is None else {"command": result.next.command, "why": result.next.why},
+    }
+
+
+def _reverted(step: Reverted) -> str:
+    said = f"reverted {step.tenant} {step.key} ({step.seconds:.2f} s)"
+    if step.kind == "flag" and step.details.get("restored"):
+        return f"{said}: flag '{step.details.get('flag')}' {'on' if step.details.get('now') else 'off'} again"
+    deleted = step.details.get("deleted")
+    if isinstance(deleted, dict):
+        batches = step.details.get("batches")
+        count = sum(batches.values()) if isinstance(batches, dict) else None
+        return f"{said}: {sum(deleted.values()):,} rows deleted" + (f" in {count} batches" if count else "")
+    return said
+
+
 def rollback(console: Console, result: RollbackResult) -> None:
+    who = ", ".join(result.tenants) or "no tenant"
+    if result.nothing:
+        console.print(
+            f"nothing after '{result.point}' to revert for {who}: already rolled back, or never past it "
+            f"(done after {result.seconds_total:.2f} s)",
+            markup=False,
+        )
+        return
     for step in result.steps:
-        console.print(f"reverted {step.key} ({step.seconds:.2f} s)", markup=False)
-    if not result.steps:
-        console.print(f"{result.tenant}: nothing after '{result.point}' to revert", markup=False)
+        console.print(_reverted(step), markup=False)
+    for cut in result.discarded:
+        console.print(f"{cut.describe()}: its writes since then were discarded, as accepted", markup=False)
+    timing = (
+        f"traffic back on the old databases after {result.seconds_to_flags:.2f} s (flags restored); "
+        if result.seconds_to_flags is not None
+        else "no flag to restore; "
+    )
     console.print(
-        f"{result.tenant} rolled back to '{result.point}': flags restored after "
-        f"{result.seconds_to_flags or 0:.2f} s, done after {result.seconds_total:.2f} s",
+        f"{who} rolled back to '{result.point}': {timing}done after {result.seconds_total:.2f} s",
         markup=False,
     )
+
+
+def rollback_preview(console: Console, preview: RollbackPreview) -> None:
+    """What a rollback will revert, in the order it will (every flag first), before it asks."""
+    if preview.nothing:
+        who = ", ".join(t.tenant.id for t in preview.tenants) or "no tenant"
+        console.print(f"nothing after '{preview.point}' to revert for {who}", markup=False)
+        return
+    console.print(f"rollback to '{preview.point}' will revert, every flag first:", markup=False)
+    rows = [(t.tenant.id, s) for t in preview.tenants for s in t.flags]
+    rows += [(t.tenant.id, s) for t in preview.tenants for s in t.data]
+    width = max(len(tenant) for tenant, _ in rows)
+    for tenant, step in rows:
+        what = {
+            "flag": f"flag '{getattr(step.spec, 'flag', '?')}' back as it was before",
+            "backfill": "delete the tenant's rows from the shared tables, children first, in batches",
+        }.get(step.kind, "")
+        console.print(f"  {tenant:<{width}}  {step.key:<24} {what}".rstrip(), markup=False)
+    for cut in preview.cutovers:
+        console.print(f"{cut.describe()}: its writes since then will be LOST", markup=False)
+
+
+def rollback_question(preview: RollbackPreview) -> str:
+    tenants = [t.tenant.id for t in preview.tenants if t.steps]
+    shown = ", ".join(tenants[:5]) + (f" and {len(tenants) - 5} more" if len(tenants) > 5 else "")
+    plural = "s" if len(tenants) != 1 else ""
+    return f"Roll back {len(tenants)} tenant{plural} ({shown}) to '{preview.point}'?"
 
 
 def ledger(console: Console, report: api.LedgerReport, warn: Console | None = None) -> None:
@@ -188,8 +399,7 @@ def _shown(path: Path) -> str:
 
 
 def demo(console: Console, result: Any) -> None:
-    figures(console, result.status)
-    status(console, result.status)
+    status(console, result.status)  # the figures are part of it
     entries = result.ledger.entries
     actions: dict[str, int] = {}
     for rec in entries:
@@ -216,7 +426,8 @@ def demo(console: Console, result: Any) -> None:
             console.print(f"  export {key}='{value}'", markup=False)
         console.print(
             f"  migrate status {_shown(result.playbook)}\n"
-            f"  migrate rollback {_shown(result.playbook)} --tenant acme --to pre-cutover --yes\n"
+            f"  migrate rollback {_shown(result.playbook)} --tenant acme --to pre-cutover"
+            " --discard-writes-since-cutover --yes\n"
             f"  migrate run {_shown(result.playbook)}\n"
             f"  migrate ledger show {_shown(result.playbook)}\n"
             f"  migrate demo --stop {result.root}",

@@ -1,32 +1,145 @@
-"""Rollback to a named point: revert every step after it, flags first.
+"""Rollback to a named point: revert every step after it, flags first, for one tenant or many.
 
-Traffic goes back first (flag steps, in reverse order), then data (other
-steps, in reverse order); each revert is ledgered and leaves the step
-``reverted``, so the next ``run`` applies it again. Reverts are idempotent: a
-rollback interrupted by a crash is simply run again.
+The incident path, in this order:
+
+1. **Every lock first, all or nothing.** The selected tenants' advisory locks are
+   taken on ONE target connection (a wave of hundreds costs one connection, not
+   two per tenant). If another runner holds any of them, nothing is touched and
+   the error names every holder: an operator wants all the flags back, or a
+   clear reason why not — never half a wave.
+2. **What to revert**, read under the locks: each tenant's steps after the point
+   that are ``done``, ``failed`` or ``running`` (a runner killed mid-step leaves
+   it ``running``, with part of its effect), newest first.
+3. **The cut-over.** Once a tenant's flag step has turned the shared schema on,
+   the tenant's new writes live only there; there is no reverse sync yet, so a
+   rollback across it would lose them. It is refused, saying when the cut-over
+   was, unless the caller accepts the loss (``--discard-writes-since-cutover``),
+   which the ledger records per tenant.
+4. **Flags**, for every tenant, before any data: traffic goes back to the old
+   databases in seconds. Flag steps need neither the source nor its tables, so a
+   slow or unreachable source cannot delay them. The time from the command's
+   start (``started``) to here is reported.
+5. **Data**, tenant by tenant, newest step first (the backfill deletes the
+   tenant's rows children first, in committed batches).
+
+Each revert commits the step's ``reverted`` state with its ledger entry; a
+revert that fails is ledgered as ``revert_failed`` and stops the rollback.
+Reverts are idempotent and the steps not yet reverted stay ``done``, so after a
+crash or a failure the same command finishes the job; run again once more, it
+says there is nothing left to revert. The next ``run`` applies the reverted
+steps again.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from uuid import uuid4
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID, uuid4
+
+import psycopg
 
 from migrate.control.store import StepRecord
-from migrate.engine.run import Environment, StepResult, tenant_session
-from migrate.errors import ArgumentError, MigrateError
-from migrate.log import get_logger
+from migrate.engine.session import Environment
+from migrate.errors import ArgumentError, MigrateError, StepFailed, TenantLocked
+from migrate.log import get_logger, redact
 from migrate.plan.model import PlannedStep, StepStatus, TenantPlan
-from migrate.steps import step_for
+from migrate.playbook.model import FlagStep as FlagSpec
+from migrate.playbook.model import Tenant
+from migrate.schemagen.reflect import reflect
+from migrate.steps import StepContext, step_for
+from migrate.steps.order import select_in_load_order
+
+DISCARD_OPTION = "--discard-writes-since-cutover"
+"""The option that accepts losing a cut-over tenant's writes since its cut-over."""
+
+_REVERTIBLE = (StepStatus.DONE, StepStatus.FAILED, StepStatus.RUNNING)
+
+
+@dataclass(frozen=True)
+class Cutover:
+    """A flag step that turned the shared schema on for a tenant, which a rollback would undo."""
+
+    tenant: str
+    step: str  # phase/step
+    flag: str
+    status: StepStatus  # done; failed or running: it may have flipped before it stopped
+    at: datetime | None  # when it finished (None: a killed runner left it running)
+
+    def describe(self) -> str:
+        if self.status is StepStatus.DONE and self.at is not None:
+            return (
+                f"tenant '{self.tenant}' was cut over at {self.at.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC "
+                f"({self.step} turned flag '{self.flag}' on)"
+            )
+        when = f" at {self.at.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC" if self.at else ""
+        return (
+            f"tenant '{self.tenant}' may be cut over: {self.step}, which turns flag '{self.flag}' on, "
+            f"is {self.status.value}{when} and may have flipped it"
+        )
+
+
+@dataclass(frozen=True)
+class TenantRevert:
+    """One tenant's steps to revert: flag steps, then data steps, each newest first."""
+
+    tenant: Tenant
+    flags: tuple[PlannedStep, ...]
+    data: tuple[PlannedStep, ...]
+    cutover: Cutover | None  # the earliest cut-over among the flag steps, if any
+    records: Mapping[str, StepRecord] = field(default_factory=dict, repr=False)
+
+    @property
+    def steps(self) -> tuple[PlannedStep, ...]:
+        return self.flags + self.data
+
+
+@dataclass(frozen=True)
+class RollbackPreview:
+    """What a rollback to ``point`` reverts, per tenant, read from the control schema."""
+
+    point: str
+    tenants: tuple[TenantRevert, ...]
+
+    @property
+    def nothing(self) -> bool:
+        return not any(t.steps for t in self.tenants)
+
+    @property
+    def cutovers(self) -> tuple[Cutover, ...]:
+        return tuple(t.cutover for t in self.tenants if t.cutover is not None)
+
+
+@dataclass(frozen=True)
+class Reverted:
+    """One step reverted for one tenant."""
+
+    tenant: str
+    key: str
+    kind: str
+    seconds: float
+    details: Mapping[str, Any]
 
 
 @dataclass
 class RollbackResult:
-    tenant: str
+    run_id: UUID
     point: str
-    steps: list[StepResult] = field(default_factory=list)
-    seconds_to_flags: float | None = None
-    seconds_total: float = 0.0
+    tenants: tuple[str, ...]
+    steps: list[Reverted] = field(default_factory=list)  # the steps reverted, in that order
+    discarded: tuple[Cutover, ...] = ()  # cut-overs crossed, their writes since accepted as lost
+    seconds_to_flags: float | None = None  # command start → last flag restored; None: no flag step
+    seconds_total: float = 0.0  # command start → done
+
+    def steps_of(self, tenant: str) -> list[Reverted]:
+        return [r for r in self.steps if r.tenant == tenant]
+
+    @property
+    def nothing(self) -> bool:
+        return not self.steps
 
 
 def steps_after(plan: TenantPlan, point: str) -> list[PlannedStep]:
@@ -43,66 +156,354 @@ def steps_after(plan: TenantPlan, point: str) -> list[PlannedStep]:
     return [s for s in plan.steps[keys.index(marker) + 1 :] if not s.is_point]
 
 
-def rollback(env: Environment, plan: TenantPlan, point: str) -> RollbackResult:
-    started = time.monotonic()
+def what_to_revert(plans: Sequence[TenantPlan], point: str, records: Sequence[StepRecord]) -> RollbackPreview:
+    """Per tenant, the steps after ``point`` that did (or may have done) something, newest first."""
+    by_tenant: dict[str, dict[str, StepRecord]] = {}
+    for rec in records:
+        by_tenant.setdefault(rec.tenant, {})[rec.step_key] = rec
+    out = []
+    for plan in plans:
+        recs = by_tenant.get(plan.tenant.id, {})
+        todo = [
+            s
+            for s in reversed(steps_after(plan, point))
+            if (found := recs.get(s.key)) is not None and found.status in _REVERTIBLE
+        ]
+        # Traffic first: a flag step goes back before any data, wherever it sits in the playbook.
+        flags = tuple(s for s in todo if s.kind == "flag")
+        cutover = None
+        for step in flags:  # newest first: the last one seen is the earliest cut-over
+            if isinstance(step.spec, FlagSpec) and step.spec.action == "enable":
+                flipped = recs[step.key]
+                cutover = Cutover(
+                    plan.tenant.id, step.key, step.spec.flag, flipped.status, flipped.finished_at
+                )
+        out.append(
+            TenantRevert(
+                plan.tenant,
+                flags,
+                tuple(s for s in todo if s.kind != "flag"),
+                cutover,
+                {s.key: recs[s.key] for s in todo},
+            )
+        )
+    return RollbackPreview(point, tuple(out))
+
+
+def refuse_across_cutover(preview: RollbackPreview) -> None:
+    """An input error when the rollback would undo a cut-over: the writes since would be lost."""
+    cutovers = preview.cutovers
+    if not cutovers:
+        return
+    raise ArgumentError(
+        "; ".join(c.describe() for c in cutovers)
+        + f". Writes since then live only in the shared schema, and there is no reverse sync yet: "
+        f"rolling back to '{preview.point}' would lose them",
+        where=f"--to {preview.point}",
+        hint=f"if losing those writes is accepted, add {DISCARD_OPTION} (the ledger records who "
+        "accepted it); otherwise keep the tenant on the shared schema and fix forward",
+    )
+
+
+def rollback(
+    env: Environment,
+    plans: Sequence[TenantPlan],
+    point: str,
+    *,
+    discard_writes_since_cutover: bool = False,
+    started: float | None = None,
+    command: str | None = None,
+) -> RollbackResult:
+    """Revert every step after ``point`` for every tenant of ``plans``: flags first, then data.
+
+    ``started`` is the command's start (``time.monotonic()``); the result's times count from it.
+    """
+    started = time.monotonic() if started is None else started
+    for plan in plans:  # a misspelt point is an input error before any lock or connection
+        steps_after(plan, point)
+    command = command or f"rollback --to {point}"
     run_id = uuid4()
-    tenant = plan.tenant
-    after = steps_after(plan, point)
-    result = RollbackResult(tenant.id, point)
-    log = get_logger(run_id=str(run_id), tenant=tenant.id)
-    with tenant_session(env, tenant, run_id) as ctx:
-        conn = ctx.target
-        records: dict[str, StepRecord] = {r.step_key: r for r in env.control.steps(conn, [tenant.id])}
+    tenants = [p.tenant for p in plans]
+    result = RollbackResult(run_id, point, tuple(t.id for t in tenants))
+    log = get_logger(run_id=str(run_id))
+    with _locked(env, tenants, run_id, command) as conn:
+        try:
+            records = env.control.steps(conn, [t.id for t in tenants])
+        except psycopg.Error as exc:
+            raise _translated(exc) from exc
+        preview = what_to_revert(plans, point, records)
+        if not discard_writes_since_cutover:
+            refuse_across_cutover(preview)
+        result.discarded = preview.cutovers
+        flags_restored = False
+        try:
+            _start(env, conn, run_id, preview, command, discard_writes_since_cutover)
+            for todo in preview.tenants:
+                if todo.flags:
+                    ctx = _context(env, todo.tenant, conn, run_id, source=None, tables=())
+                    result.steps += [_revert(env, ctx, step, todo.records[step.key]) for step in todo.flags]
+            if any(t.flags for t in preview.tenants):
+                result.seconds_to_flags = time.monotonic() - started
+                log.info("flags_restored", seconds=round(result.seconds_to_flags, 3))
+            flags_restored = True
+            for todo, plan in zip(preview.tenants, plans, strict=True):
+                if todo.data:
+                    with _data_context(env, todo.tenant, conn, run_id) as ctx:
+                        result.steps += [
+                            _revert(env, ctx, step, todo.records[step.key]) for step in todo.data
+                        ]
+                _points_reverted(env, conn, plan, point, run_id)
+        except (MigrateError, psycopg.Error) as caught:
+            error = caught if isinstance(caught, MigrateError) else _translated(caught)
+            if flags_restored and result.seconds_to_flags is not None:
+                error.hint = (
+                    "the flags are restored: traffic is on the old databases. "
+                    + (f"{error.hint}; then run" if error.hint else "Run")
+                    + " the same rollback again to finish the data (it goes on where this one stopped)"
+                )
+            _finish(env, conn, run_id, result, started, "failed")
+            if error is caught:
+                raise
+            raise error from caught
+        result.seconds_total = time.monotonic() - started
+        _finish(env, conn, run_id, result, started, "ok")
+    log.info("rollback_finished", reverted=len(result.steps), seconds=round(result.seconds_total, 3))
+    return result
+
+
+def _translated(exc: psycopg.Error) -> StepFailed:
+    # psycopg messages name tables and columns, never the DSN; redact anyway.
+    return StepFailed(redact(str(exc).strip()), where="rollback")
+
+
+@contextmanager
+def _locked(
+    env: Environment, tenants: Sequence[Tenant], run_id: UUID, command: str
+) -> Iterator[psycopg.Connection[Any]]:
+    """One target connection holding every tenant's lock, or TenantLocked naming each holder.
+
+    Closing the connection lets every lock go, whatever happened.
+    """
+    conn = env.connect_target()
+    try:
+        refused: list[TenantLocked] = []
+        for tenant in tenants:
+            try:
+                env.control.lock_tenant(conn, tenant.id)
+            except TenantLocked as exc:
+                refused.append(exc)
+            except psycopg.Error as exc:
+                raise _translated(exc) from exc
+        if refused:
+            names = ", ".join(e.where.removeprefix("tenant ") for e in refused if e.where)
+            raise TenantLocked(
+                "; ".join(e.message for e in refused)
+                + ". Nothing was rolled back: every tenant's lock is taken before any flag goes back",
+                where=f"tenant {names}" if len(refused) == 1 else f"tenants {names}",
+                hint="wait for that runner to stop (its lock goes with it), or leave "
+                + ("that tenant" if len(refused) == 1 else "those tenants")
+                + " out with --tenant",
+            )
+        try:
+            for tenant in tenants:
+                env.control.record_holder(
+                    conn, tenant.id, run_id=run_id, command=command, host=env.host, pid=env.pid
+                )
+        except psycopg.Error as exc:
+            raise _translated(exc) from exc
+        yield conn
+    finally:
+        with suppress(psycopg.Error):
+            conn.close()
+
+
+def _context(
+    env: Environment,
+    tenant: Tenant,
+    conn: psycopg.Connection[Any],
+    run_id: UUID,
+    *,
+    source: psycopg.Connection[Any] | None,
+    tables: Sequence[Any],
+) -> StepContext:
+    pb = env.loaded.playbook
+    specs = pb.table_specs()
+    return StepContext(
+        run_id=run_id,
+        tenant=tenant,
+        # Flag steps touch the flag provider and the control schema only: they get no source
+        # (the target stands in), so traffic goes back even while a source is slow or down.
+        source=source if source is not None else conn,
+        target=conn,
+        source_schema=pb.source.schema_,
+        target_schema=pb.target.schema_,
+        tables=tuple(tables),
+        control=env.control,
+        flags=env.flags,
+        log=get_logger(run_id=str(run_id), tenant=tenant.id, wave=tenant.wave),
+        keys={t.name: t.key for t in specs or () if t.key},
+    )
+
+
+@contextmanager
+def _data_context(
+    env: Environment, tenant: Tenant, conn: psycopg.Connection[Any], run_id: UUID
+) -> Iterator[StepContext]:
+    """A context with the tenant's source and its tables in load order (what data reverts need)."""
+    pb = env.loaded.playbook
+    source = env.connect_source(tenant)
+    try:
+        specs = pb.table_specs()
+        try:
+            tables = select_in_load_order(
+                reflect(source, pb.source.schema_),
+                None if specs is None else [t.name for t in specs],
+                schema=pb.source.schema_,
+                exclude=pb.global_tables,
+            )
+        except psycopg.Error as exc:
+            raise StepFailed(
+                f"cannot read the tables of tenant '{tenant.id}''s source: {redact(str(exc).strip())}",
+                where=f"tenant {tenant.id}",
+            ) from exc
+        yield _context(env, tenant, conn, run_id, source=source, tables=tables)
+    finally:
+        with suppress(psycopg.Error):
+            source.close()
+
+
+def _revert(env: Environment, ctx: StepContext, step: PlannedStep, record: StepRecord) -> Reverted:
+    """Revert one step, then mark it ``reverted`` with its ledger entry in one transaction."""
+    assert step.spec is not None
+    tenant = ctx.tenant
+    conn = ctx.target
+    ids = {"tenant": tenant.id, "wave": tenant.wave, "phase": step.phase, "step": step.key}
+    t0 = time.monotonic()
+    try:
+        details = step_for(step.spec).revert(ctx, record.details)
+    except (MigrateError, psycopg.Error) as exc:
+        error = (
+            exc
+            if isinstance(exc, MigrateError)
+            else StepFailed(redact(str(exc).strip()), where=f"{tenant.id}/{step.key}")
+        )
+        if error.where is None:
+            error.where = f"{tenant.id}/{step.key}"
+        with suppress(MigrateError, psycopg.Error):  # the connection may be what failed
+            env.ledger.append(
+                conn, env.entry(ctx.run_id, "revert_failed", "error", details={"error": str(error)}, **ids)
+            )
+        ctx.log.error("step_revert_failed", step=step.key, phase=step.phase, error=str(error))
+        if error is exc:
+            raise
+        raise error from exc
+    seconds = time.monotonic() - t0
+    with conn.transaction():
+        env.control.set_status(conn, tenant.id, step, StepStatus.REVERTED, run_id=ctx.run_id, details=details)
+        env.ledger.append(
+            conn,
+            env.entry(ctx.run_id, "reverted", "ok", details={**details, "seconds": round(seconds, 3)}, **ids),
+        )
+    ctx.log.info("step_reverted", step=step.key, phase=step.phase, seconds=round(seconds, 3))
+    return Reverted(tenant.id, step.key, step.kind, seconds, details)
+
+
+def _points_reverted(
+    env: Environment, conn: psycopg.Connection[Any], plan: TenantPlan, point: str, run_id: UUID
+) -> None:
+    """Rollback points after the target point are no longer passed."""
+    marker = [s.step_id for s in plan.steps].index(f"@{point}")
+    passed = {r.step_key for r in env.control.steps(conn, [plan.tenant.id]) if r.status is StepStatus.DONE}
+    for step in plan.steps[marker + 1 :]:
+        if step.is_point and step.key in passed:
+            env.control.set_status(conn, plan.tenant.id, step, StepStatus.REVERTED, run_id=run_id)
+
+
+def _start(
+    env: Environment,
+    conn: psycopg.Connection[Any],
+    run_id: UUID,
+    preview: RollbackPreview,
+    command: str,
+    discard: bool,
+) -> None:
+    with conn.transaction():
         env.control.start_run(
             conn,
             run_id=run_id,
             digest=env.loaded.digest,
-            command=f"rollback --to {point}",
+            command=command,
             actor=env.actor,
             host=env.host,
             pid=env.pid,
             dry_run=False,
         )
-        env.ledger.append(
-            conn, env.entry(run_id, "rollback_started", "ok", tenant=tenant.id, details={"to": point})
-        )
-        todo = [
-            s
-            for s in reversed(after)
-            if (rec := records.get(s.key)) is not None
-            and rec.status in (StepStatus.DONE, StepStatus.FAILED, StepStatus.RUNNING)
-        ]
-        # Traffic first: flags back in seconds, data cleaned up after.
-        todo.sort(key=lambda s: 0 if s.kind == "flag" else 1)
-        flags_done = False
-        for step in todo:
-            if step.kind != "flag" and not flags_done:
-                result.seconds_to_flags = time.monotonic() - started
-                flags_done = True
-            assert step.spec is not None
-            ids = {"tenant": tenant.id, "wave": tenant.wave, "phase": step.phase, "step": step.key}
-            t0 = time.monotonic()
-            try:
-                details = step_for(step.spec).revert(ctx, records[step.key].details)
-            except MigrateError as exc:
+        for todo in preview.tenants:
+            tenant = todo.tenant
+            env.ledger.append(
+                conn,
+                env.entry(
+                    run_id,
+                    "rollback_started",
+                    "ok",
+                    tenant=tenant.id,
+                    wave=tenant.wave,
+                    details={
+                        "to": preview.point,
+                        "steps": [s.key for s in todo.steps],
+                        "discard_writes_since_cutover": discard,
+                    },
+                ),
+            )
+            if todo.cutover is not None:
+                # The user's decision, before anything is undone: these writes are given up.
+                cut = todo.cutover
                 env.ledger.append(
-                    conn, env.entry(run_id, "revert_failed", "error", details={"error": str(exc)}, **ids)
+                    conn,
+                    env.entry(
+                        run_id,
+                        "cutover_writes_discarded",
+                        "accepted",
+                        tenant=tenant.id,
+                        wave=tenant.wave,
+                        step=cut.step,
+                        details={
+                            "flag": cut.flag,
+                            "cutover_status": cut.status.value,
+                            "cutover_at": cut.at.astimezone(UTC).isoformat() if cut.at else None,
+                            "accepted_with": DISCARD_OPTION,
+                        },
+                    ),
                 )
-                raise
-            with conn.transaction():
-                env.control.set_status(
-                    conn, tenant.id, step, StepStatus.REVERTED, run_id=run_id, details=details
-                )
-                env.ledger.append(conn, env.entry(run_id, "reverted", "ok", details=details, **ids))
-            log.info("step_reverted", step=step.key, phase=step.phase)
-            result.steps.append(StepResult(step.key, step.kind, "reverted", time.monotonic() - t0, details))
-        if result.seconds_to_flags is None:
-            result.seconds_to_flags = time.monotonic() - started
-        # Rollback points after the target point are no longer passed.
-        marker = [s.step_id for s in plan.steps].index(f"@{point}")
-        for step in plan.steps[marker + 1 :]:
-            if step.is_point and step.key in records:
-                env.control.set_status(conn, tenant.id, step, StepStatus.REVERTED, run_id=run_id)
-        env.control.finish_run(conn, run_id, "ok")
-    result.seconds_total = time.monotonic() - started
-    return result
+
+
+def _finish(
+    env: Environment,
+    conn: psycopg.Connection[Any],
+    run_id: UUID,
+    result: RollbackResult,
+    started: float,
+    outcome: str,
+) -> None:
+    details = {
+        "to": result.point,
+        "reverted": [f"{r.tenant}:{r.key}" for r in result.steps],
+        "seconds_to_flags": None if result.seconds_to_flags is None else round(result.seconds_to_flags, 3),
+        "seconds": round(time.monotonic() - started, 3),
+    }
+    try:
+        with conn.transaction():
+            env.control.finish_run(conn, run_id, outcome)
+            env.ledger.append(
+                conn,
+                env.entry(run_id, "rollback_finished", "ok" if outcome == "ok" else "error", details=details),
+            )
+    except psycopg.Error as exc:
+        if outcome == "ok":
+            raise StepFailed(
+                "every step is reverted, but the rollback's end was not recorded: "
+                + redact(str(exc).strip()),
+                where="rollback",
+                hint="the next rollback to the same point finds nothing to revert and records its end",
+            ) from exc
+        # Failing already (perhaps on this connection): the run stays open, revert_failed says why.

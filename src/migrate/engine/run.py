@@ -1,86 +1,86 @@
 """The engine: the only place that sequences side effects.
 
-For each tenant (``jobs`` at a time, on threads: the work is in the databases):
-hold the tenant's lock, then walk its planned steps in order. A step already
-``done`` is skipped; any other is marked ``running``, applied, verified, and
-marked ``done`` together with its ledger entry in one transaction. A passing
-fault (engine/retry.py) reconnects and runs apply and verify again; any other
-failure marks the step ``failed``, writes a ``failed`` ledger entry and stops
-that tenant only. Progress goes to the ``progress`` sink the caller passes.
+Waves go in order (plan/waves.py says when one may start: every earlier wave
+done, its gate approved). Within a wave, tenants go ``jobs`` at a time on
+threads (the work is in the databases). For each tenant: hold its lock, then
+walk its planned steps in order. A step already ``done`` is skipped; any other
+is marked ``running``, applied, verified, and marked ``done`` together with its
+ledger entry in one transaction. A step found ``running`` under our lock was
+left by a runner that died (its lock died with it): it is ledgered as
+``resumed`` and applied again, which is safe because apply is idempotent. A
+passing fault (engine/retry.py) reconnects and runs apply and verify again;
+any other failure marks the step ``failed``, writes a ``failed`` ledger entry
+and stops that tenant only. ``--max-failures K`` stops starting tenants after K
+failures; a stop request (Ctrl-C) ends every tenant at its next safe point.
+
+**Rehearsal** (``dry_run``) is the same walk with other sinks: each tenant's
+steps run inside one target transaction that is rolled back at the end (the
+steps' own transactions become savepoints), flag flips go to a recording
+provider (api wires it in), and the only trace left is one ``rehearsed``
+ledger entry per step, written on a separate connection. Run state,
+checkpoints and holders are untouched.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+import uuid
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, suppress
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Any
 from uuid import UUID, uuid4
 
 import psycopg
-from psycopg import pq
 
-from migrate.control.ledger import Entry, Ledger
-from migrate.control.store import ControlStore
+from migrate.control.store import StepRecord
 from migrate.engine.retry import RetryPolicy, retrying
-from migrate.errors import MigrateError, StepFailed, TenantLocked
+from migrate.engine.session import (
+    Connect,
+    Environment,
+    TargetConnections,
+    TenantSession,
+    tenant_session,
+)
+from migrate.engine.sinks import RehearsalSink, Sink
+from migrate.errors import ArgumentError, Interrupted, MigrateError, StepFailed, TenantLocked
 from migrate.log import get_logger, redact
-from migrate.plan.model import Plan, PlannedStep, StepStatus, TenantPlan
-from migrate.playbook.loader import LoadedPlaybook
-from migrate.playbook.model import Tenant
-from migrate.ports import FlagProvider
-from migrate.schemagen.reflect import reflect
-from migrate.steps import StepContext, step_for
+from migrate.plan.model import Plan, PlannedStep, StepStatus, TenantPlan, WavePlan
+from migrate.plan.waves import WaveStage, wave_states
+from migrate.steps import step_for
 from migrate.steps.context import Details, ProgressEvent, ProgressSink, no_progress
-from migrate.steps.order import select_in_load_order
 
-Connect = Callable[[], psycopg.Connection[Any]]
+__all__ = [
+    "Connect",
+    "Environment",
+    "RunOptions",
+    "RunResult",
+    "StepResult",
+    "TargetConnections",
+    "TenantResult",
+    "WaveResult",
+    "run",
+    "tenant_session",
+]
 
 
-@dataclass
-class Environment:
-    """What the api wires in: connections, flags, who is acting."""
-
-    loaded: LoadedPlaybook
-    connect_target: Connect
-    connect_source: Callable[[Tenant], psycopg.Connection[Any]]
-    flags: FlagProvider
-    actor: str
-    host: str
-    pid: int
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-
-    @property
-    def control(self) -> ControlStore:
-        pb = self.loaded.playbook
-        return ControlStore(pb.target.control_schema, pb.name)
-
-    @property
-    def ledger(self) -> Ledger:
-        return Ledger(self.loaded.playbook.target.control_schema)
-
-    def entry(self, run_id: UUID | None, action: str, outcome: str, **kw: Any) -> Entry:
-        pb = self.loaded.playbook
-        return Entry(
-            actor=self.actor,
-            host=self.host,
-            playbook=pb.name,
-            playbook_digest=self.loaded.digest,
-            action=action,
-            outcome=outcome,
-            run_id=run_id,
-            **kw,
-        )
+@dataclass(frozen=True)
+class RunOptions:
+    command: str = "run"
+    jobs: int = 1
+    dry_run: bool = False
+    max_failures: int | None = None  # stop starting tenants after this many failed
+    replan: bool = False  # accept a playbook that changed in substance (ledgered)
+    stop: threading.Event = field(default_factory=threading.Event)  # set: stop at the next safe point
 
 
 @dataclass
 class StepResult:
     key: str
     kind: str
-    outcome: str  # applied | skipped | failed | passed (rollback point) | reverted
+    outcome: str  # applied | rehearsed | skipped | failed | passed (rollback point) | reverted | stopped
     seconds: float = 0.0
     details: Mapping[str, Any] = field(default_factory=dict)
     error: str | None = None
@@ -89,172 +89,53 @@ class StepResult:
 @dataclass
 class TenantResult:
     tenant: str
-    outcome: str  # done | failed | locked
+    outcome: str  # done | failed | locked | stopped | waiting | not started
     steps: list[StepResult] = field(default_factory=list)
     error: MigrateError | None = None
+    wave: str = ""
+    note: str | None = None  # why a tenant waits or did not start
+    seconds: float = 0.0
 
     @property
     def rows_copied_now(self) -> int:
-        return sum(int(s.details.get("copied_now", 0)) for s in self.steps if s.outcome == "applied")
+        return sum(
+            int(s.details.get("copied_now", 0)) for s in self.steps if s.outcome in ("applied", "rehearsed")
+        )
+
+
+@dataclass
+class WaveResult:
+    name: str
+    stage: str  # what plan/waves.py said when the wave's turn came (done, open, waiting …)
+    note: str | None = None
 
 
 @dataclass
 class RunResult:
     run_id: UUID
     tenants: list[TenantResult]
+    dry_run: bool = False
+    waves: list[WaveResult] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    replanned: tuple[str, str] | None = None  # (old digest, new digest)
+    seconds: float = 0.0
+    digest: str = ""  # the playbook version run
 
     @property
     def ok(self) -> bool:
         return all(t.outcome == "done" for t in self.tenants)
 
-
-class TargetConnections:
-    """Target connections handed from one tenant to the next: a connect per worker, not per tenant.
-
-    A connection comes back only idle, healthy and with the tenant's lock released;
-    anything else is closed. Steps change no session state (``SET LOCAL`` only).
-    """
-
-    def __init__(self, connect: Connect) -> None:
-        self._connect = connect
-        self._idle: list[psycopg.Connection[Any]] = []
-        self._mutex = threading.Lock()
-
-    def take(self) -> psycopg.Connection[Any]:
-        with self._mutex:
-            while self._idle:
-                conn = self._idle.pop()
-                if not conn.closed and not conn.broken:
-                    return conn
-        return self._connect()
-
-    def give(self, conn: psycopg.Connection[Any]) -> None:
-        if conn.closed or conn.broken or conn.info.transaction_status != pq.TransactionStatus.IDLE:
-            with suppress(psycopg.Error):
-                conn.close()
-            return
-        with self._mutex:
-            self._idle.append(conn)
-
-    def close(self) -> None:
-        with self._mutex:
-            idle, self._idle = self._idle, []
-        for conn in idle:
-            with suppress(psycopg.Error):
-                conn.close()
-
-
-class TenantSession:
-    """One tenant's connections, its lock and its tables, as the context its steps get.
-
-    The target connection holds the tenant's advisory lock and does the work, so
-    whatever is written is written under the lock. After a lost connection,
-    ``reconnect`` opens new connections and takes the lock again — or raises
-    TenantLocked if another runner took the tenant in between; the steps then
-    resume from what the control schema says.
-    """
-
-    def __init__(
-        self,
-        env: Environment,
-        tenant: Tenant,
-        run_id: UUID,
-        progress: ProgressSink,
-        targets: TargetConnections,
-    ) -> None:
-        self.env = env
-        self.tenant = tenant
-        self.run_id = run_id
-        self.progress = progress
-        self.targets = targets
-        self._ctx: StepContext | None = None
+    @property
+    def stopped(self) -> bool:
+        return any(t.outcome == "stopped" for t in self.tenants)
 
     @property
-    def ctx(self) -> StepContext:
-        assert self._ctx is not None, "the session is not open"
-        return self._ctx
-
-    def _connect(self) -> tuple[psycopg.Connection[Any], psycopg.Connection[Any]]:
-        target = self.targets.take()
-        try:
-            self.env.control.lock_tenant(target, self.tenant.id)
-            source = self.env.connect_source(self.tenant)
-        except BaseException:
-            target.close()
-            raise
-        return target, source
-
-    def open(self) -> StepContext:
-        pb = self.env.loaded.playbook
-        target, source = self._connect()
-        try:
-            specs = pb.table_specs()
-            tables = select_in_load_order(
-                reflect(source, pb.source.schema_),
-                None if specs is None else [t.name for t in specs],
-                schema=pb.source.schema_,
-                exclude=pb.global_tables,
-            )
-        except BaseException:
-            self._close(target, source)
-            raise
-        self._ctx = StepContext(
-            run_id=self.run_id,
-            tenant=self.tenant,
-            source=source,
-            target=target,
-            source_schema=pb.source.schema_,
-            target_schema=pb.target.schema_,
-            tables=tuple(tables),
-            control=self.env.control,
-            flags=self.env.flags,
-            log=get_logger(run_id=str(self.run_id), tenant=self.tenant.id, wave=self.tenant.wave),
-            keys={t.name: t.key for t in specs or () if t.key},
-            progress=self.progress,
-        )
-        return self._ctx
-
-    def reconnect(self) -> StepContext:
-        old = self.ctx
-        self._close(old.target, old.source)
-        target, source = self._connect()
-        self._ctx = replace(old, target=target, source=source)
-        old.log.info("tenant_reconnected")
-        return self._ctx
-
-    def _close(self, target: psycopg.Connection[Any], source: psycopg.Connection[Any]) -> None:
-        for conn in (source, target):  # closing the target lets the lock go
-            with suppress(psycopg.Error):  # already gone
-                conn.close()
-
-    def close(self) -> None:
-        if self._ctx is None:
-            return
-        target, source = self._ctx.target, self._ctx.source
-        self._ctx = None
-        with suppress(psycopg.Error):
-            source.close()
-        try:
-            self.env.control.unlock_tenant(target, self.tenant.id)
-        except psycopg.Error:
-            with suppress(psycopg.Error):
-                target.close()  # the lock goes with the session
-            return
-        self.targets.give(target)
-
-
-@contextmanager
-def tenant_session(
-    env: Environment, tenant: Tenant, run_id: UUID, progress: ProgressSink = no_progress
-) -> Iterator[StepContext]:
-    """Connections, the tenant's lock and its tables, as one context for its steps."""
-    targets = TargetConnections(env.connect_target)
-    session = TenantSession(env, tenant, run_id, progress, targets)
-    try:
-        yield session.open()
-    finally:
-        session.close()
-        targets.close()
+    def outcome(self) -> str:
+        if self.ok:
+            return "ok"
+        if any(t.outcome in ("failed", "locked") for t in self.tenants):
+            return "failed"
+        return "stopped" if self.stopped else "waiting"
 
 
 def _translate(exc: Exception, where: str) -> MigrateError:
@@ -266,54 +147,26 @@ def _translate(exc: Exception, where: str) -> MigrateError:
     return StepFailed(redact(str(exc).strip()), where=where)
 
 
-def _record_failure(
+def _run_step(
     session: TenantSession,
     env: Environment,
     step: PlannedStep,
-    error: MigrateError,
-    ids: dict[str, str],
-    details: Details,
+    sink: Sink,
+    was: StepRecord | None,
+    results: list[StepResult],
 ) -> None:
-    """Mark the step failed and ledger it with apply's figures (a failed validation's are the
-    evidence), on a new connection if the old one is gone."""
-    try:
-        conn = session.ctx.target
-        if conn.closed or conn.broken:
-            conn = session.reconnect().target
-        with conn.transaction():
-            env.control.set_status(
-                conn,
-                session.tenant.id,
-                step,
-                StepStatus.FAILED,
-                run_id=session.run_id,
-                error=str(error),
-                details=details or None,
-            )
-            env.ledger.append(
-                conn,
-                env.entry(session.run_id, "failed", "error", details={**details, "error": str(error)}, **ids),
-            )
-    except (MigrateError, psycopg.Error) as exc:
-        # The step stays 'running' in the control schema: the next run redoes it, as after a kill.
-        session.ctx.log.error("failure_not_recorded", step=step.key, error=redact(str(exc)))
-
-
-def _run_step(session: TenantSession, env: Environment, step: PlannedStep) -> StepResult:
-    control, ledger = env.control, env.ledger
+    """Run one step and append its result to ``results`` — a failed or stopped one too, with the
+    figures apply gathered (a failed validation's are the evidence), before raising."""
     ctx = session.ctx
-    tenant = ctx.tenant
     log = ctx.log.bind(phase=step.phase, step=step.step_id)
-    ids = {"tenant": tenant.id, "wave": tenant.wave, "phase": step.phase, "step": step.key}
     if step.is_point:
-        with ctx.target.transaction():
-            control.set_status(ctx.target, tenant.id, step, StepStatus.DONE, run_id=ctx.run_id)
-            ledger.append(ctx.target, env.entry(ctx.run_id, "point_passed", "ok", **ids))
-        return StepResult(step.key, step.kind, "passed")
+        sink.passed(step)
+        results.append(StepResult(step.key, step.kind, "passed"))
+        return
     assert step.spec is not None
     impl = step_for(step.spec)
-    control.set_status(ctx.target, tenant.id, step, StepStatus.RUNNING, run_id=ctx.run_id)
-    log.info("step_started")
+    sink.started(step, was if was is not None and was.status is StepStatus.RUNNING else None)
+    log.info("step_started", dry_run=ctx.dry_run)
     started = time.monotonic()
     details: Details = {}
     try:
@@ -324,26 +177,49 @@ def _run_step(session: TenantSession, env: Environment, step: PlannedStep) -> St
                 if attempt.retry_state.attempt_number > 1:
                     session.reconnect()
                 step_ctx = replace(session.ctx, log=log)
-                details = impl.apply(step_ctx)
-                impl.verify(step_ctx, details)
+                # In a rehearsal, a savepoint: a failing step leaves the tenant's transaction usable.
+                with step_ctx.target.transaction() if ctx.dry_run else nullcontext():
+                    details = impl.apply(step_ctx)
+                    impl.verify(step_ctx, details)
+    except Interrupted as exc:
+        exc.where = exc.where or f"{ctx.tenant.id}/{step.key}"
+        sink.stopped(step, {**details, "why": exc.message})
+        log.warning("step_stopped", why=exc.message)
+        results.append(StepResult(step.key, step.kind, "stopped", time.monotonic() - started, details))
+        raise
     except Exception as exc:
-        error = _translate(exc, f"{tenant.id}/{step.key}")
+        error = _translate(exc, f"{ctx.tenant.id}/{step.key}")
         seconds = time.monotonic() - started
-        _record_failure(session, env, step, error, ids, details)
+        results.append(StepResult(step.key, step.kind, "failed", seconds, details, error=str(error)))
+        sink.failed(step, error, details)
         log.error("step_failed", error=str(error), seconds=round(seconds, 3))
         if not isinstance(exc, MigrateError | psycopg.Error):
             raise  # a bug: let it surface as an internal error, the state says "failed"
         raise error from exc
     seconds = time.monotonic() - started
-    conn = session.ctx.target
-    with conn.transaction():
-        control.set_status(conn, tenant.id, step, StepStatus.DONE, run_id=ctx.run_id, details=details)
-        ledger.append(
-            conn,
-            env.entry(ctx.run_id, "applied", "ok", details={**details, "seconds": round(seconds, 3)}, **ids),
-        )
-    log.info("step_applied", seconds=round(seconds, 3))
-    return StepResult(step.key, step.kind, "applied", seconds, details)
+    sink.applied(step, details, seconds)
+    log.info("step_rehearsed" if ctx.dry_run else "step_applied", seconds=round(seconds, 3))
+    results.append(
+        StepResult(step.key, step.kind, "rehearsed" if ctx.dry_run else "applied", seconds, details)
+    )
+
+
+class _Budget:
+    """Failures so far against ``--max-failures``, shared by the tenants' threads."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.failures = 0
+        self._mutex = threading.Lock()
+
+    def add_failure(self) -> None:
+        with self._mutex:
+            self.failures += 1
+
+    @property
+    def spent(self) -> bool:
+        with self._mutex:
+            return self.limit is not None and self.failures >= self.limit
 
 
 def run_tenant(
@@ -352,50 +228,135 @@ def run_tenant(
     run_id: UUID,
     progress: ProgressSink = no_progress,
     targets: TargetConnections | None = None,
+    options: RunOptions | None = None,
 ) -> TenantResult:
-    result = TenantResult(plan.tenant.id, "done")
+    options = options or RunOptions()
+    tenant = plan.tenant
+    result = TenantResult(tenant.id, "done", wave=tenant.wave)
     if not plan.remaining:
         result.steps = [StepResult(s.key, s.kind, "skipped") for s in plan.steps]
         return result
-    progress(ProgressEvent("tenant_started", plan.tenant.id))
+    if options.stop.is_set():
+        result.outcome, result.note = "not started", "the run was asked to stop"
+        return result
+    started = time.monotonic()
+    progress(ProgressEvent("tenant_started", tenant.id))
     own = targets is None
     targets = targets or TargetConnections(env.connect_target)
-    session = TenantSession(env, plan.tenant, run_id, progress, targets)
+    # A rehearsal's own rows in the control schema vanish with its transaction; a run id per
+    # tenant keeps concurrent rehearsals from waiting on each other's uncommitted rows.
+    state_run = uuid.uuid5(run_id, tenant.id) if options.dry_run else run_id
+    session = TenantSession(
+        env,
+        tenant,
+        state_run,
+        progress,
+        targets,
+        command=options.command,
+        dry_run=options.dry_run,
+        stopping=options.stop.is_set,
+    )
+    sink = RehearsalSink(session, env, run_id) if options.dry_run else Sink(session, env)
     try:
         ctx = session.open()
         # Progress is read again under the lock: another runner may have moved on.
-        done = env.control.progress(ctx.target, [plan.tenant.id])
-        for step in plan.steps:
-            if done.get((plan.tenant.id, step.key)) is StepStatus.DONE:
-                result.steps.append(StepResult(step.key, step.kind, "skipped"))
-                continue
-            result.steps.append(_run_step(session, env, step))
+        records = {r.step_key: r for r in env.control.steps(ctx.target, [tenant.id])}
+        rehearsal = ctx.target.transaction(force_rollback=True) if options.dry_run else nullcontext()
+        with rehearsal:
+            for step in plan.steps:
+                record = records.get(step.key)
+                if record is not None and record.status is StepStatus.DONE:
+                    result.steps.append(StepResult(step.key, step.kind, "skipped"))
+                    continue
+                if options.stop.is_set():
+                    raise Interrupted(
+                        "stopped on request before " + step.key, where=f"{tenant.id}/{step.key}"
+                    )
+                _run_step(session, env, step, sink, record, result.steps)
+    except Interrupted as exc:
+        result.outcome, result.error = "stopped", exc
     except MigrateError as exc:
         result.outcome = "locked" if isinstance(exc, TenantLocked) else "failed"
         result.error = exc
     except psycopg.Error as exc:
-        result.outcome, result.error = "failed", _translate(exc, plan.tenant.id)
+        result.outcome, result.error = "failed", _translate(exc, tenant.id)
     finally:
         session.close()
         if own:
             targets.close()
-        progress(ProgressEvent("tenant_finished", plan.tenant.id, outcome=result.outcome))
+        result.seconds = time.monotonic() - started
+        progress(ProgressEvent("tenant_finished", tenant.id, outcome=result.outcome))
     return result
+
+
+def _check_version(
+    env: Environment, conn: psycopg.Connection[Any], run_id: UUID, options: RunOptions
+) -> tuple[list[str], tuple[str, str] | None]:
+    """The playbook cannot change under a run: (warnings, replanned) or an ArgumentError."""
+    digest = env.loaded.digest
+    accepted = env.control.accepted_digest(conn)
+    if accepted is None:
+        if not options.dry_run:
+            env.control.accept_digest(conn, digest, env.actor)
+        return [], None
+    old, since, by = accepted
+    if old == digest:
+        return [], None
+    changed = (
+        f"playbook {env.loaded.playbook.name} changed in substance since its runs began "
+        f"(version {old[:12]}, accepted {since:%Y-%m-%d %H:%M} by {by}; now {digest[:12]})"
+    )
+    if options.dry_run:
+        return [f"{changed}: the real run needs --replan"], None
+    if not options.replan:
+        raise ArgumentError(
+            changed,
+            where=str(env.loaded.path),
+            hint=f"review 'migrate plan {env.loaded.path}', then run again with --replan "
+            "(the replan is ledgered); done steps stay done",
+        )
+    with conn.transaction():
+        env.control.accept_digest(conn, digest, env.actor)
+        env.ledger.append(conn, env.entry(run_id, "replanned", "ok", details={"from": old, "to": digest}))
+    return [], (old, digest)
+
+
+def _progress_of(
+    env: Environment, targets: TargetConnections, plan: Plan, rehearsed: set[str]
+) -> dict[tuple[str, str], StepStatus]:
+    """Every tenant's step states now; in a rehearsal, the tenants rehearsed count as done."""
+    conn = targets.take()
+    try:
+        progress = env.control.progress(conn)
+    finally:
+        targets.give(conn)
+    for tenant in rehearsed:
+        progress.update({(tenant, key): StepStatus.DONE for key in plan.step_keys})
+    return progress
+
+
+def _gate_note(wave: WavePlan, stage: WaveStage, blocked_by: str | None, playbook: str) -> str:
+    if stage is WaveStage.WAITING_FOR_APPROVAL:
+        return f"wave {wave.name} waits for approval: migrate approve {playbook} --wave {wave.name}"
+    return f"wave {wave.name} waits for wave {blocked_by} to finish every phase"
 
 
 def run(
     env: Environment,
     plan: Plan,
+    options: RunOptions | None = None,
     *,
-    command: str,
-    jobs: int = 1,
     progress: ProgressSink = no_progress,
 ) -> RunResult:
-    """Run every tenant of the plan (``jobs`` at a time); each tenant's failure is its own."""
+    """Run the plan's tenants wave by wave (``jobs`` at a time); each tenant's failure is its own."""
+    options = options or RunOptions()
+    if options.dry_run:
+        # A reconnect would lose the rehearsal's transaction: one attempt, the fault reported.
+        env = replace(env, retry=RetryPolicy(attempts=1))
     run_id = uuid4()
     targets = TargetConnections(env.connect_target)
     try:
-        return _run(env, plan, run_id, targets, command=command, jobs=jobs, progress=progress)
+        return _run(env, plan, run_id, targets, options, progress)
     finally:
         targets.close()
 
@@ -405,40 +366,98 @@ def _run(
     plan: Plan,
     run_id: UUID,
     targets: TargetConnections,
-    *,
-    command: str,
-    jobs: int,
+    options: RunOptions,
     progress: ProgressSink,
 ) -> RunResult:
+    started = time.monotonic()
+    result = RunResult(run_id, [], dry_run=options.dry_run, digest=env.loaded.digest)
     conn = targets.take()
     try:
-        env.control.start_run(
-            conn,
-            run_id=run_id,
-            digest=env.loaded.digest,
-            command=command,
-            actor=env.actor,
-            host=env.host,
-            pid=env.pid,
-            dry_run=False,
-        )
-        env.ledger.append(conn, env.entry(run_id, "run_started", "ok", details={"command": command}))
+        result.warnings, result.replanned = _check_version(env, conn, run_id, options)
+        approved = set(env.control.approvals(conn))
+        if not options.dry_run:
+            with conn.transaction():
+                env.control.start_run(
+                    conn,
+                    run_id=run_id,
+                    digest=env.loaded.digest,
+                    command=options.command,
+                    actor=env.actor,
+                    host=env.host,
+                    pid=env.pid,
+                    dry_run=False,
+                )
+                env.ledger.append(
+                    conn, env.entry(run_id, "run_started", "ok", details={"command": options.command})
+                )
     finally:
         targets.give(conn)
     log = get_logger(run_id=str(run_id))
-    log.info("run_started", tenants=len(plan.tenants), jobs=jobs)
+    log.info("run_started", tenants=len(plan.tenants), jobs=options.jobs, dry_run=options.dry_run)
     progress(ProgressEvent("run_started", tenants=sum(1 for tp in plan.tenants if tp.remaining)))
-    with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="tenant") as pool:
-        results = list(pool.map(lambda tp: run_tenant(env, tp, run_id, progress, targets), plan.tenants))
-    outcome = "ok" if all(r.outcome == "done" for r in results) else "failed"
-    conn = targets.take()
-    try:
-        env.control.finish_run(conn, run_id, outcome)
-        env.ledger.append(
-            conn,
-            env.entry(run_id, "run_finished", outcome, details={r.tenant: r.outcome for r in results}),
-        )
-    finally:
-        targets.give(conn)
-    log.info("run_finished", outcome=outcome)
-    return RunResult(run_id, results)
+    budget = _Budget(options.max_failures)
+    rehearsed: set[str] = set()
+    playbook = str(env.loaded.path)
+
+    def one(tp: TenantPlan) -> TenantResult:
+        if budget.spent:
+            return TenantResult(
+                tp.tenant.id,
+                "not started",
+                wave=tp.tenant.wave,
+                note=f"--max-failures {options.max_failures} reached",
+            )
+        outcome = run_tenant(env, tp, run_id, progress, targets, options)
+        if outcome.outcome == "failed":
+            budget.add_failure()
+        return outcome
+
+    for wave in plan.waves:
+        tenants = plan.in_wave(wave.name)
+        if not tenants:
+            continue
+        states = {
+            s.wave.name: s for s in wave_states(plan, _progress_of(env, targets, plan, rehearsed), approved)
+        }
+        state = states[wave.name]
+        note = None if state.may_start else _gate_note(wave, state.stage, state.blocked_by, playbook)
+        result.waves.append(WaveResult(wave.name, state.stage.value, note))
+        if note is not None and any(tp.remaining for tp in tenants):
+            if not options.dry_run:
+                log.warning("wave_waiting", wave=wave.name, why=note)
+                result.tenants.extend(
+                    TenantResult(tp.tenant.id, "waiting", wave=wave.name, note=note)
+                    if tp.remaining
+                    else TenantResult(
+                        tp.tenant.id,
+                        "done",
+                        [StepResult(s.key, s.kind, "skipped") for s in tp.steps],
+                        wave=wave.name,
+                    )
+                    for tp in tenants
+                )
+                continue
+            result.warnings.append(f"a real run would stop here: {note}")
+        with ThreadPoolExecutor(max_workers=max(1, options.jobs), thread_name_prefix="tenant") as pool:
+            done = list(pool.map(one, tenants))
+        result.tenants.extend(done)
+        rehearsed.update(t.tenant for t in done if t.outcome == "done")
+    result.seconds = time.monotonic() - started
+    if not options.dry_run:
+        conn = targets.take()
+        try:
+            with conn.transaction():
+                env.control.finish_run(conn, run_id, result.outcome)
+                env.ledger.append(
+                    conn,
+                    env.entry(
+                        run_id,
+                        "run_finished",
+                        result.outcome,
+                        details={r.tenant: r.outcome for r in result.tenants},
+                    ),
+                )
+        finally:
+            targets.give(conn)
+    log.info("run_finished", outcome=result.outcome, dry_run=options.dry_run)
+    return result

@@ -6,9 +6,9 @@ import difflib
 from collections.abc import Mapping, Sequence
 
 from migrate.errors import ArgumentError
-from migrate.plan.model import Plan, PlannedStep, StepStatus, TenantPlan
+from migrate.plan.model import Plan, PlannedStep, StepStatus, TenantPlan, WavePlan
 from migrate.playbook.loader import LoadedPlaybook
-from migrate.playbook.model import RollbackPoint, Tenant, step_id
+from migrate.playbook.model import RollbackPoint, Tenant, step_id, wave_order
 
 Progress = Mapping[tuple[str, str], StepStatus]  # (tenant, step key) -> status
 
@@ -30,16 +30,38 @@ def select_tenants(loaded: LoadedPlaybook, wanted: Sequence[str] | None) -> tupl
     return tuple(t for t in loaded.tenants if t.id in set(wanted))
 
 
+def select_wave(loaded: LoadedPlaybook, wave: str | None) -> tuple[Tenant, ...] | None:
+    """The tenants of wave ``wave`` (None when no wave is named), or an ArgumentError naming the waves."""
+    if wave is None:
+        return None
+    names = [w.name for w in wave_order(loaded.playbook, loaded.tenants)]
+    if wave not in names:
+        close = difflib.get_close_matches(wave, names, n=1)
+        raise ArgumentError(
+            f"playbook {loaded.path} has no wave '{wave}'",
+            where="--wave",
+            hint=(f"did you mean '{close[0]}'? " if close else "") + f"its waves are: {', '.join(names)}",
+        )
+    return tuple(t for t in loaded.tenants if t.wave == wave)
+
+
 def build_plan(
     loaded: LoadedPlaybook,
     progress: Progress | None = None,
     tenants: Sequence[str] | None = None,
+    wave: str | None = None,
 ) -> Plan:
     """Every tenant's steps in order, each with its state from ``progress``."""
     progress = progress or {}
     pb = loaded.playbook
+    order = wave_order(pb, loaded.tenants)
+    rank = {w.name: i for i, w in enumerate(order)}
+    chosen = select_tenants(loaded, tenants)
+    in_wave = select_wave(loaded, wave)
+    if in_wave is not None:
+        chosen = tuple(t for t in chosen if t in in_wave)
     tenant_plans = []
-    for tenant in select_tenants(loaded, tenants):
+    for tenant in sorted(chosen, key=lambda t: rank[t.wave]):
         steps = []
         for phase in pb.phases:
             for item in phase.steps:
@@ -57,4 +79,14 @@ def build_plan(
         target_schema=pb.target.schema_,
         tables=None if specs is None else tuple(t.name for t in specs),
         tenants=tuple(tenant_plans),
+        step_keys=tuple(
+            f"{phase.name}/{step_id(item)}"
+            for phase in pb.phases
+            for item in phase.steps
+            if not isinstance(item, RollbackPoint)
+        ),
+        waves=tuple(
+            WavePlan(w.name, w.approval, tuple(t.id for t in loaded.tenants if t.wave == w.name))
+            for w in order
+        ),
     )

@@ -57,9 +57,26 @@ class TenantPlan:
 
 
 @dataclass(frozen=True)
+class WavePlan:
+    """One wave, in the order waves go: its tenants (all of them, selected or not) and its gate."""
+
+    name: str
+    approval: bool
+    tenants: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Plan:
     playbook: str
     digest: str
     target_schema: str
     tables: tuple[str, ...] | None  # None: every table of the source, in FK order
-    tenants: tuple[TenantPlan, ...]
+    tenants: tuple[TenantPlan, ...]  # the selected tenants, in wave order, then playbook order
+    waves: tuple[WavePlan, ...] = ()
+    step_keys: tuple[str, ...] = ()  # every step's key (no rollback points), the same for each tenant
+
+    def wave_of(self, tenant: str) -> WavePlan:
+        return next(w for w in self.waves if tenant in w.tenants)
+
+    def in_wave(self, wave: str) -> tuple[TenantPlan, ...]:
+        return tuple(tp for tp in self.tenants if tp.tenant.wave == wave)

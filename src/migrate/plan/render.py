@@ -25,6 +25,13 @@ def describe(step: PlannedStep, plan: Plan) -> str:
 
 def render_text(plan: Plan) -> str:
     lines = [f"playbook {plan.playbook} (version {plan.digest[:12]})"]
+    if plan.waves:
+        gates = [
+            f"{w.name} ({', '.join(w.tenants) or 'no tenants'})"
+            + (", opened by approval" if w.approval else "")
+            for w in plan.waves
+        ]
+        lines.append("waves, in order: " + " -> ".join(gates))
     for tp in plan.tenants:
         t = tp.tenant
         left = len([s for s in tp.remaining if not s.is_point])

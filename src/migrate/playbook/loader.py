@@ -297,6 +297,21 @@ def _semantic_problems(pb: Playbook, tenants: Sequence[Tenant]) -> Iterator[tupl
                     "add 'id: SOMETHING-UNIQUE' to one of them",
                 )
             seen_steps.add(sid)
+    declared: dict[str, int] = {}
+    for w_index, wave in enumerate(pb.waves):
+        if wave.name in declared:
+            yield ("waves", w_index, "name"), f"duplicate wave '{wave.name}'", "give every wave its own name"
+        declared.setdefault(wave.name, w_index)
+    if pb.waves:
+        for t_index, tenant in enumerate(tenants):
+            if tenant.wave not in declared:
+                close = difflib.get_close_matches(tenant.wave, list(declared), n=1)
+                yield (
+                    ("tenants", t_index, "wave"),
+                    f"tenant '{tenant.id}' is in wave '{tenant.wave}', which 'waves:' does not list",
+                    (f"did you mean '{close[0]}'? " if close else "")
+                    + f"the waves are: {', '.join(declared)}",
+                )
     if pb.source.dsn_template_env is None:
         for t_index, tenant in enumerate(tenants):
             if tenant.source_dsn_env is None:

@@ -198,6 +198,17 @@ PhaseItem = Annotated[
 ]
 
 
+class Wave(Model):
+    """A group of tenants that goes through the phases together; waves go in the order written."""
+
+    name: Slug
+    approval: bool = Field(
+        default=False,
+        description="A person must open the wave with 'migrate approve PLAYBOOK --wave NAME' "
+        "before any of its tenants starts.",
+    )
+
+
 class Phase(Model):
     """An ordered group of steps, run for each tenant."""
 
@@ -224,6 +235,11 @@ class Playbook(Model):
     inventory: str | None = Field(
         default=None, description="YAML file listing the tenants, relative to the playbook."
     )
+    waves: tuple[Wave, ...] = Field(
+        default=(),
+        description="The waves in order, the canary first; without it, waves go in the order the "
+        "tenants first name them.",
+    )
     tables: Literal["auto"] | tuple[Identifier | Table, ...] = "auto"
     global_tables: tuple[Identifier, ...] = Field(
         default=(),
@@ -242,6 +258,13 @@ class Playbook(Model):
         if self.tables == "auto":
             return None
         return tuple(t if isinstance(t, Table) else Table(name=t) for t in self.tables)
+
+
+def wave_order(playbook: Playbook, tenants: tuple[Tenant, ...]) -> tuple[Wave, ...]:
+    """The waves in the order they go: as declared, else as the tenants first name them."""
+    if playbook.waves:
+        return playbook.waves
+    return tuple(Wave(name=name) for name in dict.fromkeys(t.wave for t in tenants))
 
 
 class Inventory(Model):

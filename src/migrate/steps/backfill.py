@@ -48,7 +48,7 @@ from typing import Any, ClassVar
 from psycopg import sql
 
 from migrate.control.store import Checkpoint
-from migrate.errors import StepFailed
+from migrate.errors import Interrupted, StepFailed
 from migrate.playbook.model import BackfillStep as BackfillSpec
 from migrate.playbook.model import Step
 from migrate.schemagen.ddl import TENANT_COLUMN
@@ -291,6 +291,10 @@ class BackfillStep:
                     done=final,
                     last_key=upper if upper is not None else last,
                 )
+            if plan.deferred and ctx.dry_run:
+                # The chunk's "transaction" was a savepoint of the rehearsal's: SET LOCAL outlives
+                # it, and the next table's foreign keys must be checked as in a real run.
+                ctx.target.execute("SELECT set_config('session_replication_role', 'origin', true)")
             if upper is None:
                 break
             last = upper
@@ -310,6 +314,12 @@ class BackfillStep:
             )
             if rows and nbytes:
                 rows_per_chunk = max(1, min(self.chunk_rows, self.chunk_bytes * rows // nbytes))
+            if not final and ctx.stopping():
+                # A safe point: every chunk so far is committed with its checkpoint.
+                raise Interrupted(
+                    f"stopped on request after {result.rows} rows of {name}",
+                    hint="'migrate run' again resumes after the last chunk",
+                )
         if plan.parent and result.copied_now:
             self._analyze(ctx, name, result.rows, believed)
         seconds = time.monotonic() - started
@@ -354,24 +364,33 @@ class BackfillStep:
                 _check_foreign_keys(ctx, table)
 
     def revert(self, ctx: StepContext, details: Mapping[str, Any]) -> Details:
-        """Delete the tenant's rows, children first, and forget the checkpoints."""
+        """Delete the tenant's rows, children first, in committed batches; then forget the checkpoints.
+
+        A batch is at most ``min(chunk_rows, 10 000)`` rows in its own transaction, so a huge
+        tenant never holds one giant transaction (its locks, its WAL, vacuum held back), and a
+        kill between batches leaves fewer rows that the next rollback deletes: the step stays
+        ``done`` and its checkpoints stay until the last table is empty, so a ``run`` in between
+        refuses the leftovers instead of trusting them.
+        """
+        rows = min(self.chunk_rows, _REVERT_ROWS)
+        unchecked = _unchecked_on_delete(ctx.tables)
         deleted: dict[str, int] = {}
-        with ctx.target.transaction():
-            if deferred_tables(ctx.tables):
-                # Rows of a cycle point at each other: no table of it can go first. Every table of
-                # the tenant is emptied in this one transaction, so no reference outlives it.
-                ctx.target.execute(_REPLICA)
-            for table in reversed(ctx.tables):
-                cur = ctx.target.execute(
-                    sql.SQL("DELETE FROM {} WHERE {} = %s").format(
-                        sql.Identifier(ctx.target_schema, table.name), sql.Identifier(TENANT_COLUMN)
-                    ),
-                    (ctx.tenant.id,),
-                )
-                deleted[table.name] = cur.rowcount
-            ctx.control.clear_checkpoints(ctx.target, ctx.tenant.id, [t.name for t in ctx.tables])
+        batches: dict[str, int] = {}
+        for table in reversed(ctx.tables):  # load order reversed: children before their parents
+            started = time.monotonic()
+            deleted[table.name], batches[table.name] = _delete_tenant_rows(
+                ctx, table, rows, unchecked=table.name in unchecked
+            )
+            ctx.log.info(
+                "table_rows_deleted",
+                table=table.name,
+                rows=deleted[table.name],
+                batches=batches[table.name],
+                seconds=round(time.monotonic() - started, 3),
+            )
+        ctx.control.clear_checkpoints(ctx.target, ctx.tenant.id, [t.name for t in ctx.tables])
         ctx.log.info("tenant_rows_deleted", rows=sum(deleted.values()))
-        return {"deleted": deleted}
+        return {"deleted": deleted, "batches": batches}
 
 
 def _check_foreign_keys(ctx: StepContext, table: SourceTable) -> None:
@@ -411,3 +430,96 @@ def _check_foreign_keys(ctx: StepContext, table: SourceTable) -> None:
                 hint="the source breaks its own foreign key (or lost the row since): fix the source, "
                 "roll the tenant back and run again",
             )
+
+
+# ----------------------------------------------------------------------------- revert in batches
+_REVERT_ROWS = 10_000
+
+
+def _unchecked_on_delete(tables: Sequence[SourceTable]) -> frozenset[str]:
+    """Tables whose batches run with foreign-key triggers off (``session_replication_role``).
+
+    Deleting in reverse load order, a table's rows are still referenced only from a table of a
+    cycle or a self-reference (a deferred table): those, and the tables they point to. Their
+    batches leave references dangling between tables, or within one, until the last batch, and
+    they are all the tenant's own rows, about to go.
+    """
+    deferred = deferred_tables(tables)
+    pointed = {
+        fk.ref_table for t in tables if t.name in deferred for fk in t.foreign_keys if fk.ref_schema is None
+    }
+    return frozenset(deferred | pointed)
+
+
+def _batch_key(table: SourceTable, declared: Sequence[str] | None) -> tuple[str, ...]:
+    """The key the copy's chunks were ranges of (declared, else primary), or () when there is none."""
+    if declared and set(declared) <= set(table.column_names):
+        return tuple(declared)
+    return tuple(table.primary_key or ())
+
+
+def _delete_batch(
+    ctx: StepContext, statement: sql.Composed, params: Sequence[Any], *, unchecked: bool
+) -> int:
+    # Asynchronous commit, as for the copy's chunks: a server crash can only bring the last
+    # batches back, for the next rollback to delete; the engine's synchronous commit of the
+    # step's 'reverted' state comes after every batch.
+    with ctx.target.transaction():
+        ctx.target.execute(_CHUNK_DEFERRED if unchecked else _CHUNK)
+        return int(ctx.target.execute(statement, params).rowcount)
+
+
+def _delete_tenant_rows(
+    ctx: StepContext, table: SourceTable, rows: int, *, unchecked: bool
+) -> tuple[int, int]:
+    """Delete one table's rows of the tenant in batches of at most ``rows``; (rows, batches).
+
+    Batches are key ranges, as the copy's chunks: the batch's last key is the ``rows``-th key
+    after the previous batch's, read through the (tenant_id, key) index from that key on, so
+    no batch walks over the index entries earlier batches left dead (which would make a huge
+    tenant's revert quadratic). What is left after the last full range — fewer than ``rows``
+    rows, or every row of a table without a key — goes by row position (ctid), until none is.
+    """
+    qualified = sql.Identifier(ctx.target_schema, table.name)
+    tenant = sql.Identifier(TENANT_COLUMN)
+    key = _batch_key(table, ctx.keys.get(table.name))
+    deleted = batches = 0
+    last: tuple[Any, ...] | None = None
+    if key:
+        columns = sql.SQL(", ").join(sql.Identifier(c) for c in key)
+        values = sql.SQL(", ").join(sql.Placeholder() for _ in key)
+        while True:
+            after = sql.SQL("") if last is None else sql.SQL(" AND ({}) > ({})").format(columns, values)
+            bound = tuple(last or ())
+            found = ctx.target.execute(
+                sql.SQL(
+                    "SELECT {columns} FROM {table} WHERE {tenant} = %s{after} ORDER BY {columns}"
+                    " OFFSET %s LIMIT 1"
+                ).format(columns=columns, table=qualified, tenant=tenant, after=after),
+                (ctx.tenant.id, *bound, rows - 1),
+            ).fetchone()
+            if found is None:
+                break
+            deleted += _delete_batch(
+                ctx,
+                sql.SQL(
+                    "DELETE FROM {table} WHERE {tenant} = %s{after} AND ({columns}) <= ({values})"
+                ).format(table=qualified, tenant=tenant, after=after, columns=columns, values=values),
+                (ctx.tenant.id, *bound, *found),
+                unchecked=unchecked,
+            )
+            batches += 1
+            last = tuple(found)
+    # ctid = ANY(ARRAY(…)) is a TID scan; the tenant_id condition keeps it to the tenant's rows even
+    # where ctids repeat (a partitioned table).
+    sweep = sql.SQL(
+        "DELETE FROM {table} WHERE {tenant} = %s"
+        " AND ctid = ANY(ARRAY(SELECT ctid FROM {table} WHERE {tenant} = %s LIMIT %s))"
+    ).format(table=qualified, tenant=tenant)
+    while True:
+        gone = _delete_batch(ctx, sweep, (ctx.tenant.id, ctx.tenant.id, rows), unchecked=unchecked)
+        if gone == 0:
+            break
+        deleted += gone
+        batches += 1
+    return deleted, batches

@@ -47,6 +47,11 @@ def no_progress(event: ProgressEvent) -> None:
     """The default sink: nobody is watching."""
 
 
+def never() -> bool:
+    """The default stop signal: nobody asked to stop."""
+    return False
+
+
 @dataclass
 class StepContext:
     """Everything one step of one tenant may touch; nothing is global.
@@ -55,6 +60,12 @@ class StepContext:
     transactions with ``conn.transaction()`` so ``SET LOCAL`` and checkpoints
     end where the block ends (shared/notes/postgres.md, pitfall 2). The target
     connection also holds the tenant's lock: a step never closes it.
+
+    In a rehearsal (``dry_run``) the engine has opened a transaction on the
+    target that it rolls back at the end: the step's own transactions become
+    savepoints and the same code runs. ``stopping()`` turns true when the user
+    asked the run to stop: a long step checks it at its safe points (between
+    committed chunks) and raises Interrupted.
     """
 
     run_id: UUID
@@ -69,6 +80,8 @@ class StepContext:
     log: Any
     keys: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # keys declared in the playbook
     progress: ProgressSink = no_progress
+    dry_run: bool = False
+    stopping: Callable[[], bool] = never
 
 
 class StepKind(Protocol):

@@ -59,6 +59,22 @@ def _check_fits(ctx: StepContext, tables: Collection[SourceTable], local_types: 
                 )
 
 
+def _missing(ctx: StepContext, shared: ddl.SharedSchema) -> tuple[list[ddl.Statement], list[str]]:
+    """The statements still to run for what the target schema lacks, and the tables it lacks."""
+    rows = ctx.target.execute(_EXISTING, (ctx.target_schema, ctx.target_schema)).fetchall()
+    relations = {name for name, kind in rows if kind != "T"}
+    types = {name for name, kind in rows if kind == "T"}
+    missing = {t.name for t in ctx.tables} - relations
+    statements = [
+        statement
+        for statement in shared.upgrade
+        if (statement.kind == "type" and statement.object not in types)
+        or (statement.kind in _TABLE_KINDS and statement.object in missing)
+        or (statement.kind == "view" and statement.object not in relations)
+    ]
+    return statements, sorted(missing)
+
+
 class SchemaStep:
     kind: ClassVar[str] = "schema"
     irreversible: ClassVar[bool] = False
@@ -70,29 +86,22 @@ class SchemaStep:
         source = reflect_schema(ctx.source, ctx.source_schema).restricted(t.name for t in ctx.tables)
         shared = ddl.build(source, ddl.Options(schema=ctx.target_schema))
         created: list[str] = []
-        with ctx.target.transaction():
-            ctx.target.execute(
-                "SELECT pg_advisory_xact_lock(hashtext('migrate.schema'), hashtext(%s))",
-                (ctx.target_schema,),
-            )
-            ctx.target.execute(
-                sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(ctx.target_schema))
-            )
-            existing = {
-                (kind, name)
-                for name, kind in ctx.target.execute(_EXISTING, (ctx.target_schema, ctx.target_schema))
-            }
-            relations = {name for kind, name in existing if kind != "T"}
-            types = {name for kind, name in existing if kind == "T"}
-            missing = {t.name for t in ctx.tables} - relations
-            for statement in shared.upgrade:
-                if (
-                    (statement.kind == "type" and statement.object not in types)
-                    or (statement.kind in _TABLE_KINDS and statement.object in missing)
-                    or (statement.kind == "view" and statement.object not in relations)
-                ):
+        # Only a tenant that finds something missing takes the lock: once the shared tables
+        # exist, tenants (and rehearsals, which hold their locks until they roll back) never
+        # wait for each other here.
+        if _missing(ctx, shared)[0]:
+            with ctx.target.transaction():
+                ctx.target.execute(
+                    "SELECT pg_advisory_xact_lock(hashtext('migrate.schema'), hashtext(%s))",
+                    (ctx.target_schema,),
+                )
+                ctx.target.execute(
+                    sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(ctx.target_schema))
+                )
+                # Looked at again under the lock: another runner may have created them meanwhile.
+                statements, created = _missing(ctx, shared)
+                for statement in statements:
                     ctx.target.execute(statement.sql)
-            created = sorted(missing)
         ctx.log.info("shared_tables_ready", created=created, tables=len(ctx.tables))
         # The fit check is verify's: the engine runs it right after apply, and handing it the
         # source's type names saves reading the source catalog twice per tenant (measured at
