@@ -88,6 +88,41 @@ def test_an_inline_dsn_is_not_a_setting_the_playbook_accepts(tmp_path: Path) -> 
     assert "unknown field 'dsn'" in err.message and err.hint and "dsn_env" in err.hint
 
 
+def test_an_unknown_field_in_an_unleash_block_lists_the_unleash_fields(tmp_path: Path) -> None:
+    """The hint comes from the provider the block names, not the default one."""
+    err = load_error(tmp_path, GOOD + "flags: {provider: unleash, url_envv: X}\n")
+    assert err.message == "unknown field 'url_envv'"
+    assert err.hint is not None and "did you mean 'url_env'?" in err.hint and "admin_token_env" in err.hint
+
+
+def test_a_bad_table_entry_is_named_with_what_to_write(tmp_path: Path) -> None:
+    """tables: [users, 3] points at the item and says what a table entry looks like."""
+    err = load_error(tmp_path, GOOD + "tables: [users, 3]\n")
+    assert err.where is not None and err.where.endswith("tables[1]")
+    assert err.hint is not None and "{name: TABLE, key: [COLUMN, …]}" in err.hint
+
+
+def test_waves_are_declared_once_and_every_tenant_is_in_one(tmp_path: Path) -> None:
+    """A tenant in an undeclared wave is refused at its line, with the close match; so is a wave twice."""
+    waves = "waves: [{name: canary}, {name: main}]\n"
+    err = load_error(tmp_path, GOOD.replace("  - id: globex", "  - {id: globex, wave: mian}") + waves)
+    assert err.message == "tenant 'globex' is in wave 'mian', which 'waves:' does not list"
+    assert err.hint is not None and "did you mean 'main'?" in err.hint
+    err = load_error(tmp_path, GOOD + "waves: [{name: main}, {name: main}]\n")
+    assert err.message == "duplicate wave 'main'"
+    plan = build_plan(
+        load_playbook(
+            write(
+                tmp_path,
+                GOOD.replace("  - id: globex", "  - {id: globex, wave: canary}")
+                + "waves: [{name: canary}, {name: main}]\n",
+            )
+        )
+    )
+    assert [tp.tenant.id for tp in plan.tenants] == ["globex", "acme"]  # the canary first
+    assert [(w.name, w.tenants) for w in plan.waves] == [("canary", ("globex",)), ("main", ("acme",))]
+
+
 def test_yaml_syntax_error_has_a_line(tmp_path: Path) -> None:
     """Broken YAML is a PlaybookError with a line, not a parser traceback."""
     err = load_error(tmp_path, "name: t\ntarget: {dsn_env: X\n")

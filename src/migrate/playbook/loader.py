@@ -173,10 +173,21 @@ def _model_at(root: type[BaseModel], data: Any, loc: Loc) -> type[BaseModel] | N
         if info is None:
             return None
         models = [c for c in _candidates(info.annotation) if isinstance(c, type) and issubclass(c, BaseModel)]
-        model = models[0] if len(models) == 1 else (model if not models else models[0])
-        if not models:
-            model = None
+        model = _chosen(models, node) if models else None
     return model
+
+
+def _chosen(models: Sequence[type[BaseModel]], node: Any) -> type[BaseModel]:
+    """The member of a tagged union that ``node`` names by a literal field (``provider: unleash``),
+    else the first (the one whose tag is the default)."""
+    if isinstance(node, dict):
+        for model in models:
+            for name, info in model.model_fields.items():
+                key = info.alias or name
+                tagged = typing.get_origin(info.annotation) is typing.Literal and key in node
+                if tagged and node[key] in typing.get_args(info.annotation):
+                    return model
+    return models[0]
 
 
 def _data_loc(data: Any, loc: Loc) -> Loc:
@@ -229,10 +240,12 @@ def _explain(error: ErrorDetails, data: Any, root: type[BaseModel]) -> tuple[Loc
             info = next((f for f in parent.model_fields.values() if f.alias == name), None)
         desc = info.description if info and info.description else None
         return loc, f"missing field '{name}'", f"add '{name}: …'" + (f" ({desc})" if desc else "")
-    parent = _model_at(root, data, loc[:-1]) if loc else None
+    # An item of a list is described by its list's field: tables[1] by 'tables'.
+    field_loc = loc if not loc or isinstance(loc[-1], str) else loc[:-1]
+    parent = _model_at(root, data, field_loc[:-1]) if field_loc else None
     info = None
-    if parent is not None and loc and isinstance(loc[-1], str):
-        info = parent.model_fields.get(str(loc[-1]))
+    if parent is not None and field_loc and isinstance(field_loc[-1], str):
+        info = parent.model_fields.get(str(field_loc[-1]))
     about: str | None = info.description if info and info.description else None
     message = error["msg"].removeprefix("Value error, ")
     if "input" in error and not isinstance(error["input"], dict | list):
@@ -257,8 +270,9 @@ def _validate(model: type[BaseModel], data: Any, source_map: SourceMap) -> BaseM
             for e in errors
             if not any(len(o) > len(e["loc"]) and o[: len(e["loc"])] == tuple(e["loc"]) for o in locs)
         ]
-        # An unknown key usually explains a "missing" one next to it (dsn: vs dsn_env:).
-        errors.sort(key=lambda e: e["type"] != "extra_forbidden")
+        # An unknown key usually explains a "missing" one next to it (dsn: vs dsn_env:); of a
+        # union's failed members, the one that got deepest into the data says the most.
+        errors.sort(key=lambda e: (e["type"] != "extra_forbidden", -len(_data_loc(data, tuple(e["loc"])))))
         loc, message, hint = _explain(errors[0], data, model)
         if len(errors) > 1:
             more = f"{len(errors) - 1} more problem(s) after this one"

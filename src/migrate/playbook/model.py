@@ -240,7 +240,11 @@ class Playbook(Model):
         description="The waves in order, the canary first; without it, waves go in the order the "
         "tenants first name them.",
     )
-    tables: Literal["auto"] | tuple[Identifier | Table, ...] = "auto"
+    tables: Literal["auto"] | tuple[Identifier | Table, ...] = Field(
+        default="auto",
+        description="write 'auto' (every table of the source, in foreign-key order) or a list of "
+        "table names and {name: TABLE, key: [COLUMN, …]} entries",
+    )
     global_tables: tuple[Identifier, ...] = Field(
         default=(),
         description="Reference tables shared by every tenant: no tenant_id, read-only to the application.",
