@@ -23,7 +23,7 @@ from migrate.control.schema import upgrade
 from migrate.errors import ArgumentError
 from migrate.playbook import load_playbook
 from test_crash import checkpoints, chunked_playbook
-from world import DEMO, ROOT, TABLES, World, make_world
+from world import DEMO, ROOT, TABLES, World, corrupt_globex_as_it_is_copied, make_world
 
 
 @pytest.fixture
@@ -180,14 +180,7 @@ def test_dry_run_reports_in_json_and_junit_with_figures_and_the_failure(
     assert suites.find(".//failure") is None
     # A target that corrupts globex's tasks as they arrive: its rehearsal fails validation, exit 1.
     assert api.run(DEMO, environ=world.environ, tenants=["acme"]).ok  # the shared tables exist now
-    with world.target() as conn:
-        conn.execute(
-            "CREATE FUNCTION app.corrupt() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
-            " IF NEW.tenant_id = 'globex' THEN NEW.title := NEW.title || '!'; END IF; RETURN NEW; END $$"
-        )
-        conn.execute(
-            "CREATE TRIGGER corrupt BEFORE INSERT ON app.tasks FOR EACH ROW EXECUTE FUNCTION app.corrupt()"
-        )
+    corrupt_globex_as_it_is_copied(world)
     args = [
         "run",
         str(DEMO),

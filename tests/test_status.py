@@ -26,7 +26,7 @@ from migrate.cli.app import main
 from migrate.control import schema as control_schema
 from migrate.control.store import ControlStore
 from migrate.playbook import load_playbook
-from world import DEMO, ROOT, TABLES, World, make_world
+from world import DEMO, ROOT, TABLES, World, corrupt_globex_as_it_is_copied, make_world
 
 FLAG = "tenant-shared-db"
 CONTROL = "migrate_control"
@@ -432,17 +432,6 @@ def test_a_killed_runner_shows_as_holder_then_leaves_an_interrupted_step_and_no_
 
 
 # ----------------------------------------------------------------------------- failures, versions
-def corrupt_globex_as_it_is_copied(world: World) -> None:
-    """A trigger on the shared table (COPY fires it) changes one of globex's tasks as it is written."""
-    with world.target() as conn:
-        conn.execute(
-            "CREATE FUNCTION app.corrupt() RETURNS trigger LANGUAGE plpgsql AS $$"
-            " BEGIN IF NEW.tenant_id = 'globex' AND NEW.id = 5 THEN NEW.title := NEW.title || '!'; END IF;"
-            " RETURN NEW; END $$;"
-            " CREATE TRIGGER corrupt BEFORE INSERT ON app.tasks FOR EACH ROW EXECUTE FUNCTION app.corrupt()"
-        )
-
-
 def test_a_failed_validation_shows_its_figures_and_next_is_diff_on_the_table(
     canary_done: World, cli: Callable[..., Any]
 ) -> None:

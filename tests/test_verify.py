@@ -17,7 +17,7 @@ from migrate import api
 from migrate.adapters.embedded import start_server
 from migrate.checks.checksum import MODES, Mode, Side, choose_mode, compare, mode_for, table_shapes
 from migrate.cli.app import main
-from world import DEMO, World, make_world
+from world import DEMO, World, corrupt_globex_as_it_is_copied, make_world
 
 THINGS_COLUMNS = """
     id       bigint NOT NULL,
@@ -239,17 +239,6 @@ def test_verify_refuses_an_unknown_table_naming_the_known_ones(
 
 
 # ----------------------------------------------------------------------------- the validate step
-def corrupt_globex_as_it_is_copied(world: World) -> None:
-    """A trigger on the shared table (COPY fires it) changes one of globex's tasks as it is written."""
-    with world.target() as conn:
-        conn.execute(
-            "CREATE FUNCTION app.corrupt() RETURNS trigger LANGUAGE plpgsql AS $$"
-            " BEGIN IF NEW.tenant_id = 'globex' AND NEW.id = 5 THEN NEW.title := NEW.title || '!'; END IF;"
-            " RETURN NEW; END $$;"
-            " CREATE TRIGGER corrupt BEFORE INSERT ON app.tasks FOR EACH ROW EXECUTE FUNCTION app.corrupt()"
-        )
-
-
 def test_a_failed_validation_stops_the_tenant_before_cutover_and_says_why(migrated: World) -> None:
     """A corrupt copy fails validate: no flag flip, the error and the ledger name the table and figures."""
     corrupt_globex_as_it_is_copied(migrated)

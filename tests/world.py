@@ -83,3 +83,14 @@ def make_world(
         factory.created.append(f"{prefix}{tenant}")
         world.tenants[tenant] = scale
     return world
+
+
+def corrupt_globex_as_it_is_copied(world: World) -> None:
+    """A trigger on the shared table (COPY fires it) changes one of globex's tasks as it is written."""
+    with world.target() as conn:
+        conn.execute(
+            "CREATE FUNCTION app.corrupt() RETURNS trigger LANGUAGE plpgsql AS $$"
+            " BEGIN IF NEW.tenant_id = 'globex' AND NEW.id = 5 THEN NEW.title := NEW.title || '!'; END IF;"
+            " RETURN NEW; END $$;"
+            " CREATE TRIGGER corrupt BEFORE INSERT ON app.tasks FOR EACH ROW EXECUTE FUNCTION app.corrupt()"
+        )
