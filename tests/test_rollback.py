@@ -23,6 +23,7 @@ from migrate import api
 from migrate.adapters.flagfile import FileFlagProvider
 from migrate.cli.app import main
 from migrate.errors import ArgumentError, SettingsError, TenantLocked
+from test_backfill import CYCLE  # the cycle and self-reference the backfill loads in chunks
 from world import DEMO, ROOT, TABLES, World, make_world
 
 FLAG = "tenant-shared-db"
@@ -502,26 +503,6 @@ def test_batches_are_at_most_chunk_rows_and_cover_every_table(world: World, tmp_
         assert order.index(child) < order.index(parent), f"{parent} went before its child {child}"
     for table, rows in counts.items():
         assert details["batches"][table] == -(-rows // 100), table  # 100-row key ranges, then the rest
-
-
-CYCLE = """
-CREATE TABLE teams (id bigint PRIMARY KEY, name text NOT NULL, lead_id bigint);
-CREATE TABLE members (
-    id bigint PRIMARY KEY,
-    team_id bigint NOT NULL REFERENCES teams (id),
-    mentor_id bigint REFERENCES members (id),
-    name text NOT NULL
-);
-ALTER TABLE teams ADD FOREIGN KEY (lead_id) REFERENCES members (id);
-BEGIN;
-SET CONSTRAINTS ALL IMMEDIATE;
-INSERT INTO teams SELECT t, 'team ' || t, NULL FROM generate_series(1, 20) AS t;
-INSERT INTO members SELECT m, 1 + m % 20, NULL, 'member ' || m FROM generate_series(1, 400) AS m;
--- Mentors later in key order than whom they mentor, and leads: references across batches.
-UPDATE members SET mentor_id = 1 + (id + 150) % 400;
-UPDATE teams SET lead_id = 400 - id;
-COMMIT;
-"""
 
 
 def test_a_cycle_and_a_self_reference_are_deleted_in_batches_then_copied_again(
