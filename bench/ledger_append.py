@@ -38,8 +38,8 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from migrate import api
+from migrate.api.demo import create_source
 from migrate.control.ledger import Entry, Ledger, Recorded
-from migrate.demo import create_source
 from migrate.log import configure
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"

@@ -31,7 +31,7 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 
 from migrate import api
-from migrate.demo import create_source
+from migrate.api.demo import create_source
 
 ROWS_PER_SCALE = 671  # rows of one scale unit of sample_saas_data.sql
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"

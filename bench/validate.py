@@ -39,10 +39,10 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from migrate import api
+from migrate.api.demo import create_source
+from migrate.catalog.reflect import reflect, select_tables
 from migrate.checks.checksum import Mode, Side, choose_mode, compare, table_shapes
 from migrate.checks.diff import diff_table
-from migrate.demo import create_source
-from migrate.schemagen.reflect import reflect, select_tables
 
 ROWS_PER_SCALE = 671  # rows of one scale unit of sample_saas_data.sql
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"

@@ -360,7 +360,7 @@ def test_a_role_subject_to_rls_is_refused_before_anything_is_written(
 @pytest.mark.parametrize(
     ("change", "named"),
     [
-        ("ALTER TABLE app.tasks DROP COLUMN labels", "column tasks.labels of the source has no column"),
+        ("ALTER TABLE app.tasks DROP COLUMN labels", "source column tasks.labels has no column"),
         ("ALTER TABLE app.tasks ALTER COLUMN estimate TYPE text", "column tasks.estimate is numeric"),
     ],
     ids=["missing-column", "type-mismatch"],

@@ -27,10 +27,10 @@ from sqlalchemy.pool import NullPool
 
 from conftest import DatabaseFactory, dsn_for
 from migrate import api
+from migrate.catalog import sqltext
 from migrate.cli.app import main
 from migrate.control.schema import sqlalchemy_url
 from migrate.errors import ArgumentError
-from migrate.schemagen import sqltext
 
 DATA = Path(__file__).parent / "data"
 ROOT = Path(__file__).resolve().parents[1]

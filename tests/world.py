@@ -17,7 +17,7 @@ import psycopg
 from psycopg import sql
 
 from conftest import DatabaseFactory, dsn_for
-from migrate.demo import create_source
+from migrate.api.demo import create_source
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "playbooks" / "demo.yaml"

@@ -53,9 +53,9 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from migrate.catalog import TENANT_SETTING
 from migrate.errors import SettingsError
 
-TENANT_SETTING = "app.tenant_id"
 SAMPLE = 1000  # rows counted at most per read probe: a leak is a leak at 1 row
 
 

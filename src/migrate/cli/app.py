@@ -26,12 +26,11 @@ import typer
 from rich.console import Console
 
 from migrate import api
+from migrate.api import ProgressSink, RunResult
 from migrate.cli import render
 from migrate.cli import report as reports
-from migrate.engine.run import RunResult
 from migrate.errors import ArgumentError, MigrateError
 from migrate.log import configure, redact
-from migrate.steps.context import ProgressSink
 
 app = typer.Typer(
     name="migrate",
@@ -91,7 +90,7 @@ def demo(
     ] = None,
 ) -> None:
     """Move three sample tenants end to end on an embedded PostgreSQL (no settings needed)."""
-    from migrate.demo import run_demo, stop_demo  # the embedded server is only for the demo
+    from migrate.api.demo import run_demo, stop_demo  # the embedded server is only for the demo
 
     if keep and stop:
         raise ArgumentError("--keep and --stop exclude each other", where="--stop")
@@ -209,6 +208,7 @@ def run(
                 stop=stop,
                 actor=actor,
                 progress=progress,
+                outputs=[(o, p) for o, p in (("--report", report), ("--junit", junit)) if p is not None],
             )
 
         if err.is_terminal:  # bars on a terminal; elsewhere the log's chunk_copied/table_copied events
@@ -593,16 +593,8 @@ def ledger_export(
     since: LedgerSinceOpt = None,
 ) -> None:
     """Export entries for a SIEM: canonical JSON lines with seq, at, prev_hash and hash; exit 1 if broken."""
-    if out_file is None:
-        exported = api.ledger_export(playbook, sys.stdout, fmt=fmt.value, tenant=tenant, run=run, since=since)
-    else:
-        partial = out_file.with_name(out_file.name + ".partial")
-        try:
-            with partial.open("w", encoding="utf-8", newline="\n") as fh:
-                exported = api.ledger_export(playbook, fh, fmt=fmt.value, tenant=tenant, run=run, since=since)
-            partial.replace(out_file)
-        finally:
-            partial.unlink(missing_ok=True)
+    target = sys.stdout if out_file is None else out_file
+    exported = api.ledger_export(playbook, target, fmt=fmt.value, tenant=tenant, run=run, since=since)
     render.ledger_warnings(err, exported.report)
     err.print(render.ledger_exported(exported, out_file), markup=False)
     if (failure := exported.report.failure) is not None:

@@ -13,15 +13,21 @@ from rich.table import Table
 from rich.text import Text
 
 from migrate import api
-from migrate.checks.diff import DiffResult
-from migrate.checks.isolation import IsolationReport
-from migrate.control.store import Holder
-from migrate.engine.rollback import Reverted, RollbackPreview, RollbackResult
-from migrate.engine.run import RunResult, TenantResult
+from migrate.api import (
+    DiffResult,
+    GenerateResult,
+    Holder,
+    IsolationReport,
+    Plan,
+    ProgressEvent,
+    Reverted,
+    RollbackPreview,
+    RollbackResult,
+    RunResult,
+    TenantResult,
+    render_text,
+)
 from migrate.errors import MigrateError
-from migrate.plan import Plan, render_text
-from migrate.schemagen.generate import GenerateResult
-from migrate.steps.context import ProgressEvent
 
 
 def error(console: Console, exc: MigrateError) -> None:

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from migrate.engine.run import RunResult, StepResult, TenantResult
+from migrate.api import RunResult, StepResult, TenantResult
 from migrate.log import redact
 
 REPORT_VERSION = 1

@@ -42,6 +42,8 @@ from uuid import UUID, uuid4
 
 import psycopg
 
+from migrate.catalog.order import select_in_load_order
+from migrate.catalog.reflect import reflect
 from migrate.control.store import StepRecord
 from migrate.engine.session import Environment
 from migrate.errors import ArgumentError, MigrateError, StepFailed, TenantLocked
@@ -49,9 +51,7 @@ from migrate.log import get_logger, redact
 from migrate.plan.model import PlannedStep, StepStatus, TenantPlan
 from migrate.playbook.model import FlagStep as FlagSpec
 from migrate.playbook.model import Tenant
-from migrate.schemagen.reflect import reflect
 from migrate.steps import StepContext, step_for
-from migrate.steps.order import select_in_load_order
 
 DISCARD_OPTION = "--discard-writes-since-cutover"
 """The option that accepts losing a cut-over tenant's writes since its cut-over."""

@@ -19,6 +19,8 @@ from uuid import UUID
 import psycopg
 from psycopg import pq
 
+from migrate.catalog.order import select_in_load_order
+from migrate.catalog.reflect import reflect
 from migrate.control.ledger import Entry, Ledger
 from migrate.control.store import ControlStore
 from migrate.engine.retry import RetryPolicy
@@ -26,10 +28,8 @@ from migrate.log import get_logger
 from migrate.playbook.loader import LoadedPlaybook
 from migrate.playbook.model import Tenant
 from migrate.ports import FlagProvider
-from migrate.schemagen.reflect import reflect
 from migrate.steps import StepContext
 from migrate.steps.context import ProgressSink, never, no_progress
-from migrate.steps.order import select_in_load_order
 
 Connect = Callable[[], psycopg.Connection[Any]]
 

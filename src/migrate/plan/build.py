@@ -60,6 +60,12 @@ def build_plan(
     in_wave = select_wave(loaded, wave)
     if in_wave is not None:
         chosen = tuple(t for t in chosen if t in in_wave)
+        if not chosen:
+            raise ArgumentError(
+                f"--wave {wave} and --tenant {' '.join(tenants or ())} select no tenant together",
+                where="--wave",
+                hint=f"wave {wave} holds: {', '.join(t.id for t in in_wave) or 'no tenants'}",
+            )
     tenant_plans = []
     for tenant in sorted(chosen, key=lambda t: rank[t.wave]):
         steps = []

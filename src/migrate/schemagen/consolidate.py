@@ -31,9 +31,9 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from migrate.schemagen import sqltext
-from migrate.schemagen.ddl import Note, Options
-from migrate.schemagen.reflect import SourceSchema, SourceTable
+from migrate.catalog import sqltext
+from migrate.catalog.ddl import Note, Options
+from migrate.catalog.reflect import SourceSchema, SourceTable
 
 SHOWN = 5  # values named per finding; the count says how many more there are
 

@@ -14,10 +14,10 @@ from typing import Any
 
 import psycopg
 
+from migrate.catalog.ddl import Note, Options, SharedSchema, build
+from migrate.catalog.reflect import SourceSchema, reflect_schema
 from migrate.log import get_logger
 from migrate.schemagen.consolidate import UniqueAcrossTenants, consolidate
-from migrate.schemagen.ddl import Note, Options, SharedSchema, build
-from migrate.schemagen.reflect import SourceSchema, reflect_schema
 from migrate.schemagen.revision import RevisionFile, write
 
 _ORDER = {"error": 0, "warning": 1, "info": 2}

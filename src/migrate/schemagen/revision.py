@@ -21,11 +21,8 @@ from datetime import UTC, datetime
 from importlib.resources import files
 from pathlib import Path
 
-from alembic.script import ScriptDirectory
-from alembic.util.exc import CommandError
-
+from migrate.catalog.ddl import SharedSchema, Statement
 from migrate.errors import ArgumentError
-from migrate.schemagen.ddl import SharedSchema, Statement
 
 _SCAFFOLD = ("alembic.ini", "env.py", "script.py.mako")
 
@@ -100,6 +97,9 @@ def _slug(schema: str) -> str:
 
 def write(shared: SharedSchema, out: Path, *, sources: list[str]) -> RevisionFile:
     """Write the revision into ``out`` (scaffolding an alembic project when it is new or empty)."""
+    from alembic.script import ScriptDirectory  # 0.4 s to import: only for this command
+    from alembic.util.exc import CommandError
+
     if out.exists() and not out.is_dir():
         raise ArgumentError(f"{out} is a file", where="--out", hint="give a folder for the alembic project")
     scaffold = not out.exists() or not any(out.iterdir())
@@ -142,6 +142,8 @@ def write(shared: SharedSchema, out: Path, *, sources: list[str]) -> RevisionFil
 
 
 def _down_of(out: Path, revision: str) -> str | None:
+    from alembic.script import ScriptDirectory
+
     script = ScriptDirectory(str(out)).get_revision(revision)
     down = script.down_revision if script is not None else None
     return down if isinstance(down, str) else None

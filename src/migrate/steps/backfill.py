@@ -39,7 +39,6 @@ foreign-key checks are planned on those statistics (shared/notes/performance.md)
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -47,12 +46,14 @@ from typing import Any, ClassVar
 
 from psycopg import sql
 
+from migrate.catalog import TENANT_COLUMN
+from migrate.catalog.fit import check_fit, column_types
+from migrate.catalog.order import deferred_tables
+from migrate.catalog.reflect import SourceTable
 from migrate.control.store import Checkpoint
 from migrate.errors import Interrupted, StepFailed
 from migrate.playbook.model import BackfillStep as BackfillSpec
 from migrate.playbook.model import Step
-from migrate.schemagen.ddl import TENANT_COLUMN
-from migrate.schemagen.reflect import SourceTable
 from migrate.steps.chunks import (
     TablePlan,
     copy_chunk,
@@ -62,7 +63,6 @@ from migrate.steps.chunks import (
     write_statement,
 )
 from migrate.steps.context import Details, ProgressEvent, StepContext
-from migrate.steps.order import deferred_tables
 
 _EXEMPT = "SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user"
 # session_replication_role: superuser, or (PG 15+) a granted SET privilege.
@@ -70,12 +70,6 @@ _MAY_DEFER = (
     "SELECT rolsuper OR (current_setting('server_version_num')::int >= 150000"
     " AND has_parameter_privilege('session_replication_role', 'SET'))"
     " FROM pg_roles WHERE rolname = current_user"
-)
-_TARGET_COLUMNS = (
-    "SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod)"
-    " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-    " JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped"
-    " WHERE n.nspname = %s AND c.relkind IN ('r', 'p')"
 )
 _SOURCE_SIZES = (
     "SELECT c.relname, c.reltuples::bigint, pg_table_size(c.oid) FROM pg_class c"
@@ -92,7 +86,6 @@ _BELIEVED = (
     " WHERE c.relnamespace = to_regnamespace(%s) AND c.relkind IN ('r', 'p')"
 )
 _ANALYZE_SHARE = 0.2
-_QUALIFIER = re.compile(r'^(?:"[^"]+"|[a-z_][a-z0-9_$]*)\.')
 
 
 @dataclass
@@ -101,11 +94,6 @@ class _Copied:
     copied_now: int = 0
     bytes_now: int = 0
     chunks_now: int = 0
-
-
-def _bare_type(type_: str) -> str:
-    """A type without its schema: enums and domains may live in another schema on the target."""
-    return _QUALIFIER.sub("", type_)
 
 
 def held(ctx: StepContext, tables: Mapping[str, bool]) -> dict[str, int]:
@@ -128,40 +116,14 @@ def held(ctx: StepContext, tables: Mapping[str, bool]) -> dict[str, int]:
 
 
 def _check_target(ctx: StepContext, plans: Sequence[TablePlan]) -> None:
-    """Every copied column exists in the shared table with the same type, or the tenant fails now.
-
-    Binary COPY moves values between identical types only; some mismatches
-    (timestamptz into timestamp) would even load silently with another meaning.
-    """
-    # Rendered under the session's search_path: qualifiers are compared away (_bare_type).
-    rows = ctx.target.execute(_TARGET_COLUMNS, (ctx.target_schema,)).fetchall()
-    have: dict[str, dict[str, str]] = {}
-    for table, column, type_ in rows:
-        have.setdefault(table, {})[column] = type_
-    for plan in plans:
-        name = plan.name
-        if name not in have:
-            raise StepFailed(
-                f"the shared table {ctx.target_schema}.{name} does not exist",
-                hint="run the schema step first (a 'kind: schema' step before the backfill)",
-            )
-        copied = set(plan.table.column_names)
-        for col in plan.table.columns:
-            if col.name not in copied:
-                continue
-            target_type = have[name].get(col.name)
-            if target_type is None:
-                raise StepFailed(
-                    f"column {name}.{col.name} of the source has no column in the shared table "
-                    f"{ctx.target_schema}.{name}",
-                    hint="add the column to the shared table, or migrate this tenant's source schema first",
-                )
-            if _bare_type(target_type) != _bare_type(col.type):
-                raise StepFailed(
-                    f"column {name}.{col.name} is {col.type} in the source but {target_type} in the "
-                    f"shared table {ctx.target_schema}.{name}",
-                    hint="make the types equal on both sides before the backfill",
-                )
+    """Every copied column exists in the shared table with the same type, or the tenant fails now."""
+    check_fit(
+        [p.table for p in plans],
+        column_types(ctx.target, ctx.target_schema),
+        source_schema=ctx.source_schema,
+        target_schema=ctx.target_schema,
+        columns={p.name: p.table.column_names for p in plans},
+    )
 
 
 def _check_writer(ctx: StepContext, plans: Sequence[TablePlan]) -> None:

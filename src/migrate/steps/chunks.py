@@ -17,11 +17,11 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
+from migrate.catalog import TENANT_COLUMN
+from migrate.catalog.order import deferred_tables
+from migrate.catalog.reflect import SourceTable
 from migrate.errors import StepFailed
-from migrate.schemagen.ddl import TENANT_COLUMN
-from migrate.schemagen.reflect import SourceTable
 from migrate.steps.context import StepContext
-from migrate.steps.order import deferred_tables
 
 BATCH_BYTES = 128 * 1024  # psycopg splits larger writes; a write per row costs ~10 % (performance.md)
 

@@ -9,10 +9,10 @@ from uuid import UUID
 
 import psycopg
 
+from migrate.catalog.reflect import SourceTable
 from migrate.control.store import ControlStore
 from migrate.playbook.model import Step, Tenant
 from migrate.ports import FlagProvider
-from migrate.schemagen.reflect import SourceTable
 
 Details = dict[str, Any]
 

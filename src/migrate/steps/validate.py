@@ -14,11 +14,11 @@ from typing import Any, ClassVar
 
 import psycopg
 
+from migrate.catalog import TENANT_COLUMN
+from migrate.catalog.reflect import SourceTable
 from migrate.checks.checksum import Mode, Side, TableFigures, choose_mode, compare, table_shapes
 from migrate.errors import CheckFailed
 from migrate.playbook.model import Step
-from migrate.schemagen.ddl import TENANT_COLUMN
-from migrate.schemagen.reflect import SourceTable
 from migrate.steps.context import Details, StepContext
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from migrate.schemagen.reflect import SourceTable, fk_dependencies, layered_order, select_tables
+from migrate.catalog.reflect import SourceTable, fk_dependencies, layered_order, select_tables
 
 
 def load_order(tables: Iterable[SourceTable]) -> list[SourceTable]:

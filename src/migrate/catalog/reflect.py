@@ -22,8 +22,8 @@ from typing import Any
 
 import psycopg
 
+from migrate.catalog.sqltext import tokens
 from migrate.errors import StepFailed
-from migrate.schemagen.sqltext import tokens
 
 
 @dataclass(frozen=True)
@@ -197,7 +197,7 @@ def partition_roots(schema: SourceSchema) -> dict[str, str]:
 
 
 def _sql(name: str) -> str:
-    return (files("migrate.schemagen") / name).read_text()
+    return (files("migrate.catalog") / name).read_text()
 
 
 @contextmanager

@@ -25,9 +25,8 @@ from typing import Literal
 
 from psycopg import sql
 
-from migrate.errors import StepFailed
-from migrate.schemagen import sqltext
-from migrate.schemagen.reflect import (
+from migrate.catalog import TENANT_COLUMN, TENANT_SETTING, sqltext
+from migrate.catalog.reflect import (
     Column,
     ForeignKey,
     Index,
@@ -37,9 +36,8 @@ from migrate.schemagen.reflect import (
     View,
     partition_roots,
 )
+from migrate.errors import StepFailed
 
-TENANT_COLUMN = "tenant_id"
-TENANT_SETTING = "app.tenant_id"
 POLICY = "tenant_isolation"
 
 TenantType = Literal["text", "uuid"]
@@ -148,7 +146,7 @@ class _Builder:
         if role is None:
             return
         # Refuse to apply rather than grant to a role that would bypass the policies anyway.
-        template = (files("migrate.schemagen") / "role_check.sql").read_text().strip()
+        template = (files("migrate.catalog") / "role_check.sql").read_text().strip()
         self.add("role", "", sql.SQL(template).format(role=sql.Literal(role)))
 
     def types(self) -> None:

@@ -1,0 +1,201 @@
+"""verify, diff and isolation-check: proofs about the data, read-only."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from migrate.api.settings import (
+    Environ,
+    connect,
+    environment,
+    identifier_option,
+    target_dsn,
+)
+from migrate.catalog import TENANT_COLUMN
+from migrate.catalog.reflect import SourceTable, reflect, select_tables
+from migrate.checks.checksum import Mode, Side, TableFigures, choose_mode, table_shapes
+from migrate.checks.diff import DiffResult, diff_table
+from migrate.checks.isolation import IsolationReport, check_isolation
+from migrate.errors import (
+    ArgumentError,
+    CheckFailed,
+)
+from migrate.log import redact
+from migrate.plan import select_tenants
+from migrate.playbook import LoadedPlaybook, load_playbook
+from migrate.steps.validate import compare_tenant
+
+
+@dataclass(frozen=True)
+class TenantFigures:
+    tenant: str
+    mode: Mode  # hash (same major versions) or text (see checks/checksum.py)
+    tables: tuple[TableFigures, ...]
+    seconds: float
+
+    @property
+    def match(self) -> bool:
+        return all(t.match for t in self.tables)
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    playbook: str
+    digest: str
+    tenants: tuple[TenantFigures, ...]
+
+    @property
+    def match(self) -> bool:
+        return all(t.match for t in self.tenants)
+
+
+def _tables(
+    loaded: LoadedPlaybook, source: psycopg.Connection[Any], wanted: Sequence[str]
+) -> list[SourceTable]:
+    """The playbook's tables of this source (foreign-key order), or those named with ``--table``."""
+    pb = loaded.playbook
+    specs = pb.table_specs()
+    tables = select_tables(
+        reflect(source, pb.source.schema_),
+        None if specs is None else [t.name for t in specs],
+        schema=pb.source.schema_,
+    )
+    known = [t.name for t in tables]
+    for name in wanted:
+        if name not in known:
+            raise ArgumentError(
+                f"table '{name}' is not among the tables playbook {loaded.path.name} migrates",
+                where="--table",
+                hint=f"its tables are: {', '.join(known)}",
+            )
+    return [t for t in tables if t.name in wanted] if wanted else tables
+
+
+def verify(
+    playbook: Path | str,
+    tenants: Sequence[str] | None = None,
+    tables: Sequence[str] | None = None,
+    *,
+    environ: Environ | None = None,
+) -> VerifyResult:
+    """Row counts and checksums of each tenant's tables, source vs target, now. Reads only."""
+    environ = os.environ if environ is None else environ
+    loaded = load_playbook(playbook)
+    env = environment(loaded, environ, with_flags=False)
+    pb = loaded.playbook
+    out = []
+    with env.connect_target() as target:
+        for tenant in select_tenants(loaded, tenants):
+            started = time.monotonic()
+            with env.connect_source(tenant) as source:
+                mode, figures = compare_tenant(
+                    source,
+                    target,
+                    source_schema=pb.source.schema_,
+                    target_schema=pb.target.schema_,
+                    tenant=tenant.id,
+                    tables=_tables(loaded, source, tables or ()),
+                )
+            out.append(TenantFigures(tenant.id, mode, tuple(figures), time.monotonic() - started))
+    return VerifyResult(pb.name, loaded.digest, tuple(out))
+
+
+def diff(
+    playbook: Path | str,
+    tenant: str,
+    table: str,
+    *,
+    sample: int = 10,
+    mode: Mode | None = None,
+    environ: Environ | None = None,
+) -> DiffResult:
+    """The keys of one tenant's table that are missing, extra or changed in the target.
+
+    ``mode`` forces the checksum mode (tests and benchmarks); by default it is
+    chosen from the servers' versions, as the validate step does.
+    """
+    if sample < 0:
+        raise ArgumentError(f"--sample must be 0 or more, not {sample}", where="--sample")
+    environ = os.environ if environ is None else environ
+    loaded = load_playbook(playbook)
+    env = environment(loaded, environ, with_flags=False)
+    pb = loaded.playbook
+    (the_tenant,) = select_tenants(loaded, [tenant])
+    with env.connect_target() as target, env.connect_source(the_tenant) as source:
+        (source_table,) = _tables(loaded, source, [table])
+        if not source_table.primary_key:
+            raise ArgumentError(
+                f"table '{table}' has no primary key, and diff narrows differences down by key ranges",
+                where="--table",
+                hint="compare its counts and checksums with 'migrate verify'",
+            )
+        (shape,) = table_shapes(source, pb.source.schema_, {table: source_table.primary_key})
+        return diff_table(
+            Side(source, pb.source.schema_),
+            Side(target, pb.target.schema_, TENANT_COLUMN, the_tenant.id, label="target"),
+            shape,
+            mode or choose_mode(source, target),
+            sample=sample,
+        )
+
+
+def isolation_check(
+    playbook: Path | str | None = None,
+    *,
+    dsn: str | None = None,
+    schema: str | None = None,
+    app_role: str | None = None,
+    tenant_column: str = TENANT_COLUMN,
+    global_tables: Sequence[str] = (),
+    probe: bool = True,
+    environ: Environ | None = None,
+) -> IsolationReport:
+    """Static RLS findings and live probes as the application role, on the playbook's target or ``dsn``."""
+    environ = os.environ if environ is None else environ
+    globals_ = [identifier_option(t, "--global") for t in global_tables]
+    var = "--target-dsn"
+    if playbook is not None:
+        if dsn is not None:
+            raise ArgumentError("give a playbook or --target-dsn, not both", where="--target-dsn")
+        loaded = load_playbook(playbook)
+        dsn, var = target_dsn(loaded, environ), loaded.playbook.target.dsn_env
+        schema = schema or loaded.playbook.target.schema_
+        globals_ += list(loaded.playbook.global_tables)
+    elif dsn is None:
+        dsn, var = environ.get("MIGRATE_TARGET_DSN") or None, "MIGRATE_TARGET_DSN"
+        if dsn is None:
+            raise ArgumentError(
+                "name the target: a playbook, or --target-dsn DSN (or MIGRATE_TARGET_DSN)",
+                where="--target-dsn",
+                hint="--target-dsn postgresql://HOST/shared --schema app --app-role app",
+            )
+    role = app_role or environ.get("MIGRATE_APP_ROLE")
+    if not role:
+        raise ArgumentError(
+            "name the application role the probes act as",
+            where="--app-role",
+            hint="--app-role ROLE (or export MIGRATE_APP_ROLE=ROLE): the role your application connects as",
+        )
+    schema = identifier_option(schema or "app", "--schema")
+    with connect(dsn, what="the target database", var=var) as conn:
+        row = conn.execute("SELECT to_regnamespace(%s) IS NOT NULL", (schema,)).fetchone()
+        if not row or not row[0]:
+            raise ArgumentError(f"schema {schema!r} does not exist on the target", where="--schema")
+        try:
+            return check_isolation(
+                conn,
+                schema=schema,
+                app_role=role,
+                tenant_column=identifier_option(tenant_column, "--tenant-column"),
+                global_tables=globals_,
+                probe=probe,
+            )
+        except psycopg.Error as exc:
+            raise CheckFailed(redact(str(exc).strip()), where="isolation-check") from exc

@@ -1,0 +1,236 @@
+"""plan, run, approve, rollback: the commands that walk the plan."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from migrate.adapters.recording import RecordingFlags
+from migrate.api.settings import (
+    Environ,
+    check_flags_defined,
+    check_output,
+    control_exists,
+    environment,
+    prepare_control,
+    progress_of,
+)
+from migrate.engine.gates import Approved
+from migrate.engine.gates import approve as engine_approve
+from migrate.engine.rollback import (
+    RollbackPreview,
+    RollbackResult,
+    refuse_across_cutover,
+    steps_after,
+    what_to_revert,
+)
+from migrate.engine.rollback import rollback as engine_rollback
+from migrate.engine.run import RunOptions, RunResult
+from migrate.engine.run import run as engine_run
+from migrate.errors import ArgumentError
+from migrate.plan import (
+    Plan,
+    build_plan,
+    select_wave,
+)
+from migrate.playbook import LoadedPlaybook, load_playbook
+from migrate.steps.context import ProgressSink, no_progress
+
+
+def plan(playbook: Path | str, tenants: Sequence[str] | None = None) -> Plan:
+    """Validate the playbook and return what would run (no database needed)."""
+    return build_plan(load_playbook(playbook), tenants=tenants)
+
+
+def run(
+    playbook: Path | str,
+    tenants: Sequence[str] | None = None,
+    *,
+    wave: str | None = None,
+    jobs: int = 1,
+    dry_run: bool = False,
+    max_failures: int | None = None,
+    replan: bool = False,
+    stop: threading.Event | None = None,
+    actor: str | None = None,
+    environ: Environ | None = None,
+    progress: ProgressSink | None = None,
+    outputs: Sequence[tuple[str, Path]] = (),
+) -> RunResult:
+    """Run the playbook's phases for its tenants, wave by wave; done steps are skipped.
+
+    ``dry_run`` rehearses: every step runs against the real sources and target inside
+    transactions that are rolled back, flag flips are only recorded, and the ledger
+    gains one ``rehearsed`` entry per step. ``stop``, once set (the CLI sets it on
+    Ctrl-C), ends every tenant at its next safe point. ``progress`` receives the
+    copy's ProgressEvents (from worker threads: it must be thread-safe). ``outputs``
+    are the files the caller will write afterwards, as (option, path): checked first.
+
+    Every argument is checked before any I/O: the options, the output paths, the
+    playbook, ``tenants`` and ``wave`` (and that they select someone), and the flags
+    the steps name. Only then are connections opened, the control schema upgraded
+    and the flag file written.
+    """
+    if jobs < 1:
+        raise ArgumentError(f"--jobs must be at least 1, not {jobs}", where="--jobs")
+    if max_failures is not None and max_failures < 1:
+        raise ArgumentError(
+            f"--max-failures must be at least 1, not {max_failures}",
+            where="--max-failures",
+            hint="leave it out to let every tenant run whatever the others do",
+        )
+    for option, path in outputs:
+        check_output(path, option)
+    environ = os.environ if environ is None else environ
+    loaded = load_playbook(playbook)
+    build_plan(loaded, None, tenants, wave)  # --tenant and --wave, before any connection
+    check_flags_defined(loaded)
+    env = environment(loaded, environ, actor)
+    if dry_run:
+        env.flags = RecordingFlags(env.flags)
+    prepare_control(loaded, environ)
+    the_plan = build_plan(loaded, progress_of(env, tenants), tenants, wave)
+    words = ["run", *(f"--tenant {t}" for t in tenants or ()), *([f"--wave {wave}"] if wave else [])]
+    options = RunOptions(
+        command=" ".join(words + (["--dry-run"] if dry_run else [])),
+        jobs=jobs,
+        dry_run=dry_run,
+        max_failures=max_failures,
+        replan=replan,
+        stop=stop or threading.Event(),
+    )
+    return engine_run(env, the_plan, options, progress=progress or no_progress)
+
+
+def approve(
+    playbook: Path | str, wave: str, *, actor: str | None = None, environ: Environ | None = None
+) -> Approved:
+    """Open a wave's approval gate, as ``actor``; ledgered. Only once every earlier wave is done."""
+    environ = os.environ if environ is None else environ
+    loaded = load_playbook(playbook)
+    select_wave(loaded, wave)
+    env = environment(loaded, environ, actor, with_flags=False, with_sources=False)
+    prepare_control(loaded, environ)
+    return engine_approve(env, build_plan(loaded), wave)
+
+
+@dataclass(frozen=True)
+class _RollbackRequest:
+    """A rollback's arguments, checked before any I/O: the playbook, the tenants, the point."""
+
+    loaded: LoadedPlaybook
+    plan: Plan
+    command: str  # how the command line said it, for the run and the ledger
+    environ: Environ
+
+
+def _rollback_request(
+    playbook: Path | str,
+    tenants: str | Sequence[str] | None,
+    to: str,
+    wave: str | None,
+    all_tenants: bool,
+    discard_writes_since_cutover: bool,
+    environ: Environ | None,
+) -> _RollbackRequest:
+    """The tenants a rollback names — ``--tenant`` (repeatable), ``--wave`` or ``--all-tenants``,
+    exactly one kind — as a plan, with the point ``--to`` checked against it."""
+    named = [tenants] if isinstance(tenants, str) else list(tenants or ())
+    given = [
+        option
+        for option, said in (
+            ("--tenant", bool(named)),
+            ("--wave", wave is not None),
+            ("--all-tenants", all_tenants),
+        )
+        if said
+    ]
+    if len(given) != 1:
+        raise ArgumentError(
+            "name the tenants to roll back once: --tenant T (repeat it for more), --wave W or --all-tenants"
+            if not given
+            else f"{' and '.join(given)} exclude each other: name the tenants to roll back one way",
+            where="--tenant" if not given else given[1],
+            hint="e.g. migrate rollback PLAYBOOK --tenant acme --to pre-cutover",
+        )
+    loaded = load_playbook(playbook)
+    the_plan = build_plan(loaded, tenants=named or None, wave=wave)
+    for tenant_plan in the_plan.tenants:  # a misspelt point, before any connection
+        steps_after(tenant_plan, to)
+    said = (
+        " ".join(f"--tenant {shlex.quote(t)}" for t in named)
+        if named
+        else (f"--wave {shlex.quote(wave)}" if wave is not None else "--all-tenants")
+    )
+    command = f"rollback --to {shlex.quote(to)} {said}" + (
+        " --discard-writes-since-cutover" if discard_writes_since_cutover else ""
+    )
+    return _RollbackRequest(loaded, the_plan, command, os.environ if environ is None else environ)
+
+
+def rollback(
+    playbook: Path | str,
+    tenants: str | Sequence[str] | None,
+    to: str,
+    *,
+    wave: str | None = None,
+    all_tenants: bool = False,
+    discard_writes_since_cutover: bool = False,
+    started: float | None = None,
+    actor: str | None = None,
+    environ: Environ | None = None,
+) -> RollbackResult:
+    """Revert every step after rollback point ``to``: every selected tenant's flags first, then data.
+
+    The tenants are ``tenants`` (one id or several), the wave ``wave``, or all of them
+    (``all_tenants``): exactly one. A rollback that would undo a cut-over is refused
+    (ArgumentError) unless ``discard_writes_since_cutover``; a tenant another runner holds
+    refuses the whole rollback (TenantLocked) before anything changes. ``started``
+    (``time.monotonic()`` at the command's start) is where the result's times count from.
+    """
+    started = time.monotonic() if started is None else started
+    req = _rollback_request(playbook, tenants, to, wave, all_tenants, discard_writes_since_cutover, environ)
+    env = environment(req.loaded, req.environ, actor)
+    prepare_control(req.loaded, req.environ)
+    return engine_rollback(
+        env,
+        req.plan.tenants,
+        to,
+        discard_writes_since_cutover=discard_writes_since_cutover,
+        started=started,
+        command=req.command,
+    )
+
+
+def rollback_preview(
+    playbook: Path | str,
+    tenants: str | Sequence[str] | None,
+    to: str,
+    *,
+    wave: str | None = None,
+    all_tenants: bool = False,
+    discard_writes_since_cutover: bool = False,
+    environ: Environ | None = None,
+) -> RollbackPreview:
+    """What ``rollback`` with the same arguments would revert, read without taking any lock.
+
+    Refuses as ``rollback`` would (ArgumentError) when it would undo a cut-over and
+    ``discard_writes_since_cutover`` is not given, so nobody is asked to confirm a refusal.
+    """
+    req = _rollback_request(playbook, tenants, to, wave, all_tenants, discard_writes_since_cutover, environ)
+    env = environment(req.loaded, req.environ, with_flags=False)
+    with env.connect_target() as conn:
+        records = (
+            env.control.steps(conn, [tp.tenant.id for tp in req.plan.tenants])
+            if control_exists(conn, req.loaded.playbook.target.control_schema)
+            else []
+        )
+    preview = what_to_revert(req.plan.tenants, to, records)
+    if not discard_writes_since_cutover:
+        refuse_across_cutover(preview)
+    return preview

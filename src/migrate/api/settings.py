@@ -1,0 +1,336 @@
+"""Settings and wiring: environment variables to DSNs, connections, flag providers, the Environment.
+
+Every command reads its settings from the ``environ`` mapping it is given
+(``os.environ`` by default). Nothing here prints or exits; nothing here runs
+before the command's arguments are checked (see ``migrate.api.run``).
+
+==============================  =================================================
+``target.dsn_env``              the shared target database (demo: MIGRATE_TARGET_DSN)
+``source.dsn_template_env``     source DSN with ``{tenant}`` (demo: MIGRATE_SOURCE_DSN_TEMPLATE)
+``flags.file_env``              the flag state file (default: MIGRATE_FLAG_FILE)
+``flags.url_env`` …             Unleash: URL, admin and client tokens, environment
+                                (defaults: UNLEASH_URL, UNLEASH_ADMIN_TOKEN,
+                                UNLEASH_CLIENT_TOKEN, UNLEASH_ENVIRONMENT)
+``MIGRATE_ACTOR``               who is acting, for the ledger (default: the OS user)
+==============================  =================================================
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import re
+import shlex
+import socket
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+from migrate.engine.run import Environment
+from migrate.errors import (
+    ArgumentError,
+    PlaybookError,
+    SettingsError,
+)
+from migrate.log import redact
+from migrate.plan import StepStatus
+from migrate.playbook import LoadedPlaybook, Tenant
+from migrate.playbook.model import FlagStep, UnleashFlags
+from migrate.ports import FlagChange, FlagProvider, FlagSnapshot
+
+if TYPE_CHECKING:
+    from migrate.adapters.flagfile import FileFlagProvider
+    from migrate.adapters.unleash import UnleashFlagProvider
+
+Environ = Mapping[str, str]
+
+
+def require_env(loaded: LoadedPlaybook, environ: Environ, var: str, *loc: str | int, what: str) -> str:
+    value = environ.get(var, "").strip()
+    if not value:
+        raise SettingsError(
+            f"environment variable {var} is not set; it names {what}",
+            where=loaded.where(*loc),
+            hint=f"export {var}=…  (see README.md, 'Settings')",
+        )
+    return value
+
+
+# A runner that dies must not leave its session behind holding a tenant's lock. The server
+# notices a vanished client only when it next talks to it — never while the session waits on a
+# lock — unless it checks (PostgreSQL 14+), and keepalives find a machine that went away.
+_KEEPALIVES = {
+    "keepalives": "1",
+    "keepalives_idle": "30",
+    "keepalives_interval": "10",
+    "keepalives_count": "3",
+}
+_CHECK_CLIENT = "SELECT set_config('client_connection_check_interval', '1s', false)"
+
+
+def connect(dsn: str, *, what: str, var: str) -> psycopg.Connection[Any]:
+    """An autocommit connection, or a SettingsError that never shows the password."""
+    try:
+        given = psycopg.conninfo.conninfo_to_dict(dsn)
+        extra = {k: v for k, v in _KEEPALIVES.items() if k not in given}
+        conn = psycopg.connect(
+            psycopg.conninfo.make_conninfo(dsn, **extra),
+            autocommit=True,
+            connect_timeout=10,
+            application_name=f"migrate {socket.gethostname()}:{os.getpid()}",
+        )
+        if conn.info.server_version >= 140000:
+            conn.execute(_CHECK_CLIENT)
+        return conn
+    except psycopg.OperationalError as exc:
+        raise SettingsError(
+            f"cannot connect to {what}: {redact(str(exc).strip().splitlines()[0])}",
+            where=var,
+            hint=f"check {var} and that the server answers",
+        ) from exc
+    except psycopg.ProgrammingError as exc:
+        # libpq quotes the piece of the DSN it could not parse, and that piece may be the password:
+        # mask quoted pieces, and drop the original (from None) so no traceback carries it.
+        reason = re.sub(r'"[^"]{2,}"', '"***"', redact(str(exc).strip().splitlines()[0]))
+        raise SettingsError(
+            f"{var} is not a valid connection string: {reason}",
+            where=var,
+            hint="write postgresql://USER@HOST:PORT/DBNAME (percent-encode special characters) "
+            "or key=value pairs",
+        ) from None
+
+
+def target_dsn(loaded: LoadedPlaybook, environ: Environ) -> str:
+    var = loaded.playbook.target.dsn_env
+    return require_env(loaded, environ, var, "target", "dsn_env", what="the shared target database")
+
+
+def source_dsn(loaded: LoadedPlaybook, tenant: Tenant, environ: Environ) -> tuple[str, str]:
+    """(dsn, variable) of one tenant's source database."""
+    if tenant.source_dsn_env:
+        var = tenant.source_dsn_env
+        return require_env(loaded, environ, var, what=f"tenant {tenant.id}'s source database"), var
+    var = loaded.playbook.source.dsn_template_env or ""
+    template = require_env(loaded, environ, var, "source", "dsn_template_env", what="the source DSN template")
+    if "{tenant}" not in template:
+        raise SettingsError(
+            f"{var} has no '{{tenant}}' placeholder, so every tenant would read the same database",
+            where=loaded.where("source", "dsn_template_env"),
+            hint=f"export {var}='postgresql://USER@HOST:5432/{{tenant}}'",
+        )
+    return template.replace("{tenant}", tenant.id), var
+
+
+class _NoFlags:
+    """Stands in when a playbook has no flag step: any use is a bug, said plainly."""
+
+    def is_enabled(self, flag: str, tenant: str) -> bool:
+        raise SettingsError("this playbook configures no flags")
+
+    def set_enabled(self, flag: str, tenant: str, enabled: bool) -> FlagChange:
+        raise SettingsError("this playbook configures no flags")
+
+    def snapshot(self, flag: str, tenant: str) -> FlagSnapshot:
+        raise SettingsError("this playbook configures no flags")
+
+    def restore(self, snapshot: FlagSnapshot) -> FlagChange:
+        raise SettingsError("this playbook configures no flags")
+
+
+def step_flags(loaded: LoadedPlaybook) -> list[str]:
+    """The flags the playbook's steps flip, in order, each once."""
+    names = [s.flag for p in loaded.playbook.phases for s in p.steps if isinstance(s, FlagStep)]
+    return list(dict.fromkeys(names))
+
+
+def unleash_provider(loaded: LoadedPlaybook, environ: Environ) -> UnleashFlagProvider:
+    """The provider of a ``provider: unleash`` playbook, its writers locked on the target."""
+    from pydantic import SecretStr
+
+    from migrate.adapters.unleash import UnleashFlagProvider, UnleashSettings, advisory_lock
+
+    cfg = loaded.playbook.flags
+    assert isinstance(cfg, UnleashFlags)
+    url = require_env(loaded, environ, cfg.url_env, "flags", "url_env", what="the Unleash server's URL")
+    if not url.startswith(("http://", "https://")):
+        raise SettingsError(
+            f"{cfg.url_env} must be an http(s) URL, e.g. https://unleash.example.com",
+            where=loaded.where("flags", "url_env"),
+            hint=f"export {cfg.url_env}=https://…",
+        )
+    admin = require_env(
+        loaded, environ, cfg.admin_token_env, "flags", "admin_token_env", what="an Unleash admin token"
+    )
+    client = require_env(
+        loaded, environ, cfg.client_token_env, "flags", "client_token_env", what="an Unleash client token"
+    )
+    environment = cfg.environment or require_env(
+        loaded, environ, cfg.environment_env, "flags", "environment_env", what="the Unleash environment"
+    )
+    # Writers of one flag hold an advisory lock on the target database: the one place every
+    # runner of this playbook reaches (a lock in this process would not stop another runner).
+    dsn, var = target_dsn(loaded, environ), loaded.playbook.target.dsn_env
+    settings = UnleashSettings(
+        url=url,
+        admin_token=SecretStr(admin),
+        client_token=SecretStr(client),
+        environment=environment,
+        project=cfg.project,
+        confirm_seconds=cfg.confirm_seconds,
+        values_per_strategy=cfg.values_per_strategy,
+        url_var=cfg.url_env,
+        admin_token_var=cfg.admin_token_env,
+        client_token_var=cfg.client_token_env,
+        sync_command=f"migrate flags sync {loaded.path}",
+    )
+    lock = advisory_lock(lambda: connect(dsn, what="the target database (flag locks)", var=var))
+    return UnleashFlagProvider(settings, lock=lock)
+
+
+def flag_file_provider(loaded: LoadedPlaybook, environ: Environ, *, create: bool) -> FileFlagProvider | None:
+    """The flag file's provider; without ``create``, None while the file does not exist."""
+    from migrate.adapters.flagfile import FileFlagProvider  # the SDK import costs 0.25 s
+
+    cfg = loaded.playbook.flags
+    assert not isinstance(cfg, UnleashFlags)
+    path = Path(require_env(loaded, environ, cfg.file_env, "flags", "file_env", what="the flag state file"))
+    if not create:
+        return FileFlagProvider(path) if path.exists() else None
+    definitions = loaded.resolve(cfg.definitions) if cfg.definitions else None
+    return FileFlagProvider(path, definitions=definitions)
+
+
+def flag_provider(loaded: LoadedPlaybook, environ: Environ) -> FlagProvider:
+    flags = step_flags(loaded)
+    if not flags:
+        return _NoFlags()
+    if isinstance(loaded.playbook.flags, UnleashFlags):
+        provider = unleash_provider(loaded, environ)
+        provider.check(flags)  # a wrong token or environment, or a flag not synced: before any step
+        return provider
+    file_provider = flag_file_provider(loaded, environ, create=True)
+    assert file_provider is not None
+    return file_provider
+
+
+def connect_source(loaded: LoadedPlaybook, tenant: Tenant, environ: Environ) -> psycopg.Connection[Any]:
+    """A connection to the tenant's source on which every transaction is read-only.
+
+    The migrator only ever reads a source: the session default makes the server
+    refuse any write, whatever a step or a check might try.
+    """
+    src, src_var = source_dsn(loaded, tenant, environ)
+    conn = connect(src, what=f"tenant {tenant.id}'s source database", var=src_var)
+    try:
+        conn.execute("SET default_transaction_read_only = on")
+    except psycopg.Error:
+        conn.close()
+        raise
+    return conn
+
+
+def environment(
+    loaded: LoadedPlaybook,
+    environ: Environ,
+    actor: str | None = None,
+    *,
+    with_flags: bool = True,
+    with_sources: bool = True,
+) -> Environment:
+    dsn = target_dsn(loaded, environ)
+    var = loaded.playbook.target.dsn_env
+    if with_sources:
+        for tenant in loaded.tenants:  # fail on a missing variable before any work starts
+            source_dsn(loaded, tenant, environ)
+    return Environment(
+        loaded=loaded,
+        connect_target=lambda: connect(dsn, what="the target database", var=var),
+        connect_source=lambda tenant: connect_source(loaded, tenant, environ),
+        flags=flag_provider(loaded, environ) if with_flags else _NoFlags(),
+        actor=actor or environ.get("MIGRATE_ACTOR") or getpass.getuser(),
+        host=socket.gethostname(),
+        pid=os.getpid(),
+    )
+
+
+def prepare_control(loaded: LoadedPlaybook, environ: Environ) -> None:
+    """Create or upgrade the control schema (alembic), translating connection failures."""
+    from migrate.control import schema as control_schema  # alembic + SQLAlchemy: 0.3 s to import
+
+    dsn = target_dsn(loaded, environ)
+    connect(dsn, what="the target database", var=loaded.playbook.target.dsn_env).close()
+    control_schema.upgrade(dsn, loaded.playbook.target.control_schema)
+
+
+def progress_of(env: Environment, tenants: Sequence[str] | None) -> dict[tuple[str, str], StepStatus]:
+    with env.connect_target() as conn:
+        if not control_exists(conn, env.loaded.playbook.target.control_schema):
+            return {}
+        return env.control.progress(conn, tenants)
+
+
+def control_exists(conn: psycopg.Connection[Any], schema: str) -> bool:
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f'"{schema}".step_state',)).fetchone()
+    return bool(row and row[0])
+
+def identifier_option(value: str, option: str) -> str:
+    from migrate.names import check_identifier
+
+    try:
+        return check_identifier(value)
+    except ValueError as exc:
+        raise ArgumentError(str(exc), where=option) from None
+
+
+def check_output(path: Path, option: str) -> Path:
+    """An output file's folder exists and takes files, and the path is no folder: checked before I/O."""
+    folder = path.parent
+    if path.is_dir():
+        raise ArgumentError(
+            f"{option} {path} is a folder", where=option, hint=f"name a file, e.g. {path / 'out.json'}"
+        )
+    if not folder.is_dir():
+        raise ArgumentError(
+            f"{option} {path}: the folder {folder} does not exist",
+            where=option,
+            hint=f"create it first (mkdir -p {shlex.quote(str(folder))}) or name another path",
+        )
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ArgumentError(
+            f"{option} {path}: {'the file' if path.exists() else f'the folder {folder}'} is not writable",
+            where=option,
+            hint="name a path you may write to",
+        )
+    return path
+
+
+def check_flags_defined(loaded: LoadedPlaybook) -> None:
+    """Every flag a flag step names is in the playbook's flag definitions, when it names some.
+
+    Read from the definitions file only: no flag provider is asked, nothing is written.
+    """
+    from migrate.adapters.flagfile import read_definitions
+
+    cfg = loaded.playbook.flags
+    if not cfg.definitions:
+        return
+    path = loaded.resolve(cfg.definitions)
+    if not path.is_file():
+        raise PlaybookError(
+            f"the flag definitions file {path} does not exist",
+            where=loaded.where("flags", "definitions"),
+            hint="write the path of a client-features JSON file, relative to the playbook "
+            "(see flags/README.md)",
+        )
+    defined = {d.name for d in read_definitions(path)}
+    for p, phase in enumerate(loaded.playbook.phases):
+        for s, step in enumerate(phase.steps):
+            if isinstance(step, FlagStep) and step.flag not in defined:
+                raise PlaybookError(
+                    f"flag '{step.flag}' is not in the flag definitions {cfg.definitions}",
+                    where=loaded.where("phases", p, "steps", s, "flag"),
+                    hint=f"its flags are: {', '.join(sorted(defined)) or 'none'}; "
+                    "add the flag there, or name one of those",
+                )

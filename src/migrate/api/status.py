@@ -1,0 +1,382 @@
+"""status: waves, tenants, lock holders and flags from the control schema, and what to run next."""
+
+from __future__ import annotations
+
+import os
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from migrate.api.flags import FlagsRead, FlagSummary, read_flags
+from migrate.api.settings import (
+    Environ,
+    connect,
+    target_dsn,
+)
+from migrate.control.store import Approval, ControlStore, Holder, StepRecord
+from migrate.errors import MigrateError
+from migrate.plan import (
+    PlannedStep,
+    StepStatus,
+    TenantPlan,
+    build_plan,
+    select_tenants,
+    wave_states,
+)
+from migrate.playbook import LoadedPlaybook, load_playbook
+from migrate.steps.validate import mismatch_summary
+
+
+@dataclass(frozen=True)
+class TenantFlags:
+    tenant: str
+    wave: str
+    phase: str | None
+    state: str  # the tenant's migration state, as in status()
+    flags: Mapping[str, bool]  # what the application sees, per flag (evaluated by the SDK)
+
+
+@dataclass(frozen=True)
+class FlagsStatus:
+    playbook: str
+    digest: str
+    provider: str
+    flags: tuple[FlagSummary, ...]
+    tenants: tuple[TenantFlags, ...]
+
+
+@dataclass(frozen=True)
+class StepNow:
+    """The step a tenant is working on or stopped at: running, interrupted or failed."""
+
+    key: str  # phase/step
+    phase: str
+    step: str
+    kind: str
+    status: str  # running | interrupted (its runner is gone; the next run redoes it) | failed
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class TenantStatus:
+    tenant: str
+    wave: str
+    phase: str | None  # phase of the last finished step
+    last_step: str | None
+    state: str  # not started | in progress | running | interrupted | failed | rolled back | done
+    rows: int | None  # rows copied: the backfill's figure, or its checkpoints' while it is under way
+    validated: bool | None
+    error: str | None
+    figures: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # per table, from validate
+    current: StepNow | None = None
+    points: tuple[str, ...] = ()  # rollback points passed, in order
+    steps_done: int = 0
+    steps_total: int = 0
+    flags: Mapping[str, bool] = field(default_factory=dict)  # as the application sees them, per flag
+    holder: Holder | None = None  # the runner that holds the tenant's lock now
+
+
+@dataclass(frozen=True)
+class WaveStatus:
+    name: str
+    stage: str  # done | open | waiting for approval | waiting for an earlier wave
+    tenants: tuple[str, ...]
+    finished: tuple[str, ...]
+    approval_needed: bool
+    approval: Approval | None  # who opened the gate, where, when, for which playbook version
+    blocked_by: str | None  # the earlier wave it waits for
+
+
+@dataclass(frozen=True)
+class AcceptedVersion:
+    """The playbook version runs work to (moved only by ``run --replan``)."""
+
+    digest: str
+    since: datetime
+    actor: str
+
+
+@dataclass(frozen=True)
+class NextCommand:
+    command: str
+    why: str
+
+
+@dataclass(frozen=True)
+class Status:
+    playbook: str
+    digest: str
+    tenants: tuple[TenantStatus, ...]  # those asked for (all by default), in wave order
+    path: str = ""  # the playbook's path as given, for the commands status suggests
+    waves: tuple[WaveStatus, ...] = ()
+    accepted: AcceptedVersion | None = None
+    started: bool = False  # the target has a control schema: something ran
+    flags_provider: str = "file"
+    flags: tuple[FlagSummary, ...] = ()
+    flags_error: str | None = None  # why the flags could not be read; None when they were
+    next: NextCommand | None = None  # for the whole playbook; None when everything is done
+
+    @property
+    def playbook_changed(self) -> bool:
+        """The playbook changed in substance since the version runs work to: the next run needs --replan."""
+        return self.accepted is not None and self.accepted.digest != self.digest
+
+    @property
+    def holders(self) -> tuple[Holder, ...]:
+        return tuple(t.holder for t in self.tenants if t.holder is not None)
+
+
+def status(
+    playbook: Path | str, tenants: Sequence[str] | None = None, *, environ: Environ | None = None
+) -> Status:
+    """Waves, tenants, lock holders and flags, read from the control schema; and what to run next.
+
+    Read-only: it needs the target's settings (and the flags' for flag states, which are
+    otherwise "unavailable"), never a source's, and changes nothing, not even the control
+    schema's revision. ``next`` is for the whole playbook, whichever tenants are shown.
+    """
+    environ = os.environ if environ is None else environ
+    loaded = load_playbook(playbook)
+    return read_status(loaded, str(playbook), tenants, environ, with_flags=True)
+
+
+_CONTROL_TABLES = ("step_state", "checkpoints", "approvals", "playbook_versions", "holders")
+
+
+def read_status(
+    loaded: LoadedPlaybook,
+    path: str,
+    tenants: Sequence[str] | None,
+    environ: Environ,
+    *,
+    with_flags: bool,
+) -> Status:
+    pb = loaded.playbook
+    shown = [t.id for t in select_tenants(loaded, tenants)]
+    skeleton = build_plan(loaded)
+    backfills = {s.key for tp in skeleton.tenants[:1] for s in tp.steps if s.kind == "backfill"}
+    store = ControlStore(pb.target.control_schema, pb.name)
+    with connect(target_dsn(loaded, environ), what="the target database", var=pb.target.dsn_env) as conn:
+        # A control schema older than this version lacks some tables: what is missing is empty.
+        found = {
+            name
+            for (name,) in conn.execute(
+                "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                " WHERE n.nspname = %s AND c.relname = ANY(%s)",
+                (pb.target.control_schema, list(_CONTROL_TABLES)),
+            )
+        }
+        records = store.steps(conn) if "step_state" in found else []
+        holders = store.holders(conn, [t.id for t in loaded.tenants]) if "holders" in found else {}
+        if any(r.status is StepStatus.RUNNING and r.tenant not in holders for r in records):
+            # Read again after the locks: a runner may have finished that step and let go in between.
+            records = store.steps(conn)
+        approvals = store.approvals(conn) if "approvals" in found else {}
+        accepted = store.accepted_digest(conn) if "playbook_versions" in found else None
+        by_tenant: dict[str, dict[str, StepRecord]] = {}
+        for rec in records:
+            by_tenant.setdefault(rec.tenant, {})[rec.step_key] = rec
+        copying = {  # rows so far of a backfill under way, interrupted or failed: its checkpoints
+            rec.tenant for rec in records if rec.step_key in backfills and rec.status is not StepStatus.DONE
+        }
+        copied = {
+            t: sum(c.rows_copied for c in store.checkpoints(conn, t).values())
+            for t in copying
+            if "checkpoints" in found
+        }
+    progress = {(r.tenant, r.step_key): r.status for r in records}
+    the_plan = build_plan(loaded, progress)
+    states = {
+        tp.tenant.id: _tenant_status(
+            tp, by_tenant.get(tp.tenant.id, {}), holders.get(tp.tenant.id), copied.get(tp.tenant.id)
+        )
+        for tp in the_plan.tenants
+    }
+    waves = tuple(
+        WaveStatus(
+            w.wave.name,
+            w.stage.value,
+            w.wave.tenants,
+            w.finished,
+            w.wave.approval,
+            approvals.get(w.wave.name),
+            w.blocked_by,
+        )
+        for w in wave_states(the_plan, progress, approved=set(approvals))
+    )
+    version = AcceptedVersion(*accepted) if accepted else None
+    flags_error: str | None = None
+    seen = FlagsRead(pb.flags.provider, (), {})
+    if with_flags:
+        try:
+            seen = read_flags(loaded, environ, shown)
+        except MigrateError as exc:  # Unleash down, settings missing, a broken file: status still works
+            flags_error = exc.message
+    ordered = [tp.tenant.id for tp in the_plan.tenants]
+    return Status(
+        pb.name,
+        loaded.digest,
+        tuple(
+            replace(states[t], flags={name: on[t] for name, on in seen.seen.items()})
+            for t in ordered
+            if t in shown
+        ),
+        path=path,
+        waves=waves,
+        accepted=version,
+        started="step_state" in found,
+        flags_provider=seen.provider,
+        flags=seen.summaries,
+        flags_error=flags_error,
+        next=_next_command(path, loaded.digest, [states[t] for t in ordered], waves, version),
+    )
+
+
+def _tenant_status(
+    tp: TenantPlan, recs: Mapping[str, StepRecord], holder: Holder | None, copied: int | None
+) -> TenantStatus:
+    def state_of(step: PlannedStep) -> StepStatus:
+        record = recs.get(step.key)
+        return StepStatus.PENDING if record is None else record.status
+
+    real = [s for s in tp.steps if not s.is_point]
+    done = [s for s in real if state_of(s) is StepStatus.DONE]
+    last = done[-1] if done else None
+    current: StepNow | None = None
+    rows: int | None = None
+    validated: bool | None = None
+    figures: Mapping[str, Mapping[str, Any]] = {}
+    for s in real:
+        status_now = state_of(s)
+        if current is None and status_now in (StepStatus.RUNNING, StepStatus.FAILED):
+            word = "failed" if status_now is StepStatus.FAILED else "running" if holder else "interrupted"
+            current = StepNow(s.key, s.phase, s.step_id, s.kind, word, recs[s.key].error)
+        if s.kind == "backfill" and status_now is StepStatus.DONE:
+            rows = int(recs[s.key].details.get("rows", 0))
+        elif s.kind == "backfill" and status_now in (StepStatus.RUNNING, StepStatus.FAILED):
+            rows = copied
+        # A failed validation keeps its figures: they are the evidence of what differs.
+        if s.kind == "validate" and status_now in (StepStatus.DONE, StepStatus.FAILED):
+            details = recs[s.key].details
+            if "tables" in details:
+                validated = bool(details.get("match"))
+                figures = details["tables"]
+    reverted = any(r.status is StepStatus.REVERTED for r in recs.values())
+    if holder is not None and len(done) < len(real):
+        state = "running"
+    elif current is not None and current.status != "running":
+        state = current.status
+    elif len(done) == len(real):
+        state = "done"
+    elif reverted:
+        state = "rolled back"
+    elif recs:
+        state = "in progress"
+    else:
+        state = "not started"
+    return TenantStatus(
+        tenant=tp.tenant.id,
+        wave=tp.tenant.wave,
+        phase=last.phase if last else None,
+        last_step=last.step_id if last else None,
+        state=state,
+        rows=rows,
+        validated=validated,
+        error=current.error if current and current.status == "failed" else None,
+        figures=figures,
+        current=current,
+        points=tuple(
+            s.step_id.removeprefix("@") for s in tp.steps if s.is_point and state_of(s) is StepStatus.DONE
+        ),
+        steps_done=len(done),
+        steps_total=len(real),
+        holder=holder,
+    )
+
+
+def _next_command(
+    path: str,
+    digest: str,
+    tenants: Sequence[TenantStatus],
+    waves: Sequence[WaveStatus],
+    accepted: AcceptedVersion | None,
+) -> NextCommand | None:
+    """The one command that moves the playbook on from here, and why; None when all is done."""
+    book = shlex.quote(path)
+    if accepted is not None and accepted.digest != digest:
+        return NextCommand(
+            f"migrate run {book} --replan",
+            f"the playbook changed since version {accepted.digest[:12]} "
+            f"(accepted {accepted.since:%Y-%m-%d %H:%M} by {accepted.actor}); "
+            f"review 'migrate plan {book}', then run with --replan to work to version {digest[:12]}",
+        )
+    for t in tenants:
+        if t.state != "failed" or t.current is None:
+            continue
+        rerun = f"migrate run {book} --tenant {shlex.quote(t.tenant)}"
+        differ = [name for name, f in sorted(t.figures.items()) if not f.get("match")]
+        if t.current.kind == "validate" and differ:
+            return NextCommand(
+                f"migrate diff {book} --tenant {shlex.quote(t.tenant)} --table {shlex.quote(differ[0])}",
+                f"tenant {t.tenant} failed validation: {mismatch_summary(t.figures)}; find the keys "
+                f"that differ, fix the cause, then '{rerun}'",
+            )
+        return NextCommand(
+            rerun,
+            f"tenant {t.tenant} failed at {t.current.key}: {t.current.error or 'no error recorded'}; "
+            "fix the cause, then re-run it (done steps are skipped)",
+        )
+    by_id = {t.tenant: t for t in tenants}
+    for wave in waves:
+        if wave.stage == "done":
+            continue
+        if wave.stage != "open":  # the first wave not done is either open or waits for approval
+            return NextCommand(
+                f"migrate approve {book} --wave {shlex.quote(wave.name)}",
+                f"wave {wave.name} waits for approval before any of its tenants starts",
+            )
+        todo = [t for t in wave.tenants if t not in wave.finished]
+        free = [t for t in todo if by_id[t].holder is None]
+        if not free:
+            held = "; ".join(f"{t} by {h.describe()}" for t in todo if (h := by_id[t].holder))
+            return NextCommand(
+                f"migrate status {book}",
+                f"wave {wave.name} is under way ({held}); check again when it finishes",
+            )
+        notes = [
+            f"{t} was interrupted at {c.key} (its runner is gone; the run redoes it)"
+            for t in free
+            if (c := by_id[t].current) and c.status == "interrupted"
+        ] + [
+            f"{t} was rolled back (the run re-applies what was reverted)"
+            for t in free
+            if by_id[t].state == "rolled back"
+        ]
+        only = "".join(f" --tenant {shlex.quote(t)}" for t in free) if len(free) < len(todo) else ""
+        first = "nothing has run yet; " if all(by_id[t].state == "not started" for t in by_id) else ""
+        return NextCommand(
+            f"migrate run {book}{only}",
+            f"{first}wave {wave.name} is open: {', '.join(free)} "
+            f"{'has' if len(free) == 1 else 'have'} steps to run" + "".join(f"; {n}" for n in notes),
+        )
+    return None
+
+
+def flags_status(
+    playbook: Path | str, tenants: Sequence[str] | None = None, *, environ: Environ | None = None
+) -> FlagsStatus:
+    """Per tenant, each flag as the application sees it, next to the tenant's phase."""
+    environ = os.environ if environ is None else environ
+    loaded = load_playbook(playbook)
+    where = read_status(loaded, str(playbook), tenants, environ, with_flags=False)
+    read = read_flags(loaded, environ, [t.tenant for t in where.tenants])
+    rows = tuple(
+        TenantFlags(
+            t.tenant, t.wave, t.phase, t.state, {name: read.seen[name][t.tenant] for name in read.seen}
+        )
+        for t in where.tenants
+    )
+    return FlagsStatus(where.playbook, where.digest, read.provider, read.summaries, rows)
