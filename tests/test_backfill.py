@@ -24,7 +24,7 @@ from migrate import api
 from migrate.cli.render import CopyProgress
 from migrate.control import schema as control_schema
 from migrate.engine.retry import condition
-from migrate.engine.run import tenant_session
+from migrate.engine.session import tenant_session
 from migrate.errors import PlaybookError, StepFailed
 from migrate.playbook import load_playbook
 from migrate.playbook.model import BackfillStep, SchemaStep

@@ -51,7 +51,8 @@ def test_kill_9_mid_backfill_then_run_again_gives_exact_counts_and_checksums(
             break
         time.sleep(0.01)
     proc.wait(timeout=30)
-    assert killed_with >= 2 and proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    said = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    assert killed_with >= 2 and proc.returncode == -signal.SIGKILL, f"ended before it was killed: {said}"
     with world.target() as conn:
         state = conn.execute(
             "SELECT status FROM migrate_control.step_state WHERE step_key = 'copy/backfill'"

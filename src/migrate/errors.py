@@ -21,10 +21,13 @@ Every error carries ``message`` (what happened), ``where`` (``file:line: field``
 or ``tenant/phase/step``) and ``hint`` (what to write or run instead). Driver
 errors (psycopg, httpx, pydantic) are translated where they are caught, with
 ``raise … from exc``, so the original stays in the log and never in the message
-shown to the user when it could hold a secret.
+shown to the user when it could hold a secret; ``from_driver`` is the one
+translation of a database error met while working (redacted, placed).
 """
 
 from __future__ import annotations
+
+from migrate.log import redact
 
 
 class MigrateError(Exception):
@@ -87,3 +90,19 @@ class Interrupted(RunFailure):
     """The run was asked to stop (Ctrl-C) and stopped at a safe point; ``run`` resumes it."""
 
     exit_code = 130
+
+
+def from_driver(
+    exc: BaseException, where: str, *, as_type: type[RunFailure] | None = None
+) -> MigrateError:
+    """The error to report for ``exc`` met at ``where``; never mutates ``exc``.
+
+    A MigrateError keeps its own place, or gets ``where`` on a copy; anything else (a
+    psycopg error) becomes a StepFailed (or ``as_type``) whose message is the driver's,
+    redacted — psycopg names tables and columns, never the DSN, but redact anyway.
+    """
+    if isinstance(exc, MigrateError):
+        if exc.where is not None:
+            return exc
+        return type(exc)(exc.message, where=where, hint=exc.hint)
+    return (as_type or StepFailed)(redact(str(exc).strip()), where=where)

@@ -15,8 +15,6 @@ import sys
 from collections.abc import MutableMapping
 from typing import Any, TextIO
 
-import structlog
-
 _DSN_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]*)@")
 _KV_SECRET = re.compile(r"(?i)\b(password|passwd|token|secret|apikey|api_key)\s*=\s*('[^']*'|\S+)")
 _AUTH_HEADER = re.compile(r"(?i)\b(authorization\s*[:=]\s*)(\S+(?:\s+\S+)?)")
@@ -60,6 +58,8 @@ class _CurrentStderr:
 
 def configure(*, level: str = "info", stream: TextIO | None = None, json: bool | None = None) -> None:
     """Configure structlog once per process (the CLI calls it; tests use capture_logs)."""
+    import structlog  # 0.2 s to import (asyncio): not for 'migrate --help' or redact()
+
     out = stream or sys.stderr
     as_json = (not out.isatty()) if json is None else json
     renderer: Any = (
@@ -82,4 +82,6 @@ def configure(*, level: str = "info", stream: TextIO | None = None, json: bool |
 
 def get_logger(**initial: Any) -> Any:
     """A bound logger with the given fixed keys."""
+    import structlog
+
     return structlog.get_logger("migrate").bind(**initial)

@@ -78,6 +78,21 @@ def _tables(
     return [t for t in tables if t.name in wanted] if wanted else tables
 
 
+def _check_declared(loaded: LoadedPlaybook, wanted: Sequence[str]) -> None:
+    """``--table`` names a table the playbook lists (when it lists them; ``auto`` needs a source)."""
+    specs = loaded.playbook.table_specs()
+    if specs is None:
+        return
+    known = [t.name for t in specs]
+    for name in wanted:
+        if name not in known:
+            raise ArgumentError(
+                f"table '{name}' is not among the tables playbook {loaded.path.name} migrates",
+                where="--table",
+                hint=f"its tables are: {', '.join(known)}",
+            )
+
+
 def verify(
     playbook: Path | str,
     tenants: Sequence[str] | None = None,
@@ -88,11 +103,13 @@ def verify(
     """Row counts and checksums of each tenant's tables, source vs target, now. Reads only."""
     environ = os.environ if environ is None else environ
     loaded = load_playbook(playbook)
+    chosen = select_tenants(loaded, tenants)  # --tenant and --table, before any connection
+    _check_declared(loaded, tables or ())
     env = environment(loaded, environ, with_flags=False)
     pb = loaded.playbook
     out = []
     with env.connect_target() as target:
-        for tenant in select_tenants(loaded, tenants):
+        for tenant in chosen:
             started = time.monotonic()
             with env.connect_source(tenant) as source:
                 mode, figures = compare_tenant(
@@ -125,9 +142,10 @@ def diff(
         raise ArgumentError(f"--sample must be 0 or more, not {sample}", where="--sample")
     environ = os.environ if environ is None else environ
     loaded = load_playbook(playbook)
+    (the_tenant,) = select_tenants(loaded, [tenant])  # --tenant and --table, before any connection
+    _check_declared(loaded, [table])
     env = environment(loaded, environ, with_flags=False)
     pb = loaded.playbook
-    (the_tenant,) = select_tenants(loaded, [tenant])
     with env.connect_target() as target, env.connect_source(the_tenant) as source:
         (source_table,) = _tables(loaded, source, [table])
         if not source_table.primary_key:

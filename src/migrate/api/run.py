@@ -7,7 +7,7 @@ import shlex
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from migrate.adapters.recording import RecordingFlags
@@ -32,6 +32,8 @@ from migrate.engine.rollback import (
 from migrate.engine.rollback import rollback as engine_rollback
 from migrate.engine.run import RunOptions, RunResult
 from migrate.engine.run import run as engine_run
+from migrate.engine.session import Environment
+from migrate.engine.sinks import RehearsalRecord, RunRecord
 from migrate.errors import ArgumentError
 from migrate.plan import (
     Plan,
@@ -90,21 +92,27 @@ def run(
     loaded = load_playbook(playbook)
     build_plan(loaded, None, tenants, wave)  # --tenant and --wave, before any connection
     check_flags_defined(loaded)
-    env = environment(loaded, environ, actor)
-    if dry_run:
-        env.flags = RecordingFlags(env.flags)
+    env, record = _sinks(environment(loaded, environ, actor), dry_run)
     prepare_control(loaded, environ)
     the_plan = build_plan(loaded, progress_of(env, tenants), tenants, wave)
     words = ["run", *(f"--tenant {t}" for t in tenants or ()), *([f"--wave {wave}"] if wave else [])]
     options = RunOptions(
         command=" ".join(words + (["--dry-run"] if dry_run else [])),
         jobs=jobs,
-        dry_run=dry_run,
+        record=record,
         max_failures=max_failures,
         replan=replan,
         stop=stop or threading.Event(),
     )
     return engine_run(env, the_plan, options, progress=progress or no_progress)
+
+
+def _sinks(env: Environment, dry_run: bool) -> tuple[Environment, RunRecord]:
+    """The one place a rehearsal differs from a run: its record (rolled-back transactions,
+    ``rehearsed`` entries, one attempt per step) and flags that record flips instead of making them."""
+    if not dry_run:
+        return env, RunRecord()
+    return replace(env, flags=RecordingFlags(env.flags)), RehearsalRecord()
 
 
 def approve(

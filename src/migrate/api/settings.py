@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from migrate.engine.run import Environment
+from migrate.engine.session import Environment
 from migrate.errors import (
     ArgumentError,
     PlaybookError,

@@ -157,7 +157,8 @@ def read_status(
     pb = loaded.playbook
     shown = [t.id for t in select_tenants(loaded, tenants)]
     skeleton = build_plan(loaded)
-    backfills = {s.key for tp in skeleton.tenants[:1] for s in tp.steps if s.kind == "backfill"}
+    first = skeleton.tenants[0].steps if skeleton.tenants else ()
+    backfills = {s.key for s in first if s.spec is not None and s.spec.reports == "rows"}
     store = ControlStore(pb.target.control_schema, pb.name)
     with connect(target_dsn(loaded, environ), what="the target database", var=pb.target.dsn_env) as conn:
         # A control schema older than this version lacks some tables: what is missing is empty.
@@ -254,12 +255,13 @@ def _tenant_status(
         if current is None and status_now in (StepStatus.RUNNING, StepStatus.FAILED):
             word = "failed" if status_now is StepStatus.FAILED else "running" if holder else "interrupted"
             current = StepNow(s.key, s.phase, s.step_id, s.kind, word, recs[s.key].error)
-        if s.kind == "backfill" and status_now is StepStatus.DONE:
+        reports = s.spec.reports if s.spec is not None else None
+        if reports == "rows" and status_now is StepStatus.DONE:
             rows = int(recs[s.key].details.get("rows", 0))
-        elif s.kind == "backfill" and status_now in (StepStatus.RUNNING, StepStatus.FAILED):
+        elif reports == "rows" and status_now in (StepStatus.RUNNING, StepStatus.FAILED):
             rows = copied
         # A failed validation keeps its figures: they are the evidence of what differs.
-        if s.kind == "validate" and status_now in (StepStatus.DONE, StepStatus.FAILED):
+        if reports == "validation" and status_now in (StepStatus.DONE, StepStatus.FAILED):
             details = recs[s.key].details
             if "tables" in details:
                 validated = bool(details.get("match"))
@@ -318,7 +320,7 @@ def _next_command(
             continue
         rerun = f"migrate run {book} --tenant {shlex.quote(t.tenant)}"
         differ = [name for name, f in sorted(t.figures.items()) if not f.get("match")]
-        if t.current.kind == "validate" and differ:
+        if differ:
             return NextCommand(
                 f"migrate diff {book} --tenant {shlex.quote(t.tenant)} --table {shlex.quote(differ[0])}",
                 f"tenant {t.tenant} failed validation: {mismatch_summary(t.figures)}; find the keys "

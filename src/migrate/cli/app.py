@@ -20,17 +20,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
 from migrate import api
-from migrate.api import ProgressSink, RunResult
 from migrate.cli import render
 from migrate.cli import report as reports
 from migrate.errors import ArgumentError, MigrateError
 from migrate.log import configure, redact
+
+if TYPE_CHECKING:
+    from migrate.api import ProgressSink, RunResult
 
 app = typer.Typer(
     name="migrate",

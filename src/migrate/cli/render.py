@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, ProgressColumn, Task, TaskID, TextColumn, TimeRemainingColumn
@@ -13,21 +13,22 @@ from rich.table import Table
 from rich.text import Text
 
 from migrate import api
-from migrate.api import (
-    DiffResult,
-    GenerateResult,
-    Holder,
-    IsolationReport,
-    Plan,
-    ProgressEvent,
-    Reverted,
-    RollbackPreview,
-    RollbackResult,
-    RunResult,
-    TenantResult,
-    render_text,
-)
 from migrate.errors import MigrateError
+
+if TYPE_CHECKING:
+    from migrate.api import (
+        DiffResult,
+        GenerateResult,
+        Holder,
+        IsolationReport,
+        Plan,
+        ProgressEvent,
+        Reverted,
+        RollbackPreview,
+        RollbackResult,
+        RunResult,
+        TenantResult,
+    )
 
 
 def error(console: Console, exc: MigrateError) -> None:
@@ -38,18 +39,14 @@ def error(console: Console, exc: MigrateError) -> None:
 
 
 def plan(the_plan: Plan) -> str:
-    return render_text(the_plan)
+    return api.render_text(the_plan)
 
 
 def _flag_changes(tenant: TenantResult) -> list[str]:
-    """What a rehearsed flag step would change, as 'flag: off -> on'."""
-    out = []
-    for step in tenant.steps:
-        if step.kind == "flag" and step.outcome == "rehearsed" and "after" in step.details:
-            before, after = _on_off(step.details.get("before")), _on_off(step.details.get("after"))
-            change = f"{before} -> {after}" if before != after else f"stays {after}"
-            out.append(f"{step.details.get('flag')}: {change}")
-    return out
+    """What a rehearsal's traffic steps would change, as their kinds say it ('flag: off -> on')."""
+    return [
+        s.summary for s in tenant.steps if s.moves == "traffic" and s.outcome == "rehearsed" and s.summary
+    ]
 
 
 def run(console: Console, result: RunResult, playbook: Path | None = None) -> None:
@@ -258,14 +255,7 @@ def status_json(result: api.Status) -> dict[str, Any]:
 
 def _reverted(step: Reverted) -> str:
     said = f"reverted {step.tenant} {step.key} ({step.seconds:.2f} s)"
-    if step.kind == "flag" and step.details.get("restored"):
-        return f"{said}: flag '{step.details.get('flag')}' {'on' if step.details.get('now') else 'off'} again"
-    deleted = step.details.get("deleted")
-    if isinstance(deleted, dict):
-        batches = step.details.get("batches")
-        count = sum(batches.values()) if isinstance(batches, dict) else None
-        return f"{said}: {sum(deleted.values()):,} rows deleted" + (f" in {count} batches" if count else "")
-    return said
+    return f"{said}: {step.summary}" if step.summary else said
 
 
 def rollback(console: Console, result: RollbackResult) -> None:
@@ -303,10 +293,7 @@ def rollback_preview(console: Console, preview: RollbackPreview) -> None:
     rows += [(t.tenant.id, s) for t in preview.tenants for s in t.data]
     width = max(len(tenant) for tenant, _ in rows)
     for tenant, step in rows:
-        what = {
-            "flag": f"flag '{getattr(step.spec, 'flag', '?')}' back as it was before",
-            "backfill": "delete the tenant's rows from the shared tables, children first, in batches",
-        }.get(step.kind, "")
+        what = step.spec.undo_note() if step.spec is not None else ""
         console.print(f"  {tenant:<{width}}  {step.key:<24} {what}".rstrip(), markup=False)
     for cut in preview.cutovers:
         console.print(f"{cut.describe()}: its writes since then will be LOST", markup=False)

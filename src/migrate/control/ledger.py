@@ -39,11 +39,11 @@ from psycopg import pq, sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from migrate.control import locks
 from migrate.errors import ArgumentError
 from migrate.log import redact
 
 GENESIS = "0" * 64
-_LOCK_KEY = "migrate.ledger.append"
 _HASH = re.compile(r"[0-9a-f]{64}")
 _RUN_PREFIX = re.compile(r"[0-9a-f][0-9a-f-]{3,35}")
 _AGO = re.compile(r"(\d+)\s*([smhdw])")
@@ -219,7 +219,7 @@ class Ledger:
         self.schema = schema
         self.table = sql.Identifier(schema, "ledger")
         # One chain per control schema: two schemas in one database do not wait for each other.
-        self._lock_key = f"{_LOCK_KEY}:{schema}"
+        self._lock_key = f"{locks.LEDGER}:{schema}"
         self._last = sql.SQL(
             "SELECT clock_timestamp(), %s::jsonb, l.seq, l.hash FROM (SELECT 1) AS one"
             " LEFT JOIN LATERAL (SELECT seq, hash FROM {} ORDER BY seq DESC LIMIT 1) AS l ON true"

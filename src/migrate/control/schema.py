@@ -10,6 +10,8 @@ from alembic.config import Config
 from psycopg.conninfo import conninfo_to_dict
 from sqlalchemy.pool import NullPool
 
+from migrate.control import locks
+
 HEAD = "0003"
 
 
@@ -42,7 +44,8 @@ def upgrade(dsn: str, schema: str, revision: str = "head") -> None:
     try:
         with engine.begin() as connection:
             # Two runners starting at once must not both create the schema.
-            connection.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('migrate.control.upgrade'))"))
+            lock = sa.text("SELECT pg_advisory_xact_lock(hashtext(:key))")
+            connection.execute(lock, {"key": locks.UPGRADE})
             cfg = _config(schema)
             cfg.attributes["connection"] = connection
             command.upgrade(cfg, revision)

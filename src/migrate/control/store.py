@@ -20,10 +20,9 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from migrate.control import locks
 from migrate.errors import TenantLocked
 from migrate.plan.model import PlannedStep, StepStatus
-
-_TENANT_LOCK_CLASS = "migrate.tenant"
 
 
 @dataclass(frozen=True)
@@ -310,7 +309,7 @@ class ControlStore:
                 " JOIN pg_stat_activity a ON a.pid = l.pid"
                 " LEFT JOIN {} h ON h.tenant = t.tenant AND h.backend_pid = l.pid"
             ).format(self._t("holders")),
-            (list(tenants), _TENANT_LOCK_CLASS),
+            (list(tenants), locks.TENANT),
         ).fetchall()
         return {r[0]: Holder(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]) for r in rows}
 
@@ -322,7 +321,7 @@ class ControlStore:
         take it again (and may find another runner has it by then).
         """
         got = conn.execute(
-            "SELECT pg_try_advisory_lock(hashtext(%s), hashtext(%s))", (_TENANT_LOCK_CLASS, tenant)
+            "SELECT pg_try_advisory_lock(hashtext(%s), hashtext(%s))", (locks.TENANT, tenant)
         ).fetchone()
         if got and got[0]:
             return
@@ -338,7 +337,7 @@ class ControlStore:
     def unlock_tenant(self, conn: psycopg.Connection[Any], tenant: str) -> None:
         if conn.closed or conn.broken:
             return  # the lock went with the session
-        conn.execute("SELECT pg_advisory_unlock(hashtext(%s), hashtext(%s))", (_TENANT_LOCK_CLASS, tenant))
+        conn.execute("SELECT pg_advisory_unlock(hashtext(%s), hashtext(%s))", (locks.TENANT, tenant))
 
     @contextmanager
     def tenant_lock(self, conn: psycopg.Connection[Any], tenant: str) -> Iterator[None]:

@@ -42,14 +42,12 @@ from uuid import UUID, uuid4
 
 import psycopg
 
-from migrate.catalog.order import select_in_load_order
-from migrate.catalog.reflect import reflect
 from migrate.control.store import StepRecord
-from migrate.engine.session import Environment
-from migrate.errors import ArgumentError, MigrateError, StepFailed, TenantLocked
+from migrate.engine.session import Environment, step_context, tenant_tables
+from migrate.engine.sinks import RollbackRecord, revert_failed, reverted
+from migrate.errors import ArgumentError, MigrateError, StepFailed, TenantLocked, from_driver
 from migrate.log import get_logger, redact
 from migrate.plan.model import PlannedStep, StepStatus, TenantPlan
-from migrate.playbook.model import FlagStep as FlagSpec
 from migrate.playbook.model import Tenant
 from migrate.steps import StepContext, step_for
 
@@ -122,6 +120,7 @@ class Reverted:
     kind: str
     seconds: float
     details: Mapping[str, Any]
+    summary: str | None = None  # what the revert did, in one line (StepKind.summary)
 
 
 @dataclass
@@ -169,20 +168,24 @@ def what_to_revert(plans: Sequence[TenantPlan], point: str, records: Sequence[St
             for s in reversed(steps_after(plan, point))
             if (found := recs.get(s.key)) is not None and found.status in _REVERTIBLE
         ]
-        # Traffic first: a flag step goes back before any data, wherever it sits in the playbook.
-        flags = tuple(s for s in todo if s.kind == "flag")
+        # Traffic first: a step that moves traffic goes back before any data, wherever it sits.
+        flags = tuple(s for s in todo if s.spec is not None and s.spec.moves == "traffic")
         cutover = None
         for step in flags:  # newest first: the last one seen is the earliest cut-over
-            if isinstance(step.spec, FlagSpec) and step.spec.action == "enable":
+            if step.spec is not None and step.spec.cuts_over:
                 flipped = recs[step.key]
                 cutover = Cutover(
-                    plan.tenant.id, step.key, step.spec.flag, flipped.status, flipped.finished_at
+                    plan.tenant.id,
+                    step.key,
+                    str(getattr(step.spec, "flag", step.step_id)),
+                    flipped.status,
+                    flipped.finished_at,
                 )
         out.append(
             TenantRevert(
                 plan.tenant,
                 flags,
-                tuple(s for s in todo if s.kind != "flag"),
+                tuple(s for s in todo if s not in flags),
                 cutover,
                 {s.key: recs[s.key] for s in todo},
             )
@@ -230,17 +233,18 @@ def rollback(
         try:
             records = env.control.steps(conn, [t.id for t in tenants])
         except psycopg.Error as exc:
-            raise _translated(exc) from exc
+            raise from_driver(exc, "rollback") from exc
         preview = what_to_revert(plans, point, records)
         if not discard_writes_since_cutover:
             refuse_across_cutover(preview)
         result.discarded = preview.cutovers
+        book = RollbackRecord(env, conn, run_id)
         flags_restored = False
         try:
-            _start(env, conn, run_id, preview, command, discard_writes_since_cutover)
+            book.started(command, point, preview.tenants, discard_writes_since_cutover)
             for todo in preview.tenants:
                 if todo.flags:
-                    ctx = _context(env, todo.tenant, conn, run_id, source=None, tables=())
+                    ctx = step_context(env, todo.tenant, run_id, conn, None)
                     result.steps += [_revert(env, ctx, step, todo.records[step.key]) for step in todo.flags]
             if any(t.flags for t in preview.tenants):
                 result.seconds_to_flags = time.monotonic() - started
@@ -252,28 +256,26 @@ def rollback(
                         result.steps += [
                             _revert(env, ctx, step, todo.records[step.key]) for step in todo.data
                         ]
-                _points_reverted(env, conn, plan, point, run_id)
+                marker = [s.step_id for s in plan.steps].index(f"@{point}")
+                book.points_reverted(plan.tenant.id, [s for s in plan.steps[marker + 1 :] if s.is_point])
         except (MigrateError, psycopg.Error) as caught:
-            error = caught if isinstance(caught, MigrateError) else _translated(caught)
+            error = from_driver(caught, "rollback")
             if flags_restored and result.seconds_to_flags is not None:
-                error.hint = (
-                    "the flags are restored: traffic is on the old databases. "
+                error = type(error)(
+                    error.message,
+                    where=error.where,
+                    hint="the flags are restored: traffic is on the old databases. "
                     + (f"{error.hint}; then run" if error.hint else "Run")
-                    + " the same rollback again to finish the data (it goes on where this one stopped)"
+                    + " the same rollback again to finish the data (it goes on where this one stopped)",
                 )
-            _finish(env, conn, run_id, result, started, "failed")
+            _finish(book, result, started, "failed")
             if error is caught:
                 raise
             raise error from caught
         result.seconds_total = time.monotonic() - started
-        _finish(env, conn, run_id, result, started, "ok")
+        _finish(book, result, started, "ok")
     log.info("rollback_finished", reverted=len(result.steps), seconds=round(result.seconds_total, 3))
     return result
-
-
-def _translated(exc: psycopg.Error) -> StepFailed:
-    # psycopg messages name tables and columns, never the DSN; redact anyway.
-    return StepFailed(redact(str(exc).strip()), where="rollback")
 
 
 @contextmanager
@@ -293,7 +295,7 @@ def _locked(
             except TenantLocked as exc:
                 refused.append(exc)
             except psycopg.Error as exc:
-                raise _translated(exc) from exc
+                raise from_driver(exc, "rollback") from exc
         if refused:
             names = ", ".join(e.where.removeprefix("tenant ") for e in refused if e.where)
             raise TenantLocked(
@@ -310,39 +312,11 @@ def _locked(
                     conn, tenant.id, run_id=run_id, command=command, host=env.host, pid=env.pid
                 )
         except psycopg.Error as exc:
-            raise _translated(exc) from exc
+            raise from_driver(exc, "rollback") from exc
         yield conn
     finally:
         with suppress(psycopg.Error):
             conn.close()
-
-
-def _context(
-    env: Environment,
-    tenant: Tenant,
-    conn: psycopg.Connection[Any],
-    run_id: UUID,
-    *,
-    source: psycopg.Connection[Any] | None,
-    tables: Sequence[Any],
-) -> StepContext:
-    pb = env.loaded.playbook
-    specs = pb.table_specs()
-    return StepContext(
-        run_id=run_id,
-        tenant=tenant,
-        # Flag steps touch the flag provider and the control schema only: they get no source
-        # (the target stands in), so traffic goes back even while a source is slow or down.
-        source=source if source is not None else conn,
-        target=conn,
-        source_schema=pb.source.schema_,
-        target_schema=pb.target.schema_,
-        tables=tuple(tables),
-        control=env.control,
-        flags=env.flags,
-        log=get_logger(run_id=str(run_id), tenant=tenant.id, wave=tenant.wave),
-        keys={t.name: t.key for t in specs or () if t.key},
-    )
 
 
 @contextmanager
@@ -350,141 +324,45 @@ def _data_context(
     env: Environment, tenant: Tenant, conn: psycopg.Connection[Any], run_id: UUID
 ) -> Iterator[StepContext]:
     """A context with the tenant's source and its tables in load order (what data reverts need)."""
-    pb = env.loaded.playbook
     source = env.connect_source(tenant)
     try:
-        specs = pb.table_specs()
         try:
-            tables = select_in_load_order(
-                reflect(source, pb.source.schema_),
-                None if specs is None else [t.name for t in specs],
-                schema=pb.source.schema_,
-                exclude=pb.global_tables,
-            )
+            tables = tenant_tables(env, source)
         except psycopg.Error as exc:
             raise StepFailed(
                 f"cannot read the tables of tenant '{tenant.id}''s source: {redact(str(exc).strip())}",
                 where=f"tenant {tenant.id}",
             ) from exc
-        yield _context(env, tenant, conn, run_id, source=source, tables=tables)
+        yield step_context(env, tenant, run_id, conn, source, tables)
     finally:
         with suppress(psycopg.Error):
             source.close()
 
 
 def _revert(env: Environment, ctx: StepContext, step: PlannedStep, record: StepRecord) -> Reverted:
-    """Revert one step, then mark it ``reverted`` with its ledger entry in one transaction."""
+    """Revert one step and check its inverse holds, then mark it ``reverted`` with its ledger entry."""
     assert step.spec is not None
-    tenant = ctx.tenant
-    conn = ctx.target
-    ids = {"tenant": tenant.id, "wave": tenant.wave, "phase": step.phase, "step": step.key}
+    impl = step_for(step.spec)
     t0 = time.monotonic()
     try:
-        details = step_for(step.spec).revert(ctx, record.details)
+        details = impl.revert(ctx, record.details)
+        impl.verify_reverted(ctx, details)
     except (MigrateError, psycopg.Error) as exc:
-        error = (
-            exc
-            if isinstance(exc, MigrateError)
-            else StepFailed(redact(str(exc).strip()), where=f"{tenant.id}/{step.key}")
-        )
-        if error.where is None:
-            error.where = f"{tenant.id}/{step.key}"
-        with suppress(MigrateError, psycopg.Error):  # the connection may be what failed
-            env.ledger.append(
-                conn, env.entry(ctx.run_id, "revert_failed", "error", details={"error": str(error)}, **ids)
-            )
+        error = from_driver(exc, f"{ctx.tenant.id}/{step.key}")
+        revert_failed(env, ctx, step, error)
         ctx.log.error("step_revert_failed", step=step.key, phase=step.phase, error=str(error))
         if error is exc:
             raise
         raise error from exc
     seconds = time.monotonic() - t0
-    with conn.transaction():
-        env.control.set_status(conn, tenant.id, step, StepStatus.REVERTED, run_id=ctx.run_id, details=details)
-        env.ledger.append(
-            conn,
-            env.entry(ctx.run_id, "reverted", "ok", details={**details, "seconds": round(seconds, 3)}, **ids),
-        )
+    reverted(env, ctx, step, details, seconds)
     ctx.log.info("step_reverted", step=step.key, phase=step.phase, seconds=round(seconds, 3))
-    return Reverted(tenant.id, step.key, step.kind, seconds, details)
+    return Reverted(
+        ctx.tenant.id, step.key, step.kind, seconds, details, summary=impl.summary(details, reverted=True)
+    )
 
 
-def _points_reverted(
-    env: Environment, conn: psycopg.Connection[Any], plan: TenantPlan, point: str, run_id: UUID
-) -> None:
-    """Rollback points after the target point are no longer passed."""
-    marker = [s.step_id for s in plan.steps].index(f"@{point}")
-    passed = {r.step_key for r in env.control.steps(conn, [plan.tenant.id]) if r.status is StepStatus.DONE}
-    for step in plan.steps[marker + 1 :]:
-        if step.is_point and step.key in passed:
-            env.control.set_status(conn, plan.tenant.id, step, StepStatus.REVERTED, run_id=run_id)
-
-
-def _start(
-    env: Environment,
-    conn: psycopg.Connection[Any],
-    run_id: UUID,
-    preview: RollbackPreview,
-    command: str,
-    discard: bool,
-) -> None:
-    with conn.transaction():
-        env.control.start_run(
-            conn,
-            run_id=run_id,
-            digest=env.loaded.digest,
-            command=command,
-            actor=env.actor,
-            host=env.host,
-            pid=env.pid,
-            dry_run=False,
-        )
-        for todo in preview.tenants:
-            tenant = todo.tenant
-            env.ledger.append(
-                conn,
-                env.entry(
-                    run_id,
-                    "rollback_started",
-                    "ok",
-                    tenant=tenant.id,
-                    wave=tenant.wave,
-                    details={
-                        "to": preview.point,
-                        "steps": [s.key for s in todo.steps],
-                        "discard_writes_since_cutover": discard,
-                    },
-                ),
-            )
-            if todo.cutover is not None:
-                # The user's decision, before anything is undone: these writes are given up.
-                cut = todo.cutover
-                env.ledger.append(
-                    conn,
-                    env.entry(
-                        run_id,
-                        "cutover_writes_discarded",
-                        "accepted",
-                        tenant=tenant.id,
-                        wave=tenant.wave,
-                        step=cut.step,
-                        details={
-                            "flag": cut.flag,
-                            "cutover_status": cut.status.value,
-                            "cutover_at": cut.at.astimezone(UTC).isoformat() if cut.at else None,
-                            "accepted_with": DISCARD_OPTION,
-                        },
-                    ),
-                )
-
-
-def _finish(
-    env: Environment,
-    conn: psycopg.Connection[Any],
-    run_id: UUID,
-    result: RollbackResult,
-    started: float,
-    outcome: str,
-) -> None:
+def _finish(book: RollbackRecord, result: RollbackResult, started: float, outcome: str) -> None:
     details = {
         "to": result.point,
         "reverted": [f"{r.tenant}:{r.key}" for r in result.steps],
@@ -492,12 +370,7 @@ def _finish(
         "seconds": round(time.monotonic() - started, 3),
     }
     try:
-        with conn.transaction():
-            env.control.finish_run(conn, run_id, outcome)
-            env.ledger.append(
-                conn,
-                env.entry(run_id, "rollback_finished", "ok" if outcome == "ok" else "error", details=details),
-            )
+        book.finished(outcome, details)
     except psycopg.Error as exc:
         if outcome == "ok":
             raise StepFailed(

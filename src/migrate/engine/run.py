@@ -13,22 +13,20 @@ any other failure marks the step ``failed``, writes a ``failed`` ledger entry
 and stops that tenant only. ``--max-failures K`` stops starting tenants after K
 failures; a stop request (Ctrl-C) ends every tenant at its next safe point.
 
-**Rehearsal** (``dry_run``) is the same walk with other sinks: each tenant's
+**Rehearsal** is the same walk with another ``Record`` (engine/sinks.py),
+chosen once by the api together with a recording flag provider: each tenant's
 steps run inside one target transaction that is rolled back at the end (the
-steps' own transactions become savepoints), flag flips go to a recording
-provider (api wires it in), and the only trace left is one ``rehearsed``
-ledger entry per step, written on a separate connection. Run state,
-checkpoints and holders are untouched.
+steps' own transactions become savepoints), and the only trace left is one
+``rehearsed`` ledger entry per step, written on a separate connection. Run
+state, checkpoints and holders are untouched.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Any
 from uuid import UUID, uuid4
@@ -36,41 +34,22 @@ from uuid import UUID, uuid4
 import psycopg
 
 from migrate.control.store import StepRecord
-from migrate.engine.retry import RetryPolicy, retrying
-from migrate.engine.session import (
-    Connect,
-    Environment,
-    TargetConnections,
-    TenantSession,
-    tenant_session,
-)
-from migrate.engine.sinks import RehearsalSink, Sink
-from migrate.errors import ArgumentError, Interrupted, MigrateError, StepFailed, TenantLocked
-from migrate.log import get_logger, redact
+from migrate.engine.retry import retrying
+from migrate.engine.session import Environment, TargetConnections, TenantSession
+from migrate.engine.sinks import RunRecord, Sink
+from migrate.errors import Interrupted, MigrateError, TenantLocked, from_driver
+from migrate.log import get_logger
 from migrate.plan.model import Plan, PlannedStep, StepStatus, TenantPlan, WavePlan
 from migrate.plan.waves import WaveStage, wave_states
 from migrate.steps import step_for
 from migrate.steps.context import Details, ProgressEvent, ProgressSink, no_progress
-
-__all__ = [
-    "Connect",
-    "Environment",
-    "RunOptions",
-    "RunResult",
-    "StepResult",
-    "TargetConnections",
-    "TenantResult",
-    "WaveResult",
-    "run",
-    "tenant_session",
-]
 
 
 @dataclass(frozen=True)
 class RunOptions:
     command: str = "run"
     jobs: int = 1
-    dry_run: bool = False
+    record: RunRecord = field(default_factory=RunRecord)  # a real run's traces, or a rehearsal's
     max_failures: int | None = None  # stop starting tenants after this many failed
     replan: bool = False  # accept a playbook that changed in substance (ledgered)
     stop: threading.Event = field(default_factory=threading.Event)  # set: stop at the next safe point
@@ -84,6 +63,8 @@ class StepResult:
     seconds: float = 0.0
     details: Mapping[str, Any] = field(default_factory=dict)
     error: str | None = None
+    summary: str | None = None  # what the step did, in one line (the kind says it: StepKind.summary)
+    moves: str = "nothing"  # what the step moves: traffic, data or nothing (its spec says)
 
 
 @dataclass
@@ -138,20 +119,12 @@ class RunResult:
         return "stopped" if self.stopped else "waiting"
 
 
-def _translate(exc: Exception, where: str) -> MigrateError:
-    if isinstance(exc, MigrateError):
-        if exc.where is None:
-            exc.where = where
-        return exc
-    # psycopg messages name tables and columns, never the DSN; redact anyway.
-    return StepFailed(redact(str(exc).strip()), where=where)
-
-
 def _run_step(
     session: TenantSession,
     env: Environment,
     step: PlannedStep,
     sink: Sink,
+    record: RunRecord,
     was: StepRecord | None,
     results: list[StepResult],
 ) -> None:
@@ -159,16 +132,17 @@ def _run_step(
     figures apply gathered (a failed validation's are the evidence), before raising."""
     ctx = session.ctx
     log = ctx.log.bind(phase=step.phase, step=step.step_id)
-    if step.is_point:
+    if step.spec is None:
         sink.passed(step)
         results.append(StepResult(step.key, step.kind, "passed"))
         return
-    assert step.spec is not None
     impl = step_for(step.spec)
+    moves = step.spec.moves
     sink.started(step, was if was is not None and was.status is StepStatus.RUNNING else None)
-    log.info("step_started", dry_run=ctx.dry_run)
+    log.info("step_started", rehearsal=record.rehearsal)
     started = time.monotonic()
     details: Details = {}
+    where = f"{ctx.tenant.id}/{step.key}"
     try:
         # apply and verify are idempotent: after a passing fault they run again on new
         # connections, and the backfill resumes after its last committed checkpoint.
@@ -177,30 +151,45 @@ def _run_step(
                 if attempt.retry_state.attempt_number > 1:
                     session.reconnect()
                 step_ctx = replace(session.ctx, log=log)
-                # In a rehearsal, a savepoint: a failing step leaves the tenant's transaction usable.
-                with step_ctx.target.transaction() if ctx.dry_run else nullcontext():
+                with record.step_transaction(step_ctx.target):
                     details = impl.apply(step_ctx)
                     impl.verify(step_ctx, details)
     except Interrupted as exc:
-        exc.where = exc.where or f"{ctx.tenant.id}/{step.key}"
+        stop = from_driver(exc, where)
         sink.stopped(step, {**details, "why": exc.message})
         log.warning("step_stopped", why=exc.message)
-        results.append(StepResult(step.key, step.kind, "stopped", time.monotonic() - started, details))
-        raise
+        results.append(
+            StepResult(step.key, step.kind, "stopped", time.monotonic() - started, details, moves=moves)
+        )
+        if stop is exc:
+            raise
+        raise stop from exc
     except Exception as exc:
-        error = _translate(exc, f"{ctx.tenant.id}/{step.key}")
+        error = from_driver(exc, where)
         seconds = time.monotonic() - started
-        results.append(StepResult(step.key, step.kind, "failed", seconds, details, error=str(error)))
+        results.append(
+            StepResult(step.key, step.kind, "failed", seconds, details, error=str(error), moves=moves)
+        )
         sink.failed(step, error, details)
         log.error("step_failed", error=str(error), seconds=round(seconds, 3))
         if not isinstance(exc, MigrateError | psycopg.Error):
             raise  # a bug: let it surface as an internal error, the state says "failed"
+        if error is exc:
+            raise
         raise error from exc
     seconds = time.monotonic() - started
     sink.applied(step, details, seconds)
-    log.info("step_rehearsed" if ctx.dry_run else "step_applied", seconds=round(seconds, 3))
+    log.info(f"step_{record.applied}", seconds=round(seconds, 3))
     results.append(
-        StepResult(step.key, step.kind, "rehearsed" if ctx.dry_run else "applied", seconds, details)
+        StepResult(
+            step.key,
+            step.kind,
+            record.applied,
+            seconds,
+            details,
+            summary=impl.summary(details, reverted=False),
+            moves=moves,
+        )
     )
 
 
@@ -231,6 +220,7 @@ def run_tenant(
     options: RunOptions | None = None,
 ) -> TenantResult:
     options = options or RunOptions()
+    record = options.record
     tenant = plan.tenant
     result = TenantResult(tenant.id, "done", wave=tenant.wave)
     if not plan.remaining:
@@ -243,43 +233,39 @@ def run_tenant(
     progress(ProgressEvent("tenant_started", tenant.id))
     own = targets is None
     targets = targets or TargetConnections(env.connect_target)
-    # A rehearsal's own rows in the control schema vanish with its transaction; a run id per
-    # tenant keeps concurrent rehearsals from waiting on each other's uncommitted rows.
-    state_run = uuid.uuid5(run_id, tenant.id) if options.dry_run else run_id
     session = TenantSession(
         env,
         tenant,
-        state_run,
+        record.state_run(run_id, tenant.id),
         progress,
         targets,
         command=options.command,
-        dry_run=options.dry_run,
+        record_holder=not record.rehearsal,
         stopping=options.stop.is_set,
     )
-    sink = RehearsalSink(session, env, run_id) if options.dry_run else Sink(session, env)
+    sink = record.sink(session, env, run_id)
     try:
         ctx = session.open()
         # Progress is read again under the lock: another runner may have moved on.
         records = {r.step_key: r for r in env.control.steps(ctx.target, [tenant.id])}
-        rehearsal = ctx.target.transaction(force_rollback=True) if options.dry_run else nullcontext()
-        with rehearsal:
+        with record.tenant_transaction(ctx.target):
             for step in plan.steps:
-                record = records.get(step.key)
-                if record is not None and record.status is StepStatus.DONE:
+                was = records.get(step.key)
+                if was is not None and was.status is StepStatus.DONE:
                     result.steps.append(StepResult(step.key, step.kind, "skipped"))
                     continue
                 if options.stop.is_set():
                     raise Interrupted(
                         "stopped on request before " + step.key, where=f"{tenant.id}/{step.key}"
                     )
-                _run_step(session, env, step, sink, record, result.steps)
+                _run_step(session, env, step, sink, record, was, result.steps)
     except Interrupted as exc:
         result.outcome, result.error = "stopped", exc
     except MigrateError as exc:
         result.outcome = "locked" if isinstance(exc, TenantLocked) else "failed"
         result.error = exc
     except psycopg.Error as exc:
-        result.outcome, result.error = "failed", _translate(exc, tenant.id)
+        result.outcome, result.error = "failed", from_driver(exc, tenant.id)
     finally:
         session.close()
         if own:
@@ -296,8 +282,7 @@ def _check_version(
     digest = env.loaded.digest
     accepted = env.control.accepted_digest(conn)
     if accepted is None:
-        if not options.dry_run:
-            env.control.accept_digest(conn, digest, env.actor)
+        options.record.accept(env, conn, run_id, None)
         return [], None
     old, since, by = accepted
     if old == digest:
@@ -306,19 +291,8 @@ def _check_version(
         f"playbook {env.loaded.playbook.name} changed in substance since its runs began "
         f"(version {old[:12]}, accepted {since:%Y-%m-%d %H:%M} by {by}; now {digest[:12]})"
     )
-    if options.dry_run:
-        return [f"{changed}: the real run needs --replan"], None
-    if not options.replan:
-        raise ArgumentError(
-            changed,
-            where=str(env.loaded.path),
-            hint=f"review 'migrate plan {env.loaded.path}', then run again with --replan "
-            "(the replan is ledgered); done steps stay done",
-        )
-    with conn.transaction():
-        env.control.accept_digest(conn, digest, env.actor)
-        env.ledger.append(conn, env.entry(run_id, "replanned", "ok", details={"from": old, "to": digest}))
-    return [], (old, digest)
+    warnings = options.record.changed_playbook(env, changed, options.replan)
+    return warnings, options.record.accept(env, conn, run_id, old)
 
 
 def _progress_of(
@@ -350,9 +324,7 @@ def run(
 ) -> RunResult:
     """Run the plan's tenants wave by wave (``jobs`` at a time); each tenant's failure is its own."""
     options = options or RunOptions()
-    if options.dry_run:
-        # A reconnect would lose the rehearsal's transaction: one attempt, the fault reported.
-        env = replace(env, retry=RetryPolicy(attempts=1))
+    env = replace(env, retry=options.record.retry)
     run_id = uuid4()
     targets = TargetConnections(env.connect_target)
     try:
@@ -370,34 +342,20 @@ def _run(
     progress: ProgressSink,
 ) -> RunResult:
     started = time.monotonic()
-    result = RunResult(run_id, [], dry_run=options.dry_run, digest=env.loaded.digest)
+    record = options.record
+    result = RunResult(run_id, [], dry_run=record.rehearsal, digest=env.loaded.digest)
     conn = targets.take()
     try:
         result.warnings, result.replanned = _check_version(env, conn, run_id, options)
         approved = set(env.control.approvals(conn))
-        if not options.dry_run:
-            with conn.transaction():
-                env.control.start_run(
-                    conn,
-                    run_id=run_id,
-                    digest=env.loaded.digest,
-                    command=options.command,
-                    actor=env.actor,
-                    host=env.host,
-                    pid=env.pid,
-                    dry_run=False,
-                )
-                env.ledger.append(
-                    conn, env.entry(run_id, "run_started", "ok", details={"command": options.command})
-                )
+        record.started(env, conn, run_id, options.command)
     finally:
         targets.give(conn)
     log = get_logger(run_id=str(run_id))
-    log.info("run_started", tenants=len(plan.tenants), jobs=options.jobs, dry_run=options.dry_run)
+    log.info("run_started", tenants=len(plan.tenants), jobs=options.jobs, rehearsal=record.rehearsal)
     progress(ProgressEvent("run_started", tenants=sum(1 for tp in plan.tenants if tp.remaining)))
     budget = _Budget(options.max_failures)
     rehearsed: set[str] = set()
-    playbook = str(env.loaded.path)
 
     def one(tp: TenantPlan) -> TenantResult:
         if budget.spent:
@@ -416,48 +374,47 @@ def _run(
         tenants = plan.in_wave(wave.name)
         if not tenants:
             continue
-        states = {
-            s.wave.name: s for s in wave_states(plan, _progress_of(env, targets, plan, rehearsed), approved)
-        }
-        state = states[wave.name]
-        note = None if state.may_start else _gate_note(wave, state.stage, state.blocked_by, playbook)
-        result.waves.append(WaveResult(wave.name, state.stage.value, note))
+        note = _wave_note(env, targets, plan, wave, rehearsed, approved, result)
         if note is not None and any(tp.remaining for tp in tenants):
-            if not options.dry_run:
+            if record.gate(note):
                 log.warning("wave_waiting", wave=wave.name, why=note)
-                result.tenants.extend(
-                    TenantResult(tp.tenant.id, "waiting", wave=wave.name, note=note)
-                    if tp.remaining
-                    else TenantResult(
-                        tp.tenant.id,
-                        "done",
-                        [StepResult(s.key, s.kind, "skipped") for s in tp.steps],
-                        wave=wave.name,
-                    )
-                    for tp in tenants
-                )
+                result.tenants.extend(_waiting(tp, note) for tp in tenants)
                 continue
             result.warnings.append(f"a real run would stop here: {note}")
         with ThreadPoolExecutor(max_workers=max(1, options.jobs), thread_name_prefix="tenant") as pool:
             done = list(pool.map(one, tenants))
         result.tenants.extend(done)
-        rehearsed.update(t.tenant for t in done if t.outcome == "done")
+        if record.rehearsal:
+            rehearsed.update(t.tenant for t in done if t.outcome == "done")
     result.seconds = time.monotonic() - started
-    if not options.dry_run:
-        conn = targets.take()
-        try:
-            with conn.transaction():
-                env.control.finish_run(conn, run_id, result.outcome)
-                env.ledger.append(
-                    conn,
-                    env.entry(
-                        run_id,
-                        "run_finished",
-                        result.outcome,
-                        details={r.tenant: r.outcome for r in result.tenants},
-                    ),
-                )
-        finally:
-            targets.give(conn)
-    log.info("run_finished", outcome=result.outcome, dry_run=options.dry_run)
+    conn = targets.take()
+    try:
+        record.finished(env, conn, run_id, result.outcome, {r.tenant: r.outcome for r in result.tenants})
+    finally:
+        targets.give(conn)
+    log.info("run_finished", outcome=result.outcome, rehearsal=record.rehearsal)
     return result
+
+
+def _wave_note(
+    env: Environment,
+    targets: TargetConnections,
+    plan: Plan,
+    wave: WavePlan,
+    rehearsed: set[str],
+    approved: set[str],
+    result: RunResult,
+) -> str | None:
+    """Why the wave may not start now (plan/waves.py decides), or None; the wave's stage is recorded."""
+    progress = _progress_of(env, targets, plan, rehearsed)
+    state = next(s for s in wave_states(plan, progress, approved) if s.wave.name == wave.name)
+    note = None if state.may_start else _gate_note(wave, state.stage, state.blocked_by, str(env.loaded.path))
+    result.waves.append(WaveResult(wave.name, state.stage.value, note))
+    return note
+
+
+def _waiting(tp: TenantPlan, note: str) -> TenantResult:
+    if not tp.remaining:
+        skipped = [StepResult(s.key, s.kind, "skipped") for s in tp.steps]
+        return TenantResult(tp.tenant.id, "done", skipped, wave=tp.tenant.wave)
+    return TenantResult(tp.tenant.id, "waiting", wave=tp.tenant.wave, note=note)

@@ -10,7 +10,7 @@ under the lock, and a runner that dies takes its lock with it.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -20,7 +20,7 @@ import psycopg
 from psycopg import pq
 
 from migrate.catalog.order import select_in_load_order
-from migrate.catalog.reflect import reflect
+from migrate.catalog.reflect import SourceTable, reflect
 from migrate.control.ledger import Entry, Ledger
 from migrate.control.store import ControlStore
 from migrate.engine.retry import RetryPolicy
@@ -68,6 +68,53 @@ class Environment:
             run_id=run_id,
             **kw,
         )
+
+
+def tenant_tables(env: Environment, source: psycopg.Connection[Any]) -> list[SourceTable]:
+    """The playbook's tables of this source (all when ``auto``, less global tables), in load order."""
+    pb = env.loaded.playbook
+    specs = pb.table_specs()
+    return select_in_load_order(
+        reflect(source, pb.source.schema_),
+        None if specs is None else [t.name for t in specs],
+        schema=pb.source.schema_,
+        exclude=pb.global_tables,
+    )
+
+
+def step_context(
+    env: Environment,
+    tenant: Tenant,
+    run_id: UUID,
+    target: psycopg.Connection[Any],
+    source: psycopg.Connection[Any] | None,
+    tables: Sequence[SourceTable] = (),
+    *,
+    progress: ProgressSink = no_progress,
+    stopping: Callable[[], bool] = never,
+) -> StepContext:
+    """The one place a StepContext is made, for run and rollback alike.
+
+    Without a source (a rollback's flag steps) the target stands in: steps that move
+    traffic touch the flag provider and the control schema only, so traffic goes back
+    even while a source is slow or down.
+    """
+    pb = env.loaded.playbook
+    return StepContext(
+        run_id=run_id,
+        tenant=tenant,
+        source=source if source is not None else target,
+        target=target,
+        source_schema=pb.source.schema_,
+        target_schema=pb.target.schema_,
+        tables=tuple(tables),
+        control=env.control,
+        flags=env.flags,
+        log=get_logger(run_id=str(run_id), tenant=tenant.id, wave=tenant.wave),
+        keys={t.name: t.key for t in pb.table_specs() or () if t.key},
+        progress=progress,
+        stopping=stopping,
+    )
 
 
 class TargetConnections:
@@ -125,7 +172,7 @@ class TenantSession:
         targets: TargetConnections,
         *,
         command: str = "run",
-        dry_run: bool = False,
+        record_holder: bool = True,
         stopping: Callable[[], bool] = never,
     ) -> None:
         self.env = env
@@ -134,7 +181,7 @@ class TenantSession:
         self.progress = progress
         self.targets = targets
         self.command = command
-        self.dry_run = dry_run
+        self.record_holder = record_holder
         self.stopping = stopping
         self._ctx: StepContext | None = None
 
@@ -147,7 +194,7 @@ class TenantSession:
         target = self.targets.take()
         try:
             self.env.control.lock_tenant(target, self.tenant.id)
-            if not self.dry_run:  # a rehearsal leaves the run state as it found it
+            if self.record_holder:  # a rehearsal leaves the run state as it found it
                 self.env.control.record_holder(
                     target,
                     self.tenant.id,
@@ -163,33 +210,20 @@ class TenantSession:
         return target, source
 
     def open(self) -> StepContext:
-        pb = self.env.loaded.playbook
         target, source = self._connect()
         try:
-            specs = pb.table_specs()
-            tables = select_in_load_order(
-                reflect(source, pb.source.schema_),
-                None if specs is None else [t.name for t in specs],
-                schema=pb.source.schema_,
-                exclude=pb.global_tables,
-            )
+            tables = tenant_tables(self.env, source)
         except BaseException:
             self._close(target, source)
             raise
-        self._ctx = StepContext(
-            run_id=self.run_id,
-            tenant=self.tenant,
-            source=source,
-            target=target,
-            source_schema=pb.source.schema_,
-            target_schema=pb.target.schema_,
-            tables=tuple(tables),
-            control=self.env.control,
-            flags=self.env.flags,
-            log=get_logger(run_id=str(self.run_id), tenant=self.tenant.id, wave=self.tenant.wave),
-            keys={t.name: t.key for t in specs or () if t.key},
+        self._ctx = step_context(
+            self.env,
+            self.tenant,
+            self.run_id,
+            target,
+            source,
+            tables,
             progress=self.progress,
-            dry_run=self.dry_run,
             stopping=self.stopping,
         )
         return self._ctx

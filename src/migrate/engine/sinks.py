@@ -1,26 +1,47 @@
-"""Where a step's state and ledger entries go: the sinks a run and a rehearsal differ by.
+"""Where state and ledger entries go: every state-plus-ledger commit of run and rollback lives here.
 
-A real run (``Sink``) writes the step's state and its ledger entry on the
-tenant's target connection, in one transaction with the step's effect where
-they share a database. A rehearsal (``RehearsalSink``) leaves the run state
-alone — its tenant's transaction is rolled back anyway — and appends one
-``rehearsed`` entry per step on a connection of its own, so the ledger keeps
-what the rehearsal did and found.
+A step's effect, its state and its ledger entry commit together where they share a
+database (CONVENTIONS 5), so each write below is one transaction on the connection
+that holds the tenant's lock.
+
+A run and a rehearsal differ only by the ``Record`` the api chooses, once:
+
+* ``RunRecord`` (a real run) writes the run's row and its ``run_started`` /
+  ``run_finished`` entries, the holder of each tenant's lock, the accepted playbook
+  version, and per step its state with its entry (``Sink``). Gates are enforced.
+* ``RehearsalRecord`` leaves the run state as it found it: each tenant's steps run in
+  one target transaction that is rolled back (the steps' own transactions become
+  savepoints, one per step so a failing step leaves the rest usable), and one
+  ``rehearsed`` entry per step is appended on a connection of its own
+  (``RehearsalSink``). Gates are reported, not enforced; a changed playbook warns.
+
+A rollback's records (``RollbackRecord``) write its start and finish and, through the
+same ``Sink``, each step's ``reverted`` state with its entry.
 """
 
 from __future__ import annotations
 
-from uuid import UUID
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
+from datetime import UTC
+from typing import Any
+from uuid import UUID, uuid5
 
 import psycopg
 
 from migrate.control.ledger import Entry
 from migrate.control.store import StepRecord
+from migrate.engine.retry import RetryPolicy
 from migrate.engine.session import Environment, TenantSession
-from migrate.errors import MigrateError
+from migrate.errors import ArgumentError, MigrateError
 from migrate.log import redact
 from migrate.plan.model import PlannedStep, StepStatus
-from migrate.steps.context import Details
+from migrate.playbook.model import Tenant
+from migrate.steps.context import Details, StepContext
+
+
+def _ids(tenant: Tenant, step: PlannedStep) -> dict[str, str]:
+    return {"tenant": tenant.id, "wave": tenant.wave, "phase": step.phase, "step": step.key}
 
 
 class Sink:
@@ -30,12 +51,10 @@ class Sink:
         self.session = session
         self.env = env
 
-    def ids(self, step: PlannedStep) -> dict[str, str]:
-        tenant = self.session.tenant
-        return {"tenant": tenant.id, "wave": tenant.wave, "phase": step.phase, "step": step.key}
-
     def _entry(self, step: PlannedStep, action: str, outcome: str, details: Details) -> Entry:
-        return self.env.entry(self.session.run_id, action, outcome, details=details, **self.ids(step))
+        return self.env.entry(
+            self.session.run_id, action, outcome, details=details, **_ids(self.session.tenant, step)
+        )
 
     def started(self, step: PlannedStep, left_by: StepRecord | None) -> None:
         conn, tenant = self.session.ctx.target, self.session.tenant.id
@@ -113,6 +132,38 @@ class Sink:
             session.ctx.log.error("failure_not_recorded", step=step.key, error=redact(str(exc)))
 
 
+def reverted(env: Environment, ctx: StepContext, step: PlannedStep, details: Details, seconds: float) -> None:
+    """A step reverted for a tenant: its ``reverted`` state and its entry, in one transaction."""
+    conn = ctx.target
+    with conn.transaction():
+        env.control.set_status(
+            conn, ctx.tenant.id, step, StepStatus.REVERTED, run_id=ctx.run_id, details=details
+        )
+        env.ledger.append(
+            conn,
+            env.entry(
+                ctx.run_id,
+                "reverted",
+                "ok",
+                details={**details, "seconds": round(seconds, 3)},
+                **_ids(ctx.tenant, step),
+            ),
+        )
+
+
+def revert_failed(env: Environment, ctx: StepContext, step: PlannedStep, error: MigrateError) -> None:
+    """A revert that failed, ledgered if the connection still lets us (it may be what failed)."""
+    try:
+        env.ledger.append(
+            ctx.target,
+            env.entry(
+                ctx.run_id, "revert_failed", "error", details={"error": str(error)}, **_ids(ctx.tenant, step)
+            ),
+        )
+    except (MigrateError, psycopg.Error) as exc:
+        ctx.log.error("failure_not_recorded", step=step.key, error=redact(str(exc)))
+
+
 class RehearsalSink(Sink):
     """Where a rehearsal's traces go: nothing in the run state, one ``rehearsed`` entry per step,
     appended on a connection of its own (the tenant's transaction is rolled back)."""
@@ -122,7 +173,9 @@ class RehearsalSink(Sink):
         self.run_id = run_id
 
     def _rehearsed(self, step: PlannedStep, outcome: str, details: Details) -> None:
-        entry = self.env.entry(self.run_id, "rehearsed", outcome, details=details, **self.ids(step))
+        entry = self.env.entry(
+            self.run_id, "rehearsed", outcome, details=details, **_ids(self.session.tenant, step)
+        )
         conn = self.session.targets.take()
         try:
             self.env.ledger.append(conn, entry)
@@ -146,3 +199,206 @@ class RehearsalSink(Sink):
             self._rehearsed(step, "error", {**details, "error": str(error)})
         except (MigrateError, psycopg.Error) as exc:
             self.session.ctx.log.error("rehearsal_not_recorded", step=step.key, error=redact(str(exc)))
+
+
+class RunRecord:
+    """How a real run leaves its traces (see the module docstring); the api picks it or a rehearsal's."""
+
+    rehearsal = False
+    applied = "applied"  # the outcome word of a step that did its work
+    retry = RetryPolicy()
+
+    def state_run(self, run_id: UUID, tenant: str) -> UUID:
+        """The run id the tenant's state rows carry."""
+        return run_id
+
+    def sink(self, session: TenantSession, env: Environment, run_id: UUID) -> Sink:
+        return Sink(session, env)
+
+    def tenant_transaction(self, conn: psycopg.Connection[Any]) -> AbstractContextManager[Any]:
+        """Around all of a tenant's steps: nothing in a real run (each step commits its own work)."""
+        return nullcontext()
+
+    def step_transaction(self, conn: psycopg.Connection[Any]) -> AbstractContextManager[Any]:
+        """Around one step's apply and verify: nothing in a real run."""
+        return nullcontext()
+
+    def changed_playbook(self, env: Environment, changed: str, replan: bool) -> list[str]:
+        """The playbook changed in substance: refused without ``--replan``, else accepted (by the caller)."""
+        if not replan:
+            raise ArgumentError(
+                changed,
+                where=str(env.loaded.path),
+                hint=f"review 'migrate plan {env.loaded.path}', then run again with --replan "
+                "(the replan is ledgered); done steps stay done",
+            )
+        return []
+
+    def accept(
+        self, env: Environment, conn: psycopg.Connection[Any], run_id: UUID, old: str | None
+    ) -> tuple[str, str] | None:
+        """Record the playbook version runs work to from now on (ledgered when it replaces one)."""
+        digest = env.loaded.digest
+        with conn.transaction():
+            env.control.accept_digest(conn, digest, env.actor)
+            if old is not None:
+                env.ledger.append(
+                    conn, env.entry(run_id, "replanned", "ok", details={"from": old, "to": digest})
+                )
+        return None if old is None else (old, digest)
+
+    def gate(self, note: str) -> bool:
+        """A wave may not start (``note`` says why): True when the run stops there."""
+        return True
+
+    def started(self, env: Environment, conn: psycopg.Connection[Any], run_id: UUID, command: str) -> None:
+        with conn.transaction():
+            env.control.start_run(
+                conn,
+                run_id=run_id,
+                digest=env.loaded.digest,
+                command=command,
+                actor=env.actor,
+                host=env.host,
+                pid=env.pid,
+                dry_run=False,
+            )
+            env.ledger.append(conn, env.entry(run_id, "run_started", "ok", details={"command": command}))
+
+    def finished(
+        self,
+        env: Environment,
+        conn: psycopg.Connection[Any],
+        run_id: UUID,
+        outcome: str,
+        tenants: dict[str, str],
+    ) -> None:
+        with conn.transaction():
+            env.control.finish_run(conn, run_id, outcome)
+            env.ledger.append(conn, env.entry(run_id, "run_finished", outcome, details=tenants))
+
+
+class RehearsalRecord(RunRecord):
+    """A rehearsal's traces: ``rehearsed`` entries only; everything else rolled back or left alone."""
+
+    rehearsal = True
+    applied = "rehearsed"
+    retry = RetryPolicy(attempts=1)  # a reconnect would lose the rehearsal's transaction
+
+    def state_run(self, run_id: UUID, tenant: str) -> UUID:
+        # A rehearsal's own rows in the control schema vanish with its transaction; a run id per
+        # tenant keeps concurrent rehearsals from waiting on each other's uncommitted rows.
+        return uuid5(run_id, tenant)
+
+    def sink(self, session: TenantSession, env: Environment, run_id: UUID) -> Sink:
+        return RehearsalSink(session, env, run_id)
+
+    def tenant_transaction(self, conn: psycopg.Connection[Any]) -> AbstractContextManager[Any]:
+        return conn.transaction(force_rollback=True)
+
+    def step_transaction(self, conn: psycopg.Connection[Any]) -> AbstractContextManager[Any]:
+        # A savepoint: a failing step leaves the tenant's transaction usable.
+        return conn.transaction()
+
+    def changed_playbook(self, env: Environment, changed: str, replan: bool) -> list[str]:
+        return [f"{changed}: the real run needs --replan"]
+
+    def accept(
+        self, env: Environment, conn: psycopg.Connection[Any], run_id: UUID, old: str | None
+    ) -> tuple[str, str] | None:
+        return None
+
+    def gate(self, note: str) -> bool:
+        return False  # reported as "a real run would stop here", the rehearsal goes on
+
+    def started(self, env: Environment, conn: psycopg.Connection[Any], run_id: UUID, command: str) -> None:
+        pass
+
+    def finished(
+        self,
+        env: Environment,
+        conn: psycopg.Connection[Any],
+        run_id: UUID,
+        outcome: str,
+        tenants: dict[str, str],
+    ) -> None:
+        pass
+
+
+class RollbackRecord:
+    """A rollback's start and finish, and the rollback points it un-passes."""
+
+    def __init__(self, env: Environment, conn: psycopg.Connection[Any], run_id: UUID) -> None:
+        self.env = env
+        self.conn = conn
+        self.run_id = run_id
+
+    def started(self, command: str, point: str, tenants: Sequence[Any], discard: bool) -> None:
+        """The run's row, one ``rollback_started`` per tenant and, before anything is undone, the
+        user's decision to give up writes since a cut-over (``cutover_writes_discarded``)."""
+        env, conn, run_id = self.env, self.conn, self.run_id
+        with conn.transaction():
+            env.control.start_run(
+                conn,
+                run_id=run_id,
+                digest=env.loaded.digest,
+                command=command,
+                actor=env.actor,
+                host=env.host,
+                pid=env.pid,
+                dry_run=False,
+            )
+            for todo in tenants:
+                tenant = todo.tenant
+                env.ledger.append(
+                    conn,
+                    env.entry(
+                        run_id,
+                        "rollback_started",
+                        "ok",
+                        tenant=tenant.id,
+                        wave=tenant.wave,
+                        details={
+                            "to": point,
+                            "steps": [s.key for s in todo.steps],
+                            "discard_writes_since_cutover": discard,
+                        },
+                    ),
+                )
+                if todo.cutover is not None:
+                    cut = todo.cutover
+                    env.ledger.append(
+                        conn,
+                        env.entry(
+                            run_id,
+                            "cutover_writes_discarded",
+                            "accepted",
+                            tenant=tenant.id,
+                            wave=tenant.wave,
+                            step=cut.step,
+                            details={
+                                "flag": cut.flag,
+                                "cutover_status": cut.status.value,
+                                "cutover_at": cut.at.astimezone(UTC).isoformat() if cut.at else None,
+                                "accepted_with": "--discard-writes-since-cutover",
+                            },
+                        ),
+                    )
+
+    def points_reverted(self, tenant: str, points: Sequence[PlannedStep]) -> None:
+        """Rollback points after the target point are no longer passed."""
+        records = self.env.control.steps(self.conn, [tenant])
+        passed = {r.step_key for r in records if r.status is StepStatus.DONE}
+        for step in points:
+            if step.key in passed:
+                self.env.control.set_status(self.conn, tenant, step, StepStatus.REVERTED, run_id=self.run_id)
+
+    def finished(self, outcome: str, details: dict[str, Any]) -> None:
+        with self.conn.transaction():
+            self.env.control.finish_run(self.conn, self.run_id, outcome)
+            self.env.ledger.append(
+                self.conn,
+                self.env.entry(
+                    self.run_id, "rollback_finished", "ok" if outcome == "ok" else "error", details=details
+                ),
+            )

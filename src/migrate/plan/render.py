@@ -3,24 +3,13 @@
 from __future__ import annotations
 
 from migrate.plan.model import Plan, PlannedStep
-from migrate.playbook.model import FlagStep
 
 
 def describe(step: PlannedStep, plan: Plan) -> str:
-    """One line saying what the step does, in the domain's words."""
-    spec = step.spec
-    if spec is None:
+    """One line saying what the step does, in the domain's words (the step's kind says it)."""
+    if step.spec is None:
         return f"rollback point '{step.step_id.removeprefix('@')}'"
-    tables = "every source table (FK order)" if plan.tables is None else ", ".join(plan.tables)
-    if spec.kind == "schema":
-        return f"shared tables in schema '{plan.target_schema}': tenant_id, composite keys, RLS forced"
-    if spec.kind == "backfill":
-        return f"copy {tables} with COPY, adding tenant_id"
-    if spec.kind == "validate":
-        return "compare row counts and checksums, source vs target, per table"
-    if isinstance(spec, FlagStep):
-        return f"{spec.action} flag '{spec.flag}' for the tenant"
-    return spec.kind
+    return step.spec.describe(plan.target_schema, plan.tables)
 
 
 def render_text(plan: Plan) -> str:

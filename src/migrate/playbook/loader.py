@@ -27,26 +27,18 @@ from ruamel.yaml.error import MarkedYAMLError
 from migrate.errors import PlaybookError
 from migrate.playbook.model import (
     STEP_KINDS,
-    BackfillStep,
-    FlagStep,
+    STEP_SPECS,
     Inventory,
     Playbook,
     RollbackPoint,
-    SchemaStep,
     Tenant,
-    ValidateStep,
     step_id,
 )
 
 Loc = tuple[str | int, ...]
 _SECRET_KEYS = {"dsn", "url", "password", "dsn_template", "token", "source_dsn"}
 
-_STEP_MODELS: dict[str, type[BaseModel]] = {
-    "schema": SchemaStep,
-    "backfill": BackfillStep,
-    "validate": ValidateStep,
-    "flag": FlagStep,
-}
+_STEP_MODELS: dict[str, type[BaseModel]] = {spec.kind_name(): spec for spec in STEP_SPECS}
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ variables and databases). Every model forbids unknown fields, so a typo such as
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Self, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
@@ -127,8 +127,51 @@ FlagsConfig = Annotated[
 ]
 
 
+Moves = Literal["traffic", "data", "nothing"]
+
+
 class StepBase(Model):
+    """What every step kind's spec has; a kind is this spec, its implementation in ``migrate.steps``
+    and one line in ``STEP_SPECS`` below and in ``migrate.steps.KINDS`` — nothing else switches on it."""
+
+    kind: str
     id: Slug | None = Field(default=None, description="Unique within the phase; defaults to kind.")
+
+    moves: ClassVar[Moves] = "nothing"
+    """What the step moves, so what its revert gives back: ``traffic`` (reverted first, before any
+    data, so the application is back on the old databases in seconds), ``data``, or ``nothing``."""
+
+    reports: ClassVar[Literal["rows", "validation"] | None] = None
+    """Which of the tenant's figures its details carry, for ``status``: ``rows`` copied (under
+    ``rows``; while it runs, its checkpoints'), or ``validation`` figures (``tables``, ``match``)."""
+
+    @classmethod
+    def kind_name(cls) -> str:
+        """The kind this spec class stands for, from its ``kind`` literal."""
+        (name,) = get_args(cls.model_fields["kind"].annotation)
+        return str(name)
+
+    @classmethod
+    def example(cls) -> Self:
+        """A valid spec of this kind with its defaults (docs and the step conformance suite)."""
+        return cls.model_validate({"kind": cls.kind_name()})
+
+    @property
+    def cuts_over(self) -> bool:
+        """Whether applying it sends the tenant's traffic to the shared schema (a cut-over)."""
+        return False
+
+    def describe(self, target_schema: str, tables: tuple[str, ...] | None) -> str:
+        """One line saying what the step does, for ``migrate plan``."""
+        return self.kind
+
+    def undo_note(self) -> str:
+        """What reverting it does, for the rollback preview ('' when it changes nothing)."""
+        return ""
+
+
+def _tables_text(tables: tuple[str, ...] | None) -> str:
+    return "every source table (FK order)" if tables is None else ", ".join(tables)
 
 
 class SchemaStep(StepBase):
@@ -136,6 +179,9 @@ class SchemaStep(StepBase):
     and check the tenant's source columns fit them."""
 
     kind: Literal["schema"]
+
+    def describe(self, target_schema: str, tables: tuple[str, ...] | None) -> str:
+        return f"shared tables in schema '{target_schema}': tenant_id, composite keys, RLS forced"
 
 
 class BackfillStep(StepBase):
@@ -149,11 +195,25 @@ class BackfillStep(StepBase):
         default=64, ge=1, le=4096, description="About this many MB (COPY stream) per committed chunk at most."
     )
 
+    moves: ClassVar[Moves] = "data"
+    reports: ClassVar[Literal["rows", "validation"] | None] = "rows"
+
+    def describe(self, target_schema: str, tables: tuple[str, ...] | None) -> str:
+        return f"copy {_tables_text(tables)} with COPY, adding tenant_id"
+
+    def undo_note(self) -> str:
+        return "delete the tenant's rows from the shared tables, children first, in batches"
+
 
 class ValidateStep(StepBase):
     """Compare row counts and content checksums of source and target per table."""
 
     kind: Literal["validate"]
+
+    reports: ClassVar[Literal["rows", "validation"] | None] = "validation"
+
+    def describe(self, target_schema: str, tables: tuple[str, ...] | None) -> str:
+        return "compare row counts and checksums, source vs target, per table"
 
 
 class FlagStep(StepBase):
@@ -163,11 +223,33 @@ class FlagStep(StepBase):
     flag: Slug
     action: Literal["enable", "disable"] = "enable"
 
+    moves: ClassVar[Moves] = "traffic"
+
+    @classmethod
+    def example(cls) -> Self:
+        return cls(kind="flag", flag="tenant-shared-db")
+
+    @property
+    def cuts_over(self) -> bool:
+        return self.action == "enable"
+
+    def describe(self, target_schema: str, tables: tuple[str, ...] | None) -> str:
+        return f"{self.action} flag '{self.flag}' for the tenant"
+
+    def undo_note(self) -> str:
+        return f"flag '{self.flag}' back as it was before"
+
 
 class RollbackPoint(Model):
     """A named marker between steps: ``rollback --to NAME`` reverts what follows it."""
 
     rollback_point: Slug
+
+
+STEP_SPECS: tuple[type[StepBase], ...] = (SchemaStep, BackfillStep, ValidateStep, FlagStep)
+"""Every step kind's spec, one line each: the loader, the plan and the docs derive from it."""
+
+STEP_KINDS: tuple[str, ...] = tuple(spec.kind_name() for spec in STEP_SPECS)
 
 
 def _item_tag(value: Any) -> str | None:
@@ -181,21 +263,25 @@ def _item_tag(value: Any) -> str | None:
     return getattr(value, "kind", None)
 
 
-Step = SchemaStep | BackfillStep | ValidateStep | FlagStep
-STEP_KINDS: tuple[str, ...] = ("schema", "backfill", "validate", "flag")
+Step = StepBase
+"""A step's spec, of any kind (narrow it with isinstance where a kind's own fields matter)."""
 
-PhaseItem = Annotated[
-    Annotated[SchemaStep, Tag("schema")]
-    | Annotated[BackfillStep, Tag("backfill")]
-    | Annotated[ValidateStep, Tag("validate")]
-    | Annotated[FlagStep, Tag("flag")]
-    | Annotated[RollbackPoint, Tag("rollback_point")],
-    Discriminator(
-        _item_tag,
-        custom_error_type="unknown_step_kind",
-        custom_error_message="unknown step kind",
-    ),
-]
+if TYPE_CHECKING:
+    PhaseItem = StepBase | RollbackPoint
+else:
+    PhaseItem = Annotated[
+        Union[  # built from STEP_SPECS at run time
+            (
+                *(Annotated[spec, Tag(spec.kind_name())] for spec in STEP_SPECS),
+                Annotated[RollbackPoint, Tag("rollback_point")],
+            )
+        ],
+        Discriminator(
+            _item_tag,
+            custom_error_type="unknown_step_kind",
+            custom_error_message="unknown step kind",
+        ),
+    ]
 
 
 class Wave(Model):

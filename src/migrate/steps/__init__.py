@@ -10,10 +10,14 @@ from migrate.steps.schema import SchemaStep
 from migrate.steps.validate import ValidateStep
 
 KINDS: dict[str, type[StepKind]] = {
-    SchemaStep.kind: SchemaStep,
-    BackfillStep.kind: BackfillStep,
-    ValidateStep.kind: ValidateStep,
-    FlagStep.kind: FlagStep,
+    impl.kind: impl
+    for impl in (
+        # One line per kind: its spec is in migrate.playbook.model.STEP_SPECS, in the same order.
+        SchemaStep,
+        BackfillStep,
+        ValidateStep,
+        FlagStep,
+    )
 }
 
 

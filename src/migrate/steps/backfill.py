@@ -51,7 +51,7 @@ from migrate.catalog.fit import check_fit, column_types
 from migrate.catalog.order import deferred_tables
 from migrate.catalog.reflect import SourceTable
 from migrate.control.store import Checkpoint
-from migrate.errors import Interrupted, StepFailed
+from migrate.errors import CheckFailed, Interrupted, StepFailed
 from migrate.playbook.model import BackfillStep as BackfillSpec
 from migrate.playbook.model import Step
 from migrate.steps.chunks import (
@@ -62,7 +62,7 @@ from migrate.steps.chunks import (
     upper_key,
     write_statement,
 )
-from migrate.steps.context import Details, ProgressEvent, StepContext
+from migrate.steps.context import Details, ProgressEvent, StepContext, local_transaction
 
 _EXEMPT = "SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user"
 # session_replication_role: superuser, or (PG 15+) a granted SET privilege.
@@ -75,12 +75,11 @@ _SOURCE_SIZES = (
     "SELECT c.relname, c.reltuples::bigint, pg_table_size(c.oid) FROM pg_class c"
     " WHERE c.relnamespace = to_regnamespace(%s) AND c.relkind IN ('r', 'p')"
 )
-_REPLICA = "SELECT set_config('session_replication_role', 'replica', true)"
 # A chunk's commit need not wait for the disk: its rows and its checkpoint are lost or kept together
 # (a server crash can only take the last chunks back, and their checkpoints with them), and the
 # step's own synchronous commit at the end flushes every chunk before it. Client crashes lose nothing.
-_CHUNK = "SELECT set_config('synchronous_commit', 'off', true)"
-_CHUNK_DEFERRED = _CHUNK + ", set_config('session_replication_role', 'replica', true)"
+_CHUNK = {"synchronous_commit": "off"}
+_CHUNK_DEFERRED = {**_CHUNK, "session_replication_role": "replica"}
 _BELIEVED = (
     "SELECT c.relname, c.reltuples FROM pg_class c"
     " WHERE c.relnamespace = to_regnamespace(%s) AND c.relkind IN ('r', 'p')"
@@ -158,7 +157,6 @@ def _accounted(ctx: StepContext, table: str, found: int, rows_copied: int) -> No
 
 class BackfillStep:
     kind: ClassVar[str] = "backfill"
-    irreversible: ClassVar[bool] = False
 
     def __init__(self, spec: Step) -> None:
         self.spec = spec
@@ -238,8 +236,7 @@ class BackfillStep:
             chunk_started = time.monotonic()
             rows = nbytes = 0
             # The chunk's rows and its checkpoint: one transaction, so a kill keeps both or neither.
-            with ctx.target.transaction():
-                ctx.target.execute(_CHUNK_DEFERRED if plan.deferred else _CHUNK)
+            with local_transaction(ctx.target, _CHUNK_DEFERRED if plan.deferred else _CHUNK):
                 if upper is not None:
                     # In this snapshot no key is past the last one: the final chunk needs no upper
                     # bound, and a table in one chunk is read whole (a sequential scan).
@@ -253,10 +250,6 @@ class BackfillStep:
                     done=final,
                     last_key=upper if upper is not None else last,
                 )
-            if plan.deferred and ctx.dry_run:
-                # The chunk's "transaction" was a savepoint of the rehearsal's: SET LOCAL outlives
-                # it, and the next table's foreign keys must be checked as in a real run.
-                ctx.target.execute("SELECT set_config('session_replication_role', 'origin', true)")
             if upper is None:
                 break
             last = upper
@@ -354,6 +347,30 @@ class BackfillStep:
         ctx.log.info("tenant_rows_deleted", rows=sum(deleted.values()))
         return {"deleted": deleted, "batches": batches}
 
+    def verify_reverted(self, ctx: StepContext, details: Mapping[str, Any]) -> None:
+        """The tenant has no row left in any of its shared tables, and no checkpoint."""
+        left = {t: n for t, n in held(ctx, {t.name: False for t in ctx.tables}).items() if n}
+        if left:
+            raise CheckFailed(
+                f"tenant '{ctx.tenant.id}' still has rows in {', '.join(sorted(left))} after its backfill "
+                "was reverted",
+                hint="run the same rollback again: it deletes what is left",
+            )
+        kept = ctx.control.checkpoints(ctx.target, ctx.tenant.id)
+        if any(name in kept for name in (t.name for t in ctx.tables)):
+            raise CheckFailed(
+                f"tenant '{ctx.tenant.id}' still has backfill checkpoints after its rows were deleted",
+                hint="run the same rollback again",
+            )
+
+    def summary(self, details: Mapping[str, Any], *, reverted: bool) -> str | None:
+        deleted = details.get("deleted")
+        if not reverted or not isinstance(deleted, Mapping):
+            return None
+        batches = details.get("batches")
+        count = sum(batches.values()) if isinstance(batches, Mapping) else None
+        return f"{sum(deleted.values()):,} rows deleted" + (f" in {count} batches" if count else "")
+
 
 def _check_foreign_keys(ctx: StepContext, table: SourceTable) -> None:
     """Load-then-validate: one anti-join per foreign key of a table loaded with its checks off."""
@@ -426,8 +443,7 @@ def _delete_batch(
     # Asynchronous commit, as for the copy's chunks: a server crash can only bring the last
     # batches back, for the next rollback to delete; the engine's synchronous commit of the
     # step's 'reverted' state comes after every batch.
-    with ctx.target.transaction():
-        ctx.target.execute(_CHUNK_DEFERRED if unchecked else _CHUNK)
+    with local_transaction(ctx.target, _CHUNK_DEFERRED if unchecked else _CHUNK):
         return int(ctx.target.execute(statement, params).rowcount)
 
 

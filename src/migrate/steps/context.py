@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol
 from uuid import UUID
 
 import psycopg
+from psycopg import pq
 
 from migrate.catalog.reflect import SourceTable
 from migrate.control.store import ControlStore
@@ -61,11 +63,12 @@ class StepContext:
     end where the block ends (shared/notes/postgres.md, pitfall 2). The target
     connection also holds the tenant's lock: a step never closes it.
 
-    In a rehearsal (``dry_run``) the engine has opened a transaction on the
-    target that it rolls back at the end: the step's own transactions become
-    savepoints and the same code runs. ``stopping()`` turns true when the user
-    asked the run to stop: a long step checks it at its safe points (between
-    committed chunks) and raises Interrupted.
+    In a rehearsal the engine has opened a transaction on the target that it
+    rolls back at the end: the step's own transactions become savepoints and the
+    same code runs (``local_transaction`` keeps their settings local all the
+    same). ``stopping()`` turns true when the user asked the run to stop: a long
+    step checks it at its safe points (between committed chunks) and raises
+    Interrupted.
     """
 
     run_id: UUID
@@ -80,15 +83,14 @@ class StepContext:
     log: Any
     keys: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # keys declared in the playbook
     progress: ProgressSink = no_progress
-    dry_run: bool = False
     stopping: Callable[[], bool] = never
 
 
 class StepKind(Protocol):
-    """One kind of step: apply is idempotent, verify checks it, revert undoes it."""
+    """One kind of step: apply is idempotent, verify checks it, revert undoes it, verify_reverted
+    checks that. Its spec (``migrate.playbook.model``) says what it moves and how to describe it."""
 
     kind: ClassVar[str]
-    irreversible: ClassVar[bool]
 
     def __init__(self, spec: Step) -> None: ...
 
@@ -103,3 +105,31 @@ class StepKind(Protocol):
     def revert(self, ctx: StepContext, details: Mapping[str, Any]) -> Details:
         """Undo apply, using what apply recorded; idempotent too."""
         ...
+
+    def verify_reverted(self, ctx: StepContext, details: Mapping[str, Any]) -> None:
+        """Raise CheckFailed unless the revert's effect is in place (``details``: what revert returned)."""
+        ...
+
+    def summary(self, details: Mapping[str, Any], *, reverted: bool) -> str | None:
+        """One line of what apply (or revert) did, for the run's and the rollback's output; None: nothing."""
+        ...
+
+
+@contextmanager
+def local_transaction(conn: psycopg.Connection[Any], settings: Mapping[str, str]) -> Iterator[None]:
+    """A transaction with ``settings`` (SET LOCAL) that end with it, even when it is only a savepoint.
+
+    Inside an outer transaction (a rehearsal's), ``transaction()`` is a savepoint and SET LOCAL
+    would outlive it until the outer one ends: the settings are then put back explicitly.
+    """
+    nested = conn.info.transaction_status != pq.TransactionStatus.IDLE
+    before: dict[str, str] = {}
+    with conn.transaction():
+        for name, value in settings.items():
+            if nested:
+                row = conn.execute("SELECT current_setting(%s)", (name,)).fetchone()
+                before[name] = str(row[0]) if row else ""
+            conn.execute("SELECT set_config(%s, %s, true)", (name, value))
+        yield
+    for name, value in before.items():
+        conn.execute("SELECT set_config(%s, %s, true)", (name, value))

@@ -22,7 +22,6 @@ from migrate.steps.context import Details, StepContext
 
 class FlagStep:
     kind: ClassVar[str] = "flag"
-    irreversible: ClassVar[bool] = False
 
     def __init__(self, spec: Step) -> None:
         assert isinstance(spec, FlagSpec)
@@ -91,3 +90,28 @@ class FlagStep:
             ctx.target, ctx.tenant.id, self.checkpoint_key, rows_copied=0, done=True, last_key=None
         )
         return {"flag": change.flag, "restored": True, "was": change.before, "now": change.after}
+
+    def verify_reverted(self, ctx: StepContext, details: Mapping[str, Any]) -> None:
+        if not details.get("restored"):
+            return  # no flip was ever started
+        seen = ctx.flags.is_enabled(self.spec.flag, ctx.tenant.id)
+        if seen != bool(details.get("now")):
+            raise CheckFailed(
+                f"flag '{self.spec.flag}' reads {_on_off(seen)} for tenant '{ctx.tenant.id}' after it was "
+                f"restored to {_on_off(bool(details.get('now')))}",
+                hint="check the flag's other strategies; 'migrate flags status PLAYBOOK' shows them",
+            )
+
+    def summary(self, details: Mapping[str, Any], *, reverted: bool) -> str | None:
+        if reverted:
+            if not details.get("restored"):
+                return None
+            return f"flag '{details.get('flag')}' {_on_off(bool(details.get('now')))} again"
+        if "after" not in details:
+            return None
+        before, after = _on_off(bool(details.get("before"))), _on_off(bool(details.get("after")))
+        return f"{details.get('flag')}: " + (f"{before} -> {after}" if before != after else f"stays {after}")
+
+
+def _on_off(value: bool) -> str:
+    return "on" if value else "off"

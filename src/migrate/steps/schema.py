@@ -20,6 +20,7 @@ from psycopg import sql
 from migrate.catalog import ddl
 from migrate.catalog.fit import check_fit, column_types
 from migrate.catalog.reflect import reflect_schema
+from migrate.control import locks
 from migrate.playbook.model import Step
 from migrate.steps.context import Details, StepContext
 
@@ -50,7 +51,6 @@ def _missing(ctx: StepContext, shared: ddl.SharedSchema) -> tuple[list[ddl.State
 
 class SchemaStep:
     kind: ClassVar[str] = "schema"
-    irreversible: ClassVar[bool] = False
 
     def __init__(self, spec: Step) -> None:
         self.spec = spec
@@ -65,8 +65,8 @@ class SchemaStep:
         if _missing(ctx, shared)[0]:
             with ctx.target.transaction():
                 ctx.target.execute(
-                    "SELECT pg_advisory_xact_lock(hashtext('migrate.schema'), hashtext(%s))",
-                    (ctx.target_schema,),
+                    "SELECT pg_advisory_xact_lock(hashtext(%s), hashtext(%s))",
+                    (locks.SCHEMA, ctx.target_schema),
                 )
                 ctx.target.execute(
                     sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(ctx.target_schema))
@@ -91,3 +91,9 @@ class SchemaStep:
     def revert(self, ctx: StepContext, details: Mapping[str, Any]) -> Details:
         # The shared tables hold every tenant's rows: one tenant's rollback never drops them.
         return {"kept": list(details.get("tables", []))}
+
+    def verify_reverted(self, ctx: StepContext, details: Mapping[str, Any]) -> None:
+        """Nothing to check: the shared tables stay for the other tenants."""
+
+    def summary(self, details: Mapping[str, Any], *, reverted: bool) -> str | None:
+        return None

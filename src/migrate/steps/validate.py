@@ -56,7 +56,6 @@ def mismatch_summary(figures: Mapping[str, Mapping[str, Any]]) -> str:
 
 class ValidateStep:
     kind: ClassVar[str] = "validate"
-    irreversible: ClassVar[bool] = False
 
     def __init__(self, spec: Step) -> None:
         self.spec = spec
@@ -96,3 +95,9 @@ class ValidateStep:
 
     def revert(self, ctx: StepContext, details: Mapping[str, Any]) -> Details:
         return {}  # validation changes nothing
+
+    def verify_reverted(self, ctx: StepContext, details: Mapping[str, Any]) -> None:
+        """Nothing to check: validation changes nothing."""
+
+    def summary(self, details: Mapping[str, Any], *, reverted: bool) -> str | None:
+        return None

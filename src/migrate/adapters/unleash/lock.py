@@ -14,13 +14,11 @@ from typing import Any
 
 import psycopg
 
+from migrate.control import locks
 from migrate.errors import StepFailed
 
 FlagLock = Callable[[str], AbstractContextManager[None]]
 """Holds the lock for one key (a flag in one environment) while the block runs."""
-
-LOCK_CLASS = "migrate.flag"
-
 
 def advisory_lock(connect: Callable[[], psycopg.Connection[Any]], *, wait_seconds: float = 60.0) -> FlagLock:
     """A lock per key, shared by every runner that reaches the database ``connect`` opens."""
@@ -30,7 +28,7 @@ def advisory_lock(connect: Callable[[], psycopg.Connection[Any]], *, wait_second
         with connect() as conn:
             conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{int(wait_seconds * 1000)}ms",))
             try:
-                conn.execute("SELECT pg_advisory_lock(hashtext(%s), hashtext(%s))", (LOCK_CLASS, key))
+                conn.execute("SELECT pg_advisory_lock(hashtext(%s), hashtext(%s))", (locks.FLAG, key))
             except psycopg.errors.LockNotAvailable as exc:
                 raise StepFailed(
                     f"waited {wait_seconds:.0f} s for the lock of flag {key!r}: another runner holds it",
@@ -40,6 +38,6 @@ def advisory_lock(connect: Callable[[], psycopg.Connection[Any]], *, wait_second
                 yield
             finally:
                 if not conn.closed:
-                    conn.execute("SELECT pg_advisory_unlock(hashtext(%s), hashtext(%s))", (LOCK_CLASS, key))
+                    conn.execute("SELECT pg_advisory_unlock(hashtext(%s), hashtext(%s))", (locks.FLAG, key))
 
     return hold
