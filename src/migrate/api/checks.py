@@ -67,23 +67,18 @@ def _tables(
         None if specs is None else [t.name for t in specs],
         schema=pb.source.schema_,
     )
-    known = [t.name for t in tables]
-    for name in wanted:
-        if name not in known:
-            raise ArgumentError(
-                f"table '{name}' is not among the tables playbook {loaded.path.name} migrates",
-                where="--table",
-                hint=f"its tables are: {', '.join(known)}",
-            )
+    _check_known(loaded, wanted, [t.name for t in tables])
     return [t for t in tables if t.name in wanted] if wanted else tables
 
 
 def _check_declared(loaded: LoadedPlaybook, wanted: Sequence[str]) -> None:
     """``--table`` names a table the playbook lists (when it lists them; ``auto`` needs a source)."""
     specs = loaded.playbook.table_specs()
-    if specs is None:
-        return
-    known = [t.name for t in specs]
+    if specs is not None:
+        _check_known(loaded, wanted, [t.name for t in specs])
+
+
+def _check_known(loaded: LoadedPlaybook, wanted: Sequence[str], known: Sequence[str]) -> None:
     for name in wanted:
         if name not in known:
             raise ArgumentError(

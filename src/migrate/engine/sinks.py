@@ -164,6 +164,19 @@ def revert_failed(env: Environment, ctx: StepContext, step: PlannedStep, error: 
         ctx.log.error("failure_not_recorded", step=step.key, error=redact(str(exc)))
 
 
+def _start_run(env: Environment, conn: psycopg.Connection[Any], run_id: UUID, command: str) -> None:
+    env.control.start_run(
+        conn,
+        run_id=run_id,
+        digest=env.loaded.digest,
+        command=command,
+        actor=env.actor,
+        host=env.host,
+        pid=env.pid,
+        dry_run=False,
+    )
+
+
 class RehearsalSink(Sink):
     """Where a rehearsal's traces go: nothing in the run state, one ``rehearsed`` entry per step,
     appended on a connection of its own (the tenant's transaction is rolled back)."""
@@ -253,16 +266,7 @@ class RunRecord:
 
     def started(self, env: Environment, conn: psycopg.Connection[Any], run_id: UUID, command: str) -> None:
         with conn.transaction():
-            env.control.start_run(
-                conn,
-                run_id=run_id,
-                digest=env.loaded.digest,
-                command=command,
-                actor=env.actor,
-                host=env.host,
-                pid=env.pid,
-                dry_run=False,
-            )
+            _start_run(env, conn, run_id, command)
             env.ledger.append(conn, env.entry(run_id, "run_started", "ok", details={"command": command}))
 
     def finished(
@@ -338,16 +342,7 @@ class RollbackRecord:
         user's decision to give up writes since a cut-over (``cutover_writes_discarded``)."""
         env, conn, run_id = self.env, self.conn, self.run_id
         with conn.transaction():
-            env.control.start_run(
-                conn,
-                run_id=run_id,
-                digest=env.loaded.digest,
-                command=command,
-                actor=env.actor,
-                host=env.host,
-                pid=env.pid,
-                dry_run=False,
-            )
+            _start_run(env, conn, run_id, command)
             for todo in tenants:
                 tenant = todo.tenant
                 env.ledger.append(
