@@ -147,3 +147,16 @@ def test_the_cli_exits_2_naming_the_typo_and_writes_nothing(tmp_path: Path, envi
     assert "--wave" in done.stderr and "canary, main" in done.stderr
     assert "Traceback" not in done.stderr and "cannot connect" not in done.stderr
     assert nothing_written(tmp_path) == []
+
+
+def test_every_name_the_api_exports_is_its_home_definition_whatever_was_imported_first() -> None:
+    """api.run is the function even after its module was imported directly (lazy names, no shadowing)."""
+    probe = (
+        "import importlib, pkgutil, migrate.api as api\n"
+        "for m in pkgutil.iter_modules(api.__path__): importlib.import_module('migrate.api.' + m.name)\n"
+        "bad = [n for n in api.__all__ if type(getattr(api, n)).__name__ == 'module']\n"
+        "assert not bad, bad\n"
+        "assert api.run is importlib.import_module(api._HOME['run']).run\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr

@@ -1,9 +1,11 @@
 """The library facade: one function per command, each returning a result; nothing prints or exits.
 
-By noun: ``run`` (plan, run, approve, rollback), ``status`` (status, flags
-status), ``ledger``, ``checks`` (verify, diff, isolation-check), ``flags``
-(sync), ``schema`` (schema generate), ``settings`` (environment variables to
-connections and providers) and ``demo``. Every command checks its arguments
+By noun: ``runs`` (plan, run, approve, rollback), ``state`` (status, flags
+status), ``audit`` (ledger show, verify, export), ``checks`` (verify, diff,
+isolation-check), ``flags`` (sync), ``schema`` (schema generate), ``settings``
+(environment variables to connections and providers) and ``demo``. No module is
+named like a command function (``api.run`` is always the function, whichever
+module was imported first). Every command checks its arguments
 and the playbook before any I/O: no connection opens, no alembic runs and no
 file is written for a typo. The CLI imports this package only; the result
 types it renders are re-exported here.
@@ -19,13 +21,13 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from migrate.api.audit import LedgerExport, LedgerReport, ledger, ledger_export
     from migrate.api.checks import TenantFigures, VerifyResult, diff, isolation_check, verify
     from migrate.api.flags import FlagsSync, FlagSummary, FlagSynced, flags_sync
-    from migrate.api.ledger import LedgerExport, LedgerReport, ledger, ledger_export
-    from migrate.api.run import approve, plan, rollback, rollback_preview, run
+    from migrate.api.runs import approve, plan, rollback, rollback_preview, run
     from migrate.api.schema import schema_generate
     from migrate.api.settings import Environ, connect, environment
-    from migrate.api.status import (
+    from migrate.api.state import (
         AcceptedVersion,
         FlagsStatus,
         NextCommand,
@@ -48,21 +50,21 @@ if TYPE_CHECKING:
     from migrate.steps.context import ProgressEvent, ProgressSink
 
 _HOME = {
-    "AcceptedVersion": "migrate.api.status",
+    "AcceptedVersion": "migrate.api.state",
     "Approved": "migrate.engine.gates",
     "DiffResult": "migrate.checks.diff",
     "Environ": "migrate.api.settings",
     "Finding": "migrate.checks.isolation",
     "FlagSummary": "migrate.api.flags",
     "FlagSynced": "migrate.api.flags",
-    "FlagsStatus": "migrate.api.status",
+    "FlagsStatus": "migrate.api.state",
     "FlagsSync": "migrate.api.flags",
     "GenerateResult": "migrate.schemagen.generate",
     "Holder": "migrate.control.store",
     "IsolationReport": "migrate.checks.isolation",
-    "LedgerExport": "migrate.api.ledger",
-    "LedgerReport": "migrate.api.ledger",
-    "NextCommand": "migrate.api.status",
+    "LedgerExport": "migrate.api.audit",
+    "LedgerReport": "migrate.api.audit",
+    "NextCommand": "migrate.api.state",
     "Plan": "migrate.plan",
     "ProgressEvent": "migrate.steps.context",
     "ProgressSink": "migrate.steps.context",
@@ -70,31 +72,31 @@ _HOME = {
     "RollbackPreview": "migrate.engine.rollback",
     "RollbackResult": "migrate.engine.rollback",
     "RunResult": "migrate.engine.run",
-    "Status": "migrate.api.status",
-    "StepNow": "migrate.api.status",
+    "Status": "migrate.api.state",
+    "StepNow": "migrate.api.state",
     "StepResult": "migrate.engine.run",
     "TenantFigures": "migrate.api.checks",
-    "TenantFlags": "migrate.api.status",
+    "TenantFlags": "migrate.api.state",
     "TenantResult": "migrate.engine.run",
-    "TenantStatus": "migrate.api.status",
+    "TenantStatus": "migrate.api.state",
     "VerifyResult": "migrate.api.checks",
-    "WaveStatus": "migrate.api.status",
-    "approve": "migrate.api.run",
+    "WaveStatus": "migrate.api.state",
+    "approve": "migrate.api.runs",
     "connect": "migrate.api.settings",
     "diff": "migrate.api.checks",
     "environment": "migrate.api.settings",
-    "flags_status": "migrate.api.status",
+    "flags_status": "migrate.api.state",
     "flags_sync": "migrate.api.flags",
     "isolation_check": "migrate.api.checks",
-    "ledger": "migrate.api.ledger",
-    "ledger_export": "migrate.api.ledger",
-    "plan": "migrate.api.run",
+    "ledger": "migrate.api.audit",
+    "ledger_export": "migrate.api.audit",
+    "plan": "migrate.api.runs",
     "render_text": "migrate.plan",
-    "rollback": "migrate.api.run",
-    "rollback_preview": "migrate.api.run",
-    "run": "migrate.api.run",
+    "rollback": "migrate.api.runs",
+    "rollback_preview": "migrate.api.runs",
+    "run": "migrate.api.runs",
     "schema_generate": "migrate.api.schema",
-    "status": "migrate.api.status",
+    "status": "migrate.api.state",
     "verify": "migrate.api.checks",
 }
 

@@ -2,7 +2,7 @@
 
 Every command reads its settings from the ``environ`` mapping it is given
 (``os.environ`` by default). Nothing here prints or exits; nothing here runs
-before the command's arguments are checked (see ``migrate.api.run``).
+before the command's arguments are checked (see ``migrate.api.runs``).
 
 ==============================  =================================================
 ``target.dsn_env``              the shared target database (demo: MIGRATE_TARGET_DSN)
