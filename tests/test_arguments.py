@@ -158,5 +158,7 @@ def test_every_name_the_api_exports_is_its_home_definition_whatever_was_imported
         "assert not bad, bad\n"
         "assert api.run is importlib.import_module(api._HOME['run']).run\n"
     )
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=False
+    )
     assert done.returncode == 0, done.stderr
