@@ -19,7 +19,7 @@ from psycopg import sql
 from rich.console import Console
 from structlog.testing import capture_logs
 
-from conftest import DatabaseFactory, dsn_for
+from databases import DatabaseFactory
 from migrate import api
 from migrate.cli.render import CopyProgress
 from migrate.control import schema as control_schema
@@ -31,7 +31,7 @@ from migrate.playbook.model import BackfillStep, SchemaStep
 from migrate.steps import step_for
 from migrate.steps.chunks import copy_chunk, read_statement, table_plans, write_statement
 from migrate.steps.context import ProgressEvent
-from world import ROOT, TABLES, World, make_world
+from world import CYCLE, ROOT, TABLES, custom_world, make_world
 
 EVERYTHING = """
 CREATE TABLE everything (
@@ -76,40 +76,6 @@ SELECT g, g * 7, g / 3.0, repeat('x', g % 17), decode(md5(g::text), 'hex'),
        CASE WHEN g % 3 = 0 THEN NULL ELSE ARRAY[g::text, ''] END
 FROM generate_series(4, 500) AS g;
 """
-
-CYCLE = """
-CREATE TABLE teams (id bigint PRIMARY KEY, name text NOT NULL, lead_id bigint);
-CREATE TABLE members (
-    id bigint PRIMARY KEY,
-    team_id bigint NOT NULL REFERENCES teams (id),
-    mentor_id bigint REFERENCES members (id),
-    name text NOT NULL
-);
-ALTER TABLE teams ADD FOREIGN KEY (lead_id) REFERENCES members (id);
-BEGIN;
-SET CONSTRAINTS ALL IMMEDIATE;
-INSERT INTO teams SELECT t, 'team ' || t, NULL FROM generate_series(1, 20) AS t;
--- Mentors come later in key order than the members they mentor: forward references across chunks.
-INSERT INTO members SELECT m, 1 + m % 20, NULL, 'member ' || m FROM generate_series(1, 400) AS m;
-UPDATE members SET mentor_id = 1 + (id + 150) % 400;
-UPDATE teams SET lead_id = 400 - id;
-COMMIT;
-"""
-
-
-def custom_world(factory: DatabaseFactory, tmp_path: Path, ddl: str, tenants: tuple[str, ...]) -> World:
-    """A target and one source per tenant, each built by ``ddl`` (with its rows)."""
-    prefix = f"tm_test_b{uuid.uuid4().hex[:8]}_"
-    world = World(factory.admin_dsn, factory.create("target"), prefix, tmp_path / "flags.json")
-    for tenant in tenants:
-        name = f"{prefix}{tenant}"
-        with psycopg.connect(factory.admin_dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        factory.created.append(name)
-        with psycopg.connect(dsn_for(factory.admin_dsn, name), autocommit=True) as conn:
-            conn.execute(ddl)
-        world.tenants[tenant] = 1
-    return world
 
 
 def playbook(

@@ -6,20 +6,17 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import psycopg
-from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from conftest import DatabaseFactory
+from databases import DatabaseFactory
+from kill import application_name, assert_no_gap_no_duplicate, checkpoints, chunked_playbook, start_run
 from migrate import api
-from world import DEMO, ROOT, TABLES, World, make_world
+from world import DEMO, ROOT, TABLES, make_world
 
 
 def test_kill_9_mid_backfill_then_run_again_gives_exact_counts_and_checksums(
@@ -71,93 +68,6 @@ AUDIT = (
     " INSERT INTO audit_log SELECT timestamptz '2024-01-01' + (g / 5) * interval '1 s', g % 3, 'event ' || g"
     " FROM generate_series(1, 6000) AS g;"
 )
-
-
-def chunked_playbook(
-    tmp_path: Path, tenants: tuple[str, ...], chunk_rows: int, *, keyless: bool = False
-) -> Path:
-    """The demo's tables (and a keyless table with a declared, non-unique key), small chunks, validation."""
-    tables = ", ".join(TABLES) + (", {name: audit_log, key: [at, seq]}" if keyless else "")
-    path = tmp_path / "chunked.yaml"
-    path.write_text(
-        "version: 1\nname: chunked\n"
-        "target: {dsn_env: MIGRATE_TARGET_DSN, schema: app}\n"
-        "source: {dsn_template_env: MIGRATE_SOURCE_DSN_TEMPLATE, schema: public}\n"
-        f"tenants: [{', '.join('{id: ' + t + '}' for t in tenants)}]\n"
-        f"tables: [{tables}]\n"
-        "phases:\n  - name: copy\n    steps:\n      - kind: schema\n"
-        f"      - {{kind: backfill, chunk_rows: {chunk_rows}}}\n      - kind: validate\n"
-    )
-    return path
-
-
-@dataclass
-class Runner:
-    """A real `migrate run` process; its output goes to files, since a full pipe would stall it."""
-
-    proc: subprocess.Popen[bytes]
-    logs: Path
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def output(self) -> tuple[str, str]:
-        """(stdout, stderr), once it has finished."""
-        self.proc.wait(timeout=120)
-        return self.logs.with_suffix(".out").read_text(), self.logs.with_suffix(".err").read_text()
-
-
-def start_run(world: World, book: Path, *tenants: str) -> Runner:
-    args = [arg for t in tenants for arg in ("--tenant", t)]
-    logs = book.parent / f"run-{time.monotonic_ns()}"
-    with open(logs.with_suffix(".out"), "wb") as out, open(logs.with_suffix(".err"), "wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "migrate", "run", str(book), *args],
-            cwd=ROOT,
-            env={**os.environ, **world.environ, "MIGRATE_LOG_LEVEL": "info"},
-            stdout=out,
-            stderr=err,
-        )
-    return Runner(proc, logs)
-
-
-def checkpoints(world: World, tenant: str) -> dict[str, tuple[int, bool, list[str] | None]]:
-    try:
-        with world.target() as conn:
-            rows = conn.execute(
-                "SELECT table_name, rows_copied, done, last_key FROM migrate_control.checkpoints"
-                " WHERE tenant = %s",
-                (tenant,),
-            ).fetchall()
-    except psycopg.Error:  # the control schema may not exist yet
-        return {}
-    return {r[0]: (r[1], r[2], r[3]) for r in rows}
-
-
-def assert_no_gap_no_duplicate(world: World, tenant: str, tables: tuple[str, ...]) -> None:
-    """Each table holds exactly the source rows up to its checkpoint's last key, and nothing else."""
-    marks = checkpoints(world, tenant)
-    with world.target() as dst, world.source(tenant) as src:
-        for table in tables:
-            held = dst.execute(
-                sql.SQL("SELECT count(*) FROM {} WHERE tenant_id = %s").format(sql.Identifier("app", table)),
-                (tenant,),
-            ).fetchone()
-            rows, _done, last = marks.get(table, (0, False, None))
-            assert held == (rows,), f"{table}: {held} rows in the target, checkpoint says {rows}"
-            if last is None:
-                continue
-            key = (
-                sql.SQL("(at, seq) <= ({}::timestamptz, {}::int)")
-                if table == "audit_log"
-                else sql.SQL("id <= {}::bigint")
-            )
-            upto = src.execute(
-                sql.SQL("SELECT count(*) FROM {} WHERE ").format(sql.Identifier(table))
-                + key.format(*[sql.Literal(v) for v in last])
-            ).fetchone()
-            assert upto == (rows,), f"{table}: {upto} source rows up to {last}, {rows} copied"
 
 
 def test_kill_9_inside_tables_at_several_moments_then_run_again_loses_and_doubles_nothing(
@@ -247,7 +157,7 @@ def test_a_terminated_target_connection_mid_copy_is_retried_from_the_last_checkp
                 row = conn.execute(
                     "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity"
                     " WHERE datname = %s AND application_name = %s AND query LIKE 'COPY%%FROM STDIN%%'",
-                    (target_db, f"migrate {socket.gethostname()}:{proc.pid}"),
+                    (target_db, application_name(proc.pid)),
                 ).fetchone()
                 terminated = row[0] if row and row[1] else None
             time.sleep(0.005)
@@ -257,7 +167,7 @@ def test_a_terminated_target_connection_mid_copy_is_retried_from_the_last_checkp
                 "SELECT a.pid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
                 " WHERE l.locktype = 'advisory' AND l.granted AND l.objid = hashtext('acme')::oid"
                 " AND a.application_name = %s",
-                (f"migrate {socket.gethostname()}:{proc.pid}",),
+                (application_name(proc.pid),),
             ).fetchone()
             relocked = found is not None and found[0] != terminated
             time.sleep(0.005)

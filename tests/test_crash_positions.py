@@ -30,10 +30,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from conftest import DatabaseFactory
+from databases import DatabaseFactory
+from kill import Runner, application_name, assert_no_gap_no_duplicate, checkpoints, sessions_gone
 from migrate import api
 from migrate.control import schema as control_schema
-from test_crash import Runner, assert_no_gap_no_duplicate, checkpoints
 from world import DEMO, ROOT, TABLES, World, make_world
 
 TENANT = "acme"
@@ -49,10 +49,6 @@ Statement = tuple[str, tuple[Any, ...]]
 
 
 # ----------------------------------------------------------------------------- the stage
-def application_name(runner: Runner) -> str:
-    return f"migrate {socket.gethostname()}:{runner.pid}"
-
-
 class Stage:
     """A world, the real runners started on it, and the test's open transactions on its target,
     each holding a lock a runner will need."""
@@ -112,7 +108,7 @@ def wait_blocked(world: World, runner: Runner, hold: psycopg.Connection[Any], wh
             row = mon.execute(
                 "SELECT pid FROM pg_stat_activity WHERE application_name = %s"
                 " AND wait_event_type = 'Lock' AND %s = ANY(pg_blocking_pids(pid))",
-                (application_name(runner), hold.info.backend_pid),
+                (application_name(runner.pid), hold.info.backend_pid),
             ).fetchone()
             if row:
                 return int(row[0])
@@ -128,17 +124,8 @@ def kill(world: World, runner: Runner) -> None:
     os.kill(runner.pid, signal.SIGKILL)
     runner.proc.wait(timeout=30)
     assert runner.proc.returncode == -signal.SIGKILL
-    deadline = time.monotonic() + 10
-    with psycopg.connect(world.admin_dsn, autocommit=True) as mon:
-        while time.monotonic() < deadline:
-            row = mon.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
-                (application_name(runner),),
-            ).fetchone()
-            if row == (0,):
-                return
-            time.sleep(0.01)
-    pytest.fail("the dead runner's sessions outlived it (client_connection_check_interval ignored?)")
+    if not sessions_gone(world, runner.pid):
+        pytest.fail("the dead runner's sessions outlived it (client_connection_check_interval ignored?)")
 
 
 # ----------------------------------------------------------------------------- where to stop

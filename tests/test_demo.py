@@ -38,7 +38,7 @@ def test_demo_moves_three_tenants_and_leaves_nothing_running() -> None:
 
 def test_demo_keep_prints_exports_that_work_with_the_real_commands() -> None:
     """--keep leaves a server the real commands reach with the printed exports; --stop removes it."""
-    from conftest import scratch_dir
+    from databases import scratch_dir
 
     base = scratch_dir("tm-keep-")
     base.chmod(0o755)  # mkdtemp's 0700 would keep the server's account out

@@ -11,13 +11,13 @@ from typing import Any
 import psycopg
 import pytest
 
-from conftest import DatabaseFactory
+from databases import DatabaseFactory
 from migrate import api
 from migrate.checks.checksum import MODES, Mode, Side, table_shapes
 from migrate.checks.diff import DiffResult, diff_table
 from migrate.cli.app import main
 from migrate.errors import CheckFailed
-from test_verify import build_pair
+from pairs import build_pair
 from world import DEMO, World, make_world
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from conftest import DatabaseFactory
+from databases import DatabaseFactory
 from migrate.adapters import embedded
 from migrate.adapters.embedded import pg_bin_dir, server_at, start_server, stop_server
 from migrate.errors import SettingsError

@@ -9,17 +9,14 @@ from __future__ import annotations
 import json
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
-import httpx
 import psycopg
 import pytest
-from pydantic import SecretStr
 
 # The SDK re-exports its client without __all__, which strict mypy reads as private.
 from UnleashClient import UnleashClient  # type: ignore[attr-defined]
@@ -27,7 +24,7 @@ from UnleashClient.cache import FileCache
 from UnleashClient.utils import InstanceAllowType
 
 from migrate.adapters.flagfile import FileFlagProvider, FlagDefinition
-from migrate.adapters.unleash import UnleashFlagProvider, UnleashSettings, advisory_lock
+from migrate.adapters.unleash import UnleashFlagProvider, advisory_lock
 from migrate.control import schema
 from migrate.control.store import ControlStore
 from migrate.log import get_logger
@@ -35,6 +32,7 @@ from migrate.playbook.model import FlagStep as FlagSpec
 from migrate.playbook.model import Tenant
 from migrate.ports import FlagProvider
 from migrate.steps import StepContext, step_for
+from unleash_eyes import app_sees_on_server, environment_state, unleash_settings
 from unleash_server import UnleashEndpoint
 
 DEMO_DEFINITIONS = Path(__file__).resolve().parent.parent / "flags" / "demo.json"
@@ -82,70 +80,6 @@ def _file_flags(tmp_path: Path) -> Flags:
         return json.loads(path.read_text())
 
     return Flags("file", flag, lambda: FileFlagProvider(path), app_sees, raw)
-
-
-def unleash_settings(unleash: UnleashEndpoint, **overrides: Any) -> UnleashSettings:
-    values: dict[str, Any] = {
-        "url": unleash.url,
-        "admin_token": SecretStr(unleash.admin_token),
-        "client_token": SecretStr(unleash.client_token),
-        "environment": unleash.environment,
-        "confirm_seconds": 10.0,
-        **overrides,
-    }
-    return UnleashSettings(**values)
-
-
-def wait_served(unleash: UnleashEndpoint, flag: str, timeout: float = 10.0) -> None:
-    """Wait until the client API serves the flag's newest change (it publishes once a second)."""
-    events = httpx.get(
-        f"{unleash.url}/api/admin/search/events",
-        params={"feature": f"IS:{flag}", "limit": "1"},
-        headers={"Authorization": unleash.admin_token},
-        timeout=10,
-    ).json()["events"]
-    newest = max((e["id"] for e in events), default=0)
-    deadline = time.monotonic() + timeout
-    while True:
-        served = httpx.get(
-            f"{unleash.url}/api/client/features", headers={"Authorization": unleash.client_token}, timeout=10
-        ).json()
-        if served["meta"]["revisionId"] >= newest or time.monotonic() > deadline:
-            return
-        time.sleep(0.1)
-
-
-def app_sees_on_server(unleash: UnleashEndpoint, flag: str, tenant: str) -> bool:
-    """A plain SDK client, as an application configures it, with a throwaway cache directory."""
-    wait_served(unleash, flag)
-    with tempfile.TemporaryDirectory() as cache_dir:
-        client = UnleashClient(
-            f"{unleash.url}/api",
-            "conformance-app",
-            custom_headers={"Authorization": unleash.client_token},
-            cache_directory=cache_dir,
-            disable_metrics=True,
-            disable_registration=True,
-            multiple_instance_mode=InstanceAllowType.SILENTLY_ALLOW,
-        )
-        client.initialize_client()
-        try:
-            assert flag in client.feature_definitions(), "the app's SDK could not fetch the flag"
-            return bool(client.is_enabled(flag, {"tenantId": tenant}))
-        finally:
-            client.destroy()
-
-
-def environment_state(unleash: UnleashEndpoint, flag: str) -> dict[str, Any]:
-    """The flag's environment from the Admin API: on/off and every strategy, as JSON."""
-    resp = httpx.get(
-        f"{unleash.url}/api/admin/projects/default/features/{flag}",
-        headers={"Authorization": unleash.admin_token},
-        timeout=10,
-    )
-    resp.raise_for_status()
-    (env,) = [e for e in resp.json()["environments"] if e["name"] == unleash.environment]
-    return {"enabled": env["enabled"], "strategies": env["strategies"]}
 
 
 def _unleash_flags(unleash: UnleashEndpoint, pg_admin_dsn: str, flag: str) -> Flags:

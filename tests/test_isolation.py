@@ -23,7 +23,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from sqlalchemy.pool import NullPool
 
-from conftest import DatabaseFactory, dsn_for
+from databases import DatabaseFactory, dsn_for
 from migrate import api
 from migrate.checks.isolation import IsolationReport
 from migrate.cli.app import main

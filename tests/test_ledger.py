@@ -19,7 +19,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from structlog.testing import capture_logs
 
-from conftest import DatabaseFactory
+from databases import DatabaseFactory
 from migrate import api
 from migrate.cli.app import main
 from migrate.control import schema

@@ -18,13 +18,12 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from conftest import DatabaseFactory
+from databases import DatabaseFactory
 from migrate import api
 from migrate.adapters.flagfile import FileFlagProvider
 from migrate.cli.app import main
 from migrate.errors import ArgumentError, SettingsError, TenantLocked
-from test_backfill import CYCLE  # the cycle and self-reference the backfill loads in chunks
-from world import DEMO, ROOT, TABLES, World, make_world
+from world import CYCLE, DEMO, ROOT, TABLES, World, custom_world, make_world
 
 FLAG = "tenant-shared-db"
 POINTS = [s.step_id.removeprefix("@") for s in api.plan(DEMO).tenants[0].steps if s.is_point]
@@ -510,14 +509,7 @@ def test_a_cycle_and_a_self_reference_are_deleted_in_batches_then_copied_again(
 ) -> None:
     """teams ⇄ members and members.mentor_id: batches of 50 leave references to deleted rows only
     until the last one, with the foreign-key checks off for those tables alone; other tenants stay."""
-    prefix = f"tm_test_rb{os.getpid()}{time.monotonic_ns() % 10**6}_"
-    world = World(database_factory.admin_dsn, database_factory.create("target"), prefix, tmp_path / "f.json")
-    for tenant in ("acme", "globex"):
-        with psycopg.connect(database_factory.admin_dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(prefix + tenant)))
-        database_factory.created.append(prefix + tenant)
-        with psycopg.connect(world.source_dsn(tenant), autocommit=True) as conn:
-            conn.execute(CYCLE)
+    world = custom_world(database_factory, tmp_path, CYCLE, ("acme", "globex"))
     book = tmp_path / "cycle.yaml"
     book.write_text(
         "version: 1\nname: cycle\n"

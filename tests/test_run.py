@@ -9,7 +9,7 @@ import pytest
 from psycopg import sql
 from structlog.testing import capture_logs
 
-from conftest import DatabaseFactory
+from databases import DatabaseFactory
 from migrate import api
 from migrate.adapters.flagfile import FileFlagProvider
 from migrate.cli.app import main

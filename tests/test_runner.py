@@ -16,13 +16,13 @@ from typing import Any
 import psycopg
 import pytest
 
-from conftest import DatabaseFactory
+from databases import DatabaseFactory
+from kill import checkpoints, chunked_playbook
 from migrate import api
 from migrate.cli.app import main
 from migrate.control.schema import upgrade
 from migrate.errors import ArgumentError
 from migrate.playbook import load_playbook
-from test_crash import checkpoints, chunked_playbook
 from world import DEMO, ROOT, TABLES, World, corrupt_globex_as_it_is_copied, make_world
 
 

@@ -20,7 +20,7 @@ from uuid import uuid4
 import psycopg
 import pytest
 
-from conftest import DatabaseFactory
+from databases import DatabaseFactory
 from migrate import api
 from migrate.cli.app import main
 from migrate.control import schema as control_schema

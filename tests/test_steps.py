@@ -9,7 +9,7 @@ from uuid import uuid4
 
 import pytest
 
-from conftest import DatabaseFactory
+from databases import DatabaseFactory
 from migrate import api
 from migrate.engine.session import tenant_session
 from migrate.errors import CheckFailed, StepFailed

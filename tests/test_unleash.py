@@ -24,13 +24,13 @@ from UnleashClient import UnleashClient  # type: ignore[attr-defined]
 from UnleashClient.cache import FileCache
 from UnleashClient.utils import InstanceAllowType
 
-from conftest import DatabaseFactory
+from databases import DatabaseFactory
 from migrate import api
 from migrate.adapters.flagfile import FlagDefinition
 from migrate.adapters.unleash import PLACEHOLDER, TITLE, UnleashFlagProvider, advisory_lock
 from migrate.cli.app import main
 from migrate.errors import CheckFailed, SettingsError
-from test_flags_conformance import app_sees_on_server, environment_state, unleash_settings
+from unleash_eyes import app_sees_on_server, environment_state, unleash_settings
 from unleash_server import UnleashEndpoint, UnleashServer, free_port
 from world import DEMO, World, make_world
 

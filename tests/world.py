@@ -1,6 +1,6 @@
 """A small world for tests: a target database, per-tenant source databases and a flag file.
 
-Built on conftest's database factory; the playbook is ``playbooks/demo.yaml``
+Built on a database factory (tests/databases.py); the playbook is ``playbooks/demo.yaml``
 (or one written by the test) and settings travel in an ``environ`` dict, never
 in ``os.environ``.
 """
@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from conftest import DatabaseFactory, dsn_for
+from databases import DatabaseFactory, dsn_for
 from migrate.api.demo import create_source
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,6 +83,43 @@ def make_world(
         factory.created.append(f"{prefix}{tenant}")
         world.tenants[tenant] = scale
     return world
+
+
+def custom_world(factory: DatabaseFactory, tmp_path: Path, ddl: str, tenants: tuple[str, ...]) -> World:
+    """A target and one source per tenant, each built by ``ddl`` (with its rows)."""
+    prefix = f"tm_test_b{uuid.uuid4().hex[:8]}_"
+    world = World(factory.admin_dsn, factory.create("target"), prefix, tmp_path / "flags.json")
+    for tenant in tenants:
+        name = f"{prefix}{tenant}"
+        with psycopg.connect(factory.admin_dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        factory.created.append(name)
+        with psycopg.connect(dsn_for(factory.admin_dsn, name), autocommit=True) as conn:
+            conn.execute(ddl)
+        world.tenants[tenant] = 1
+    return world
+
+
+# A cycle (teams ⇄ members) and a self-reference (members.mentor_id) that the backfill loads in
+# chunks and the rollback deletes in batches.
+CYCLE = """
+CREATE TABLE teams (id bigint PRIMARY KEY, name text NOT NULL, lead_id bigint);
+CREATE TABLE members (
+    id bigint PRIMARY KEY,
+    team_id bigint NOT NULL REFERENCES teams (id),
+    mentor_id bigint REFERENCES members (id),
+    name text NOT NULL
+);
+ALTER TABLE teams ADD FOREIGN KEY (lead_id) REFERENCES members (id);
+BEGIN;
+SET CONSTRAINTS ALL IMMEDIATE;
+INSERT INTO teams SELECT t, 'team ' || t, NULL FROM generate_series(1, 20) AS t;
+-- Mentors come later in key order than the members they mentor: forward references across chunks.
+INSERT INTO members SELECT m, 1 + m % 20, NULL, 'member ' || m FROM generate_series(1, 400) AS m;
+UPDATE members SET mentor_id = 1 + (id + 150) % 400;
+UPDATE teams SET lead_id = 400 - id;
+COMMIT;
+"""
 
 
 def corrupt_globex_as_it_is_copied(world: World) -> None:
