@@ -15,8 +15,10 @@ The chosen backend is shown in the pytest header.
 
 Fixtures: ``pg_admin_dsn`` (session), ``database_factory`` (session;
 ``create(prefix, template)`` returns the DSN of a new database named
-``tm_test_<prefix>_<uuid8>``), ``fresh_dsn`` (one new empty database per test) and
-``server_root`` (a scratch directory an embedded server can live in).
+``tm_test_<prefix>_<uuid8>``), ``fresh_dsn`` (one new empty database per test),
+``world`` (a target, one source per tenant and a flag file, for the tenants
+``@pytest.mark.tenants`` names; see tests/world.py) and ``server_root`` (a scratch
+directory an embedded server can live in).
 
 Helpers are plain modules next to this file (``databases``, ``world``, ``kill``, ``pairs``,
 ``unleash_eyes``), on ``sys.path`` through ``pythonpath`` in pyproject.toml: tests import
@@ -45,6 +47,7 @@ from databases import (
 )
 from migrate.adapters.embedded import stop_server
 from migrate.log import redact
+from world import World, make_world, tenants_of
 
 # The Unleash server fixtures (`unleash`, `unleash_server`): see tests/unleash_server.py.
 pytest_plugins = ["unleash_server"]
@@ -106,6 +109,19 @@ def fresh_dsn(database_factory: DatabaseFactory) -> Iterator[str]:
     dsn = database_factory.create("fresh")
     yield dsn
     database_factory.drop(str(conninfo_to_dict(dsn)["dbname"]))
+
+
+@pytest.fixture
+def world(request: pytest.FixtureRequest, database_factory: DatabaseFactory, tmp_path: Path) -> World:
+    """A target, a source per tenant of ``@pytest.mark.tenants`` and a flag file (tests/world.py)."""
+    marker = request.node.get_closest_marker("tenants")
+    if marker is None:
+        pytest.fail(
+            f"{request.node.nodeid}: the world fixture needs @pytest.mark.tenants('acme', …)"
+            " on the test or its module",
+            pytrace=False,
+        )
+    return make_world(database_factory, tmp_path, tenants_of(*marker.args, **marker.kwargs))
 
 
 @pytest.fixture

@@ -31,7 +31,7 @@ from migrate.playbook.model import BackfillStep, SchemaStep
 from migrate.steps import step_for
 from migrate.steps.chunks import copy_chunk, read_statement, table_plans, write_statement
 from migrate.steps.context import ProgressEvent
-from world import CYCLE, ROOT, TABLES, custom_world, make_world
+from world import CYCLE, ROOT, TABLES, World, custom_world
 
 EVERYTHING = """
 CREATE TABLE everything (
@@ -136,11 +136,9 @@ def test_every_column_type_round_trips_exactly_through_chunks(
     assert backfill.details["tables"]["everything"] == {"rows": 500, "copied_now": 500}
 
 
-def test_sample_schema_arrays_and_empty_strings_round_trip(
-    database_factory: DatabaseFactory, tmp_path: Path
-) -> None:
+@pytest.mark.tenants("acme")
+def test_sample_schema_arrays_and_empty_strings_round_trip(world: World, tmp_path: Path) -> None:
     """The sample schema's text[] (empty, NULL elements, '') and empty titles arrive unchanged."""
-    world = make_world(database_factory, tmp_path, tenants=(("acme", 1),))
     assert api.run(playbook(tmp_path, ("acme",), chunk_rows=64), environ=world.environ).ok
     with world.source("acme") as src, world.target() as dst:
         assert rows_as_text(dst, "app.tasks", "WHERE tenant_id = 'acme'") == rows_as_text(src, "tasks")
@@ -150,9 +148,9 @@ def test_sample_schema_arrays_and_empty_strings_round_trip(
     assert titles and titles[0] > 0
 
 
-def test_each_chunk_commits_with_its_checkpoint(database_factory: DatabaseFactory, tmp_path: Path) -> None:
+@pytest.mark.tenants(acme=2)
+def test_each_chunk_commits_with_its_checkpoint(world: World, tmp_path: Path) -> None:
     """Chunks of at most chunk_rows rows, one chunk_copied event each; the last checkpoint is the last key."""
-    world = make_world(database_factory, tmp_path, tenants=(("acme", 2),))
     with capture_logs() as logs:
         assert api.run(playbook(tmp_path, ("acme",), chunk_rows=150), environ=world.environ).ok
     chunks = [e for e in logs if e["event"] == "chunk_copied" and e["table"] == "comments"]
@@ -169,11 +167,9 @@ def test_each_chunk_commits_with_its_checkpoint(database_factory: DatabaseFactor
     assert sorted(e["table"] for e in tables) == sorted(TABLES)
 
 
-def test_a_chunk_and_its_checkpoint_commit_together_or_not_at_all(
-    database_factory: DatabaseFactory, tmp_path: Path
-) -> None:
+@pytest.mark.tenants(acme=2)
+def test_a_chunk_and_its_checkpoint_commit_together_or_not_at_all(world: World, tmp_path: Path) -> None:
     """A checkpoint write that fails takes its chunk's rows with it; the next run resumes exactly there."""
-    world = make_world(database_factory, tmp_path, tenants=(("acme", 2),))
     book = playbook(tmp_path, ("acme",), chunk_rows=150)
     control_schema.upgrade(world.target_dsn, "migrate_control")
     with world.target() as conn:
@@ -283,11 +279,9 @@ def test_a_broken_self_reference_fails_verify_naming_the_foreign_key(
     assert error is not None and "members_mentor_id_fkey" in error.message and "9999" in error.message
 
 
-def test_a_tenants_stream_cannot_write_another_tenants_rows(
-    database_factory: DatabaseFactory, tmp_path: Path
-) -> None:
+@pytest.mark.tenants("acme", "globex")
+def test_a_tenants_stream_cannot_write_another_tenants_rows(world: World, tmp_path: Path) -> None:
     """Rows carrying another tenant_id are dropped by COPY … WHERE; the chunk fails; none land."""
-    world = make_world(database_factory, tmp_path, tenants=(("acme", 1), ("globex", 1)))
     book = playbook(tmp_path, ("acme", "globex"), steps=("schema",))
     assert api.run(book, environ=world.environ).ok
     env = api.environment(load_playbook(book), world.environ)
@@ -300,11 +294,9 @@ def test_a_tenants_stream_cannot_write_another_tenants_rows(
         assert conn.execute("SELECT count(*) FROM app.organizations").fetchone() == (0,)
 
 
-def test_a_role_subject_to_rls_is_refused_before_anything_is_written(
-    database_factory: DatabaseFactory, tmp_path: Path
-) -> None:
+@pytest.mark.tenants("acme")
+def test_a_role_subject_to_rls_is_refused_before_anything_is_written(world: World, tmp_path: Path) -> None:
     """A writer without BYPASSRLS gets the reason and the fix, not a COPY error halfway."""
-    world = make_world(database_factory, tmp_path, tenants=(("acme", 1),))
     book = playbook(tmp_path, ("acme",), steps=("schema",))
     assert api.run(book, environ=world.environ).ok
     role = f"tm_plain_{uuid.uuid4().hex[:8]}"
@@ -331,11 +323,11 @@ def test_a_role_subject_to_rls_is_refused_before_anything_is_written(
     ],
     ids=["missing-column", "type-mismatch"],
 )
+@pytest.mark.tenants("acme")
 def test_a_permanent_error_fails_the_tenant_at_once_naming_table_and_column(
-    change: str, named: str, database_factory: DatabaseFactory, tmp_path: Path
+    change: str, named: str, world: World, tmp_path: Path
 ) -> None:
     """A missing column or a type mismatch is not retried: the tenant fails on the first attempt."""
-    world = make_world(database_factory, tmp_path, tenants=(("acme", 1),))
     assert api.run(playbook(tmp_path, ("acme",), steps=("schema",), name="s"), environ=world.environ).ok
     with world.target() as conn:
         conn.execute(change)
@@ -370,11 +362,9 @@ def test_retry_conditions_are_named_from_real_server_errors(pg_admin_dsn: str) -
     assert condition(wrapped) == "lost connection"
 
 
-def test_a_lock_timeout_is_retried_and_the_copy_resumes(
-    database_factory: DatabaseFactory, tmp_path: Path
-) -> None:
+@pytest.mark.tenants("acme")
+def test_a_lock_timeout_is_retried_and_the_copy_resumes(world: World, tmp_path: Path) -> None:
     """A table held by someone else past lock_timeout: retried with a log line, then the copy completes."""
-    world = make_world(database_factory, tmp_path, tenants=(("acme", 1),))
     assert api.run(playbook(tmp_path, ("acme",), steps=("schema",), name="s"), environ=world.environ).ok
     environ = {**world.environ, "MIGRATE_TARGET_DSN": world.target_dsn + " options='-c lock_timeout=100'"}
     outcome: list[api.RunResult] = []
@@ -395,11 +385,9 @@ def test_a_lock_timeout_is_retried_and_the_copy_resumes(
     assert world.target_counts("acme") == world.source_counts("acme")
 
 
-def test_progress_reaches_the_sink_and_the_terminal_renderer(
-    database_factory: DatabaseFactory, tmp_path: Path
-) -> None:
+@pytest.mark.tenants("acme", "globex")
+def test_progress_reaches_the_sink_and_the_terminal_renderer(world: World, tmp_path: Path) -> None:
     """The sink sees the run, each tenant sized, every chunk and table; the rich renderer shows rows/s."""
-    world = make_world(database_factory, tmp_path, tenants=(("acme", 1), ("globex", 1)))
     events: list[ProgressEvent] = []
     lock = threading.Lock()
 
@@ -425,11 +413,9 @@ def test_progress_reaches_the_sink_and_the_terminal_renderer(
     assert "rows/s" in shown and "all tenants (2/2 done)" in shown
 
 
-def test_off_a_terminal_the_cli_logs_chunk_and_table_events_as_json(
-    database_factory: DatabaseFactory, tmp_path: Path
-) -> None:
+@pytest.mark.tenants("acme")
+def test_off_a_terminal_the_cli_logs_chunk_and_table_events_as_json(world: World, tmp_path: Path) -> None:
     """Without a TTY, `migrate run` writes chunk_copied and table_copied as JSON lines with fixed keys."""
-    world = make_world(database_factory, tmp_path, tenants=(("acme", 1),))
     book = playbook(tmp_path, ("acme",), chunk_rows=300)
     done = subprocess.run(
         [sys.executable, "-m", "migrate", "run", str(book)],
@@ -447,11 +433,9 @@ def test_off_a_terminal_the_cli_logs_chunk_and_table_events_as_json(
     assert len([e for e in events if e["event"] == "table_copied"]) == len(TABLES)
 
 
-def test_schema_step_then_backfill_in_one_session_copies_everything(
-    database_factory: DatabaseFactory, tmp_path: Path
-) -> None:
+@pytest.mark.tenants("acme")
+def test_schema_step_then_backfill_in_one_session_copies_everything(world: World, tmp_path: Path) -> None:
     """The steps work on the session's connections directly too (as the conformance harness uses them)."""
-    world = make_world(database_factory, tmp_path, tenants=(("acme", 1),))
     book = playbook(tmp_path, ("acme",))
     control_schema.upgrade(world.target_dsn, "migrate_control")
     env = api.environment(load_playbook(book), world.environ)

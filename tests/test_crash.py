@@ -11,19 +11,17 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from databases import DatabaseFactory
 from kill import application_name, assert_no_gap_no_duplicate, checkpoints, chunked_playbook, start_run
 from migrate import api
-from world import DEMO, ROOT, TABLES, make_world
+from world import DEMO, ROOT, TABLES, World
 
 
-def test_kill_9_mid_backfill_then_run_again_gives_exact_counts_and_checksums(
-    database_factory: DatabaseFactory, tmp_path: Path
-) -> None:
+@pytest.mark.tenants(acme=150)
+def test_kill_9_mid_backfill_then_run_again_gives_exact_counts_and_checksums(world: World) -> None:
     """Killed after some tables were checkpointed, the next run resumes: same counts, checksums match."""
-    world = make_world(database_factory, tmp_path, tenants=(("acme", 150),))
     env = {**os.environ, **world.environ, "MIGRATE_LOG_LEVEL": "warning"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "migrate", "run", str(DEMO), "--tenant", "acme"],
@@ -70,11 +68,11 @@ AUDIT = (
 )
 
 
+@pytest.mark.tenants(acme=40)
 def test_kill_9_inside_tables_at_several_moments_then_run_again_loses_and_doubles_nothing(
-    database_factory: DatabaseFactory, tmp_path: Path
+    world: World, tmp_path: Path
 ) -> None:
     """Killed mid-table four times (a keyless table too): only whole chunks stay; the last run matches."""
-    world = make_world(database_factory, tmp_path, tenants=(("acme", 40),))
     with world.source("acme") as conn:
         conn.execute(AUDIT)
     tables = (*TABLES, "audit_log")
@@ -108,13 +106,13 @@ def test_kill_9_inside_tables_at_several_moments_then_run_again_loses_and_double
     assert status.validated is True and status.state == "done"
 
 
+@pytest.mark.tenants(acme=150, globex=1)
 def test_a_second_runner_on_the_same_tenant_is_refused_naming_the_first_while_others_proceed(
-    database_factory: DatabaseFactory, tmp_path: Path
+    world: World, tmp_path: Path
 ) -> None:
     """Two real `migrate run` processes: the second reports acme locked by the first's pid, copies globex."""
     # Big enough, in small enough chunks, that the first runner is still copying acme (tens of
     # seconds) when the second has started its interpreter (about a second): no race.
-    world = make_world(database_factory, tmp_path, tenants=(("acme", 150), ("globex", 1)))
     book = chunked_playbook(tmp_path, ("acme", "globex"), chunk_rows=25)
     first = start_run(world, book, "acme")
     deadline = time.monotonic() + 60
@@ -139,11 +137,11 @@ def test_a_second_runner_on_the_same_tenant_is_refused_naming_the_first_while_ot
     assert world.target_counts("acme") == world.source_counts("acme")
 
 
+@pytest.mark.tenants(acme=30)
 def test_a_terminated_target_connection_mid_copy_is_retried_from_the_last_checkpoint(
-    database_factory: DatabaseFactory, tmp_path: Path
+    world: World, tmp_path: Path
 ) -> None:
     """pg_terminate_backend on the runner's session mid-COPY: one retry, the lock retaken, an exact copy."""
-    world = make_world(database_factory, tmp_path, tenants=(("acme", 30),))
     book = chunked_playbook(tmp_path, ("acme",), chunk_rows=100)
     target_db = str(conninfo_to_dict(world.target_dsn)["dbname"])
     runner = start_run(world, book, "acme")

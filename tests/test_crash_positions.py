@@ -30,11 +30,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from databases import DatabaseFactory
 from kill import Runner, application_name, assert_no_gap_no_duplicate, checkpoints, sessions_gone
 from migrate import api
 from migrate.control import schema as control_schema
-from world import DEMO, ROOT, TABLES, World, make_world
+from world import DEMO, ROOT, TABLES, World
 
 TENANT = "acme"
 FLAG = "tenant-shared-db"
@@ -44,6 +43,8 @@ POINTS = ("copy/@pre-copy", "copy/@pre-cutover")
 LEDGER_LOCK = f"migrate.ledger.append:{CONTROL}"  # control/ledger.py: one chain per control schema
 TENANT_LOCK = ("migrate.tenant", TENANT)  # control/store.py: the runner's session-level lock
 WAIT = 60.0
+
+pytestmark = pytest.mark.tenants(acme=2)  # TENANT, at scale 2
 
 Statement = tuple[str, tuple[Any, ...]]
 
@@ -311,8 +312,8 @@ def duplicate_keys(world: World) -> dict[str, int]:
 
 # ----------------------------------------------------------------------------- the test
 @pytest.fixture
-def stage(database_factory: DatabaseFactory, tmp_path: Path) -> Iterator[Stage]:
-    made = Stage(make_world(database_factory, tmp_path, tenants=((TENANT, 2),)), tmp_path)
+def stage(world: World, tmp_path: Path) -> Iterator[Stage]:
+    made = Stage(world, tmp_path)
     try:
         yield made
     finally:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -18,12 +17,14 @@ from migrate.checks.diff import DiffResult, diff_table
 from migrate.cli.app import main
 from migrate.errors import CheckFailed
 from pairs import build_pair
-from world import DEMO, World, make_world
+from world import DEMO, World
+
+pytestmark = pytest.mark.tenants("acme")  # the world of the `copied` fixture
 
 
 @pytest.fixture
-def copied(database_factory: DatabaseFactory, tmp_path: Path) -> World:
-    world = make_world(database_factory, tmp_path, tenants=(("acme", 1),))
+def copied(world: World) -> World:
+    """acme's world, migrated."""
     assert api.run(DEMO, environ=world.environ, tenants=["acme"]).ok
     return world
 

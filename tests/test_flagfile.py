@@ -21,6 +21,7 @@ from UnleashClient.utils import InstanceAllowType
 
 from migrate.adapters.flagfile import FileFlagProvider
 from migrate.errors import SettingsError
+from world import DEMO, World
 
 DEMO_DEFINITIONS = Path(__file__).resolve().parent.parent / "flags" / "demo.json"
 FLAG = "tenant-shared-db"
@@ -313,14 +314,13 @@ def test_written_file_is_world_readable_with_its_lock_beside_it(provider: FileFl
     assert os.stat(provider.path).st_mode & 0o777 == 0o644
 
 
+@pytest.mark.tenants("acme", "globex", "initech")
 def test_flags_sync_and_status_work_on_the_flag_file(
-    database_factory: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+    world: World, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
     """'flags status' reads without creating the file; 'flags sync' creates it; status then shows tenants."""
     from migrate.cli.app import main
-    from world import DEMO, make_world
 
-    world = make_world(database_factory, tmp_path, tenants=(("acme", 1), ("globex", 1), ("initech", 1)))
     for key, value in world.environ.items():
         monkeypatch.setenv(key, value)
 

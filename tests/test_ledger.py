@@ -19,20 +19,16 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from structlog.testing import capture_logs
 
-from databases import DatabaseFactory
 from migrate import api
 from migrate.cli.app import main
 from migrate.control import schema
 from migrate.control.ledger import Entry, Ledger, entry_hash
-from world import DEMO, ROOT, World, make_world
+from world import DEMO, ROOT, World
+
+pytestmark = pytest.mark.tenants("acme", "globex", "initech")
 
 CONTROL = "migrate_control"
 TABLE = f"{CONTROL}.ledger"
-
-
-@pytest.fixture
-def world(database_factory: DatabaseFactory, tmp_path: Path) -> World:
-    return make_world(database_factory, tmp_path, tenants=(("acme", 1), ("globex", 1), ("initech", 1)))
 
 
 def entry(i: int, **kw: Any) -> Entry:

@@ -23,16 +23,13 @@ from migrate import api
 from migrate.adapters.flagfile import FileFlagProvider
 from migrate.cli.app import main
 from migrate.errors import ArgumentError, SettingsError, TenantLocked
-from world import CYCLE, DEMO, ROOT, TABLES, World, custom_world, make_world
+from world import CYCLE, DEMO, ROOT, TABLES, World, custom_world
+
+pytestmark = pytest.mark.tenants("acme", "globex", "initech")
 
 FLAG = "tenant-shared-db"
 POINTS = [s.step_id.removeprefix("@") for s in api.plan(DEMO).tenants[0].steps if s.is_point]
 DISCARD = "--discard-writes-since-cutover"
-
-
-@pytest.fixture
-def world(database_factory: DatabaseFactory, tmp_path: Path) -> World:
-    return make_world(database_factory, tmp_path, tenants=(("acme", 1), ("globex", 1), ("initech", 1)))
 
 
 def demo_variant(tmp_path: Path, name: str, *replacements: tuple[str, str]) -> Path:
@@ -423,12 +420,12 @@ def kill_when(proc: subprocess.Popen[bytes], ready: Any, what: str) -> None:
     assert proc.returncode == -signal.SIGKILL, f"the process ended before {what}"
 
 
+@pytest.mark.tenants(acme=80)
 def test_kill_9_mid_backfill_then_rollback_to_pre_copy_leaves_no_row_then_run_validates(
-    database_factory: DatabaseFactory, tmp_path: Path
+    world: World, tmp_path: Path
 ) -> None:
     """A real `migrate run` killed mid-copy leaves the backfill 'running' with whole chunks: rollback
     reverts it too, no row of the tenant stays in any shared table, and a run then validates."""
-    world = make_world(database_factory, tmp_path, tenants=(("acme", 80),))
     book = chunked(tmp_path)
 
     def two_tables_done() -> bool:
@@ -449,12 +446,12 @@ def test_kill_9_mid_backfill_then_rollback_to_pre_copy_leaves_no_row_then_run_va
     assert world.target_counts("acme") == world.source_counts("acme")
 
 
+@pytest.mark.tenants(acme=80)
 def test_kill_9_mid_revert_leaves_whole_batches_that_the_next_rollback_finishes(
-    database_factory: DatabaseFactory, tmp_path: Path
+    world: World, tmp_path: Path
 ) -> None:
     """Batches commit one by one (a kill mid-revert finds some rows gone, the flag already off, the
     backfill still 'done'); the same rollback again deletes the rest; a run then validates."""
-    world = make_world(database_factory, tmp_path, tenants=(("acme", 80),))
     book = chunked(tmp_path)
     assert api.run(book, ["acme"], environ=world.environ).ok
     total = sum(shared_rows(world, "acme").values())

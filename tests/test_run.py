@@ -9,16 +9,12 @@ import pytest
 from psycopg import sql
 from structlog.testing import capture_logs
 
-from databases import DatabaseFactory
 from migrate import api
 from migrate.adapters.flagfile import FileFlagProvider
 from migrate.cli.app import main
-from world import DEMO, TABLES, World, make_world
+from world import DEMO, TABLES, World
 
-
-@pytest.fixture
-def world(database_factory: DatabaseFactory, tmp_path: Path) -> World:
-    return make_world(database_factory, tmp_path)
+pytestmark = pytest.mark.tenants(acme=2, globex=1, initech=1)
 
 
 def ledger_rows(world: World) -> list[tuple[str, str | None, str | None]]:

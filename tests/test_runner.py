@@ -16,19 +16,15 @@ from typing import Any
 import psycopg
 import pytest
 
-from databases import DatabaseFactory
 from kill import checkpoints, chunked_playbook
 from migrate import api
 from migrate.cli.app import main
 from migrate.control.schema import upgrade
 from migrate.errors import ArgumentError
 from migrate.playbook import load_playbook
-from world import DEMO, ROOT, TABLES, World, corrupt_globex_as_it_is_copied, make_world
+from world import DEMO, ROOT, TABLES, World, corrupt_globex_as_it_is_copied
 
-
-@pytest.fixture
-def world(database_factory: DatabaseFactory, tmp_path: Path) -> World:
-    return make_world(database_factory, tmp_path)
+pytestmark = pytest.mark.tenants(acme=2, globex=1, initech=1)
 
 
 def playbook(tmp_path: Path, *, approval: bool = False, extra: str = "") -> Path:
@@ -308,12 +304,12 @@ def test_sources_are_read_in_read_only_transactions(world: World) -> None:
 
 
 # ----------------------------------------------------------------------------- Ctrl-C, parallel runners
+@pytest.mark.tenants(acme=60)
 def test_ctrl_c_stops_at_a_safe_point_says_how_to_resume_and_the_next_run_finishes(
-    database_factory: DatabaseFactory, tmp_path: Path
+    world: World, tmp_path: Path
 ) -> None:
     """SIGINT mid-copy: exit 130 after the current chunk, 'resume with', step back to pending; run again
     → exact counts and validation."""
-    world = make_world(database_factory, tmp_path, tenants=(("acme", 60),))
     book = chunked_playbook(tmp_path, ("acme",), chunk_rows=50)
     logs = tmp_path / "run"
     with open(logs.with_suffix(".out"), "wb") as out, open(logs.with_suffix(".err"), "wb") as err:
@@ -349,11 +345,9 @@ def test_ctrl_c_stops_at_a_safe_point_says_how_to_resume_and_the_next_run_finish
     assert api.status(book, environ=world.environ).tenants[0].validated is True
 
 
-def test_two_runners_on_different_tenants_hold_them_at_the_same_time(
-    database_factory: DatabaseFactory, tmp_path: Path
-) -> None:
+@pytest.mark.tenants(acme=40, globex=40)
+def test_two_runners_on_different_tenants_hold_them_at_the_same_time(world: World, tmp_path: Path) -> None:
     """Two real `migrate run` processes, one tenant each, are seen holding their tenants at once."""
-    world = make_world(database_factory, tmp_path, tenants=(("acme", 40), ("globex", 40)))
     book = chunked_playbook(tmp_path, ("acme", "globex"), chunk_rows=50)
     procs = [
         subprocess.Popen(

@@ -20,13 +20,14 @@ from uuid import uuid4
 import psycopg
 import pytest
 
-from databases import DatabaseFactory
 from migrate import api
 from migrate.cli.app import main
 from migrate.control import schema as control_schema
 from migrate.control.store import ControlStore
 from migrate.playbook import load_playbook
-from world import DEMO, ROOT, TABLES, World, corrupt_globex_as_it_is_copied, make_world
+from world import DEMO, ROOT, TABLES, World, corrupt_globex_as_it_is_copied
+
+pytestmark = pytest.mark.tenants("acme", "globex", "initech")
 
 FLAG = "tenant-shared-db"
 CONTROL = "migrate_control"
@@ -83,11 +84,6 @@ HOLDER_KEYS = {
     "application",
     "describe",
 }
-
-
-@pytest.fixture
-def world(database_factory: DatabaseFactory, tmp_path: Path) -> World:
-    return make_world(database_factory, tmp_path, tenants=(("acme", 1), ("globex", 1), ("initech", 1)))
 
 
 @pytest.fixture

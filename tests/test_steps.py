@@ -4,24 +4,19 @@ and the checks that must catch a bad copy."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from uuid import uuid4
 
 import pytest
 
-from databases import DatabaseFactory
 from migrate import api
 from migrate.engine.session import tenant_session
 from migrate.errors import CheckFailed, StepFailed
 from migrate.playbook import load_playbook
 from migrate.playbook.model import STEP_KINDS, STEP_SPECS, BackfillStep, Step, ValidateStep
 from migrate.steps import KINDS, StepContext, step_for
-from world import DEMO, TABLES, World, make_world
+from world import DEMO, TABLES, World
 
-
-@pytest.fixture
-def world(database_factory: DatabaseFactory, tmp_path: Path) -> World:
-    return make_world(database_factory, tmp_path, tenants=(("acme", 1), ("globex", 1)))
+pytestmark = pytest.mark.tenants("acme", "globex")
 
 
 @pytest.fixture

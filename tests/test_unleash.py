@@ -24,7 +24,6 @@ from UnleashClient import UnleashClient  # type: ignore[attr-defined]
 from UnleashClient.cache import FileCache
 from UnleashClient.utils import InstanceAllowType
 
-from databases import DatabaseFactory
 from migrate import api
 from migrate.adapters.flagfile import FlagDefinition
 from migrate.adapters.unleash import PLACEHOLDER, TITLE, UnleashFlagProvider, advisory_lock
@@ -32,7 +31,9 @@ from migrate.cli.app import main
 from migrate.errors import CheckFailed, SettingsError
 from unleash_eyes import app_sees_on_server, environment_state, unleash_settings
 from unleash_server import UnleashEndpoint, UnleashServer, free_port
-from world import DEMO, World, make_world
+from world import DEMO, World
+
+pytestmark = pytest.mark.tenants("acme", "globex")  # the world of the `migrate flags` tests
 
 DEFINITIONS = Path(__file__).resolve().parent.parent / "flags" / "demo.json"
 
@@ -581,11 +582,6 @@ def playbook_flag(playbook: Path) -> str:
     return next(
         line.split(":", 1)[1].strip() for line in playbook.read_text().splitlines() if "flag: " in line
     )
-
-
-@pytest.fixture
-def world(database_factory: DatabaseFactory, tmp_path: Path) -> World:
-    return make_world(database_factory, tmp_path, tenants=(("acme", 1), ("globex", 1)))
 
 
 def test_flags_sync_and_status_commands(

@@ -16,7 +16,9 @@ from migrate.adapters.embedded import start_server
 from migrate.checks.checksum import MODES, Mode, choose_mode, mode_for
 from migrate.cli.app import main
 from pairs import Pair, build_pair
-from world import DEMO, World, corrupt_globex_as_it_is_copied, make_world
+from world import DEMO, World, corrupt_globex_as_it_is_copied
+
+pytestmark = pytest.mark.tenants("acme", "globex")  # the world of `migrated`
 
 
 @pytest.fixture
@@ -101,8 +103,8 @@ def test_checksums_match_across_major_versions(database_factory: DatabaseFactory
 
 # ----------------------------------------------------------------------------- migrate verify
 @pytest.fixture
-def migrated(database_factory: DatabaseFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> World:
-    world = make_world(database_factory, tmp_path, tenants=(("acme", 1), ("globex", 1)))
+def migrated(world: World, monkeypatch: pytest.MonkeyPatch) -> World:
+    """acme migrated, globex not; the world's settings in the environment, for the CLI."""
     assert api.run(DEMO, environ=world.environ, tenants=["acme"]).ok
     for key, value in world.environ.items():
         monkeypatch.setenv(key, value)
@@ -204,14 +206,13 @@ def test_a_failed_validation_keeps_its_figures_in_the_ledger_and_step_state(migr
         assert details["tables"]["comments"]["match"] is True
 
 
+@pytest.mark.tenants("acme")
 def test_verify_before_the_shared_tables_exist_says_what_to_run(
-    database_factory: DatabaseFactory,
-    tmp_path: Path,
+    world: World,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """No shared table yet: exit 1 naming the table, with the command that creates it."""
-    world = make_world(database_factory, tmp_path, tenants=(("acme", 1),))
     for key, value in world.environ.items():
         monkeypatch.setenv(key, value)
     assert main(["verify", str(DEMO), "--tenant", "acme"]) == 1

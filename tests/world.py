@@ -1,6 +1,7 @@
 """A small world for tests: a target database, per-tenant source databases and a flag file.
 
-Built on a database factory (tests/databases.py); the playbook is ``playbooks/demo.yaml``
+Built on a database factory (tests/databases.py); conftest's ``world`` fixture makes one
+for the tenants ``@pytest.mark.tenants`` names. The playbook is ``playbooks/demo.yaml``
 (or one written by the test) and settings travel in an ``environ`` dict, never
 in ``os.environ``.
 """
@@ -67,6 +68,11 @@ class World:
                 t: conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(t))).fetchone()[0]  # type: ignore[index]
                 for t in TABLES
             }
+
+
+def tenants_of(*names: str, **scales: int) -> tuple[tuple[str, int], ...]:
+    """The (tenant, scale) pairs of ``@pytest.mark.tenants("globex", acme=2)``: a bare name is scale 1."""
+    return (*((name, 1) for name in names), *scales.items())
 
 
 def make_world(
