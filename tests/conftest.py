@@ -1,4 +1,4 @@
-"""PostgreSQL for the test suite: one server per session, a brand-new database per test.
+"""PostgreSQL for the test suite: one server per session, new databases per test.
 
 The first backend that answers wins:
 
@@ -13,9 +13,12 @@ runs another version on 5432. ``MIGRATE_TEST_REQUIRE_DB=1`` (set by ``.ci/run``)
 turns "no PostgreSQL" from a skip into an error, so CI cannot pass by skipping.
 The chosen backend is shown in the pytest header.
 
-Fixtures: ``pg_admin_dsn`` (session), ``database_factory`` (session;
-``create(prefix, template)`` returns the DSN of a new database named
-``tm_test_<prefix>_<uuid8>``), ``fresh_dsn`` (one new empty database per test),
+Fixtures: ``pg_admin_dsn`` (session), ``database_factory`` (one per test: ``create(prefix,
+template)`` returns the DSN of a new database named ``tm_test_<prefix>_<uuid8>``; every
+database it made or was given with ``register`` is dropped when the test ends on a
+throwaway cluster, where a drop costs milliseconds, else with the session's, since on a
+server with fsync on each drop forces a checkpoint), ``session_databases`` (the same for
+databases that live as long as the session), ``fresh_dsn`` (one new empty database),
 ``world`` (a target, one source per tenant and a flag file, for the tenants
 ``@pytest.mark.tenants`` names; see tests/world.py) and ``server_root`` (a scratch
 directory an embedded server can live in).
@@ -33,7 +36,6 @@ from pathlib import Path
 from typing import NoReturn
 
 import pytest
-from psycopg.conninfo import conninfo_to_dict
 
 from databases import (
     BACKENDS,
@@ -95,8 +97,9 @@ def pg_admin_dsn(pg_backend: Backend) -> str:
 
 
 @pytest.fixture(scope="session")
-def database_factory(pg_admin_dsn: str) -> Iterator[DatabaseFactory]:
-    factory = DatabaseFactory(pg_admin_dsn)
+def session_databases(pg_backend: Backend) -> Iterator[DatabaseFactory]:
+    """Databases for the whole session (the Unleash server's), and every test's, dropped at its end."""
+    factory = DatabaseFactory(pg_backend.admin_dsn, drop_early=pg_backend.throwaway)
     try:
         yield factory
     finally:
@@ -104,11 +107,20 @@ def database_factory(pg_admin_dsn: str) -> Iterator[DatabaseFactory]:
 
 
 @pytest.fixture
-def fresh_dsn(database_factory: DatabaseFactory) -> Iterator[str]:
-    """One new empty database, dropped after the test (hundreds would fill a tmpfs)."""
-    dsn = database_factory.create("fresh")
-    yield dsn
-    database_factory.drop(str(conninfo_to_dict(dsn)["dbname"]))
+def database_factory(session_databases: DatabaseFactory) -> Iterator[DatabaseFactory]:
+    """New databases for one test, dropped when it ends on a throwaway cluster (hundreds would fill
+    its tmpfs), else at the session's end (a drop there forces a checkpoint)."""
+    factory = session_databases.scoped()
+    try:
+        yield factory
+    finally:
+        factory.close()
+
+
+@pytest.fixture
+def fresh_dsn(database_factory: DatabaseFactory) -> str:
+    """One new empty database of the test's own."""
+    return database_factory.create("fresh")
 
 
 @pytest.fixture

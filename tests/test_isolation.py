@@ -51,8 +51,10 @@ def _drop_role(factory: DatabaseFactory, role: str, *dbnames: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def shared(database_factory: DatabaseFactory, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shared]:
-    """The generated demo schema with acme's and globex's rows, and its application role."""
+def shared(session_databases: DatabaseFactory, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shared]:
+    """The generated demo schema with acme's and globex's rows, and its application role; its
+    databases go when the module ends, as a test's do."""
+    database_factory = session_databases.scoped()
     role = f"tm_app_{uuid.uuid4().hex[:8]}"
     _admin(database_factory, sql.SQL("CREATE ROLE {} NOSUPERUSER NOBYPASSRLS").format(sql.Identifier(role)))
     template = ""
@@ -81,11 +83,13 @@ def shared(database_factory: DatabaseFactory, tmp_path_factory: pytest.TempPathF
         yield Shared(template, role, playbook)
     finally:
         _drop_role(database_factory, role, *([template] if template else []))
+        database_factory.close()
 
 
 @pytest.fixture
 def target(shared: Shared, database_factory: DatabaseFactory) -> Iterator[str]:
-    """A private copy of the populated shared schema, dropped after the test."""
+    """A private copy of the populated shared schema, dropped after the test (whatever the backend:
+    the module's role is dropped at its end, and a database with grants to it would stop that)."""
     dsn = database_factory.create("iso", template=shared.template)
     yield dsn
     database_factory.drop(str(conninfo_to_dict(dsn)["dbname"]))

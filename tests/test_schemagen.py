@@ -39,9 +39,9 @@ REALISTIC_TABLES = ("accounts", "members", "tasks", "events")
 
 def make_source(factory: DatabaseFactory, name: str, schema_sql: str, data_sql: str, tenant: str) -> str:
     """A source database with a schema and one tenant's deterministic rows."""
+    factory.register(name)
     with psycopg.connect(factory.admin_dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
-    factory.created.append(name)
     dsn = dsn_for(factory.admin_dsn, name)
     with psycopg.connect(dsn, autocommit=True) as conn, conn.transaction():
         conn.execute(schema_sql)

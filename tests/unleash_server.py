@@ -379,7 +379,7 @@ class _Servers:
         self.states: list[Path] = []
 
     def start(self) -> UnleashServer:
-        factory: Any = self.request.getfixturevalue("database_factory")
+        factory: Any = self.request.getfixturevalue("session_databases")
         state = Path(tempfile.mkdtemp(prefix="tm-test-unleash-"))
         self.states.append(state)
         try:

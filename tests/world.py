@@ -1,9 +1,10 @@
 """A small world for tests: a target database, per-tenant source databases and a flag file.
 
-Built on a database factory (tests/databases.py); conftest's ``world`` fixture makes one
-for the tenants ``@pytest.mark.tenants`` names. The playbook is ``playbooks/demo.yaml``
-(or one written by the test) and settings travel in an ``environ`` dict, never
-in ``os.environ``.
+Built on a test's database factory (tests/databases.py), which every database of the world
+is registered with, so it goes with the test's others; conftest's ``world`` fixture makes one
+for the tenants ``@pytest.mark.tenants`` names.
+The playbook is ``playbooks/demo.yaml`` (or one written by the test) and settings travel in
+an ``environ`` dict, never in ``os.environ``.
 """
 
 from __future__ import annotations
@@ -85,8 +86,8 @@ def make_world(
     target = factory.create("target")
     world = World(factory.admin_dsn, target, prefix, tmp_path / "flags.json")
     for tenant, scale in tenants:
+        factory.register(f"{prefix}{tenant}")  # before it exists: a half-built source goes too
         create_source(factory.admin_dsn, f"{prefix}{tenant}", tenant, scale)
-        factory.created.append(f"{prefix}{tenant}")
         world.tenants[tenant] = scale
     return world
 
@@ -97,9 +98,9 @@ def custom_world(factory: DatabaseFactory, tmp_path: Path, ddl: str, tenants: tu
     world = World(factory.admin_dsn, factory.create("target"), prefix, tmp_path / "flags.json")
     for tenant in tenants:
         name = f"{prefix}{tenant}"
+        factory.register(name)
         with psycopg.connect(factory.admin_dsn, autocommit=True) as conn:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        factory.created.append(name)
         with psycopg.connect(dsn_for(factory.admin_dsn, name), autocommit=True) as conn:
             conn.execute(ddl)
         world.tenants[tenant] = 1
