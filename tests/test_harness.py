@@ -1,15 +1,19 @@
-"""The test harness itself: the world a marker asks for, and databases gone with their test."""
+"""The test harness itself: the world a marker asks for, databases gone with their test, and the
+throwaway cluster's settings."""
 
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from databases import DatabaseFactory
+import cluster
+from cluster import SETTINGS, installed_bin_dir
+from databases import DatabaseFactory, chosen_backend
 from world import World
 
 
@@ -62,3 +66,44 @@ def test_where_drops_are_dear_a_scopes_databases_wait_for_the_sessions_end(pg_ad
     assert existing(pg_admin_dsn, made) == {made} and session.created == [made]
     session.drop_all()
     assert existing(pg_admin_dsn, made) == set()
+
+
+def test_a_throwaway_cluster_trades_durability_for_speed_and_decodes_logically(pg_admin_dsn: str) -> None:
+    """fsync and synchronous commit off, wal_level logical: a logical slot is created and dropped."""
+    if chosen_backend() not in ("cluster", "embedded"):
+        pytest.skip(f"the {chosen_backend()} backend is not a throwaway cluster of the tests' own")
+    with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
+        found: dict[str, str] = dict(
+            conn.execute("SELECT name, setting FROM pg_settings WHERE name = ANY(%s)", (list(SETTINGS),))
+        )
+        conn.execute("SELECT pg_create_logical_replication_slot('tm_test_harness', 'pgoutput')")
+        conn.execute("SELECT pg_drop_replication_slot('tm_test_harness')")
+    assert found == {name: value.strip("'") for name, value in SETTINGS.items()}
+
+
+def test_the_cluster_comes_from_the_newest_installed_postgresql_14_or_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Of /usr/lib/postgresql/{13,15,16,17}/bin, 16 wins: 13 is too old, 17 lacks initdb."""
+    for major, tools in (
+        ("13", cluster.TOOLS),
+        ("15", cluster.TOOLS),
+        ("16", cluster.TOOLS),
+        ("17", ("pg_ctl",)),
+    ):
+        (tmp_path / major / "bin").mkdir(parents=True)
+        for tool in tools:
+            (tmp_path / major / "bin" / tool).touch()
+    monkeypatch.setattr(cluster, "INSTALLED", tmp_path)
+    assert installed_bin_dir() == tmp_path / "16" / "bin"
+
+
+def test_without_installed_postgresql_the_backend_is_another_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No /usr/lib/postgresql/N/bin: the choice falls to the next backend (local, docker or embedded)."""
+    monkeypatch.setattr(cluster, "INSTALLED", tmp_path)
+    monkeypatch.delenv("MIGRATE_TEST_BACKEND", raising=False)
+    monkeypatch.delenv("MIGRATE_TEST_DSN", raising=False)
+    assert installed_bin_dir() is None
+    assert chosen_backend.__wrapped__() in ("local", "docker", "embedded")
