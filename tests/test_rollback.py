@@ -19,6 +19,7 @@ import pytest
 from psycopg import sql
 
 from databases import DatabaseFactory
+from kill import sessions_gone
 from migrate import api
 from migrate.adapters.flagfile import FileFlagProvider
 from migrate.cli.app import main
@@ -405,7 +406,8 @@ def spawn(world: World, *args: str) -> subprocess.Popen[bytes]:
     )
 
 
-def kill_when(proc: subprocess.Popen[bytes], ready: Any, what: str) -> None:
+def kill_when(world: World, proc: subprocess.Popen[bytes], ready: Any, what: str) -> None:
+    """SIGKILL once ``ready()``; then wait until the server has ended the dead process's sessions."""
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline and proc.poll() is None:
         try:
@@ -418,6 +420,8 @@ def kill_when(proc: subprocess.Popen[bytes], ready: Any, what: str) -> None:
         time.sleep(0.005)
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL, f"the process ended before {what}"
+    # Until then, a session of the dead process may still commit the batch it was sent.
+    assert sessions_gone(world, proc.pid), "the dead process's sessions outlived it"
 
 
 @pytest.mark.tenants(acme=80)
@@ -435,7 +439,9 @@ def test_kill_9_mid_backfill_then_rollback_to_pre_copy_leaves_no_row_then_run_va
             ).fetchone()
         return bool(row and row[0] >= 2)
 
-    kill_when(spawn(world, "run", str(book), "--tenant", "acme"), two_tables_done, "two tables were copied")
+    kill_when(
+        world, spawn(world, "run", str(book), "--tenant", "acme"), two_tables_done, "two tables were copied"
+    )
     assert step_states(world, "acme")["copy/backfill"] == "running"
     assert sum(shared_rows(world, "acme").values()) > 0
     result = api.rollback(book, "acme", "pre-copy", environ=world.environ)
@@ -466,15 +472,17 @@ def test_kill_9_mid_revert_leaves_whole_batches_that_the_next_rollback_finishes(
         return bool(row and 0 < row[0] < total)
 
     proc = spawn(world, "rollback", str(book), "--tenant", "acme", "--to", "pre-copy", "--yes", DISCARD)
-    kill_when(proc, some_rows_gone, "it had deleted some rows")
-    left = sum(shared_rows(world, "acme").values())
-    assert 0 < left < total, "a kill mid-revert must leave whole batches, some deleted and some not"
+    kill_when(world, proc, some_rows_gone, "it had deleted some rows")
+    left = shared_rows(world, "acme")
+    assert 0 < sum(left.values()) < total, "a kill mid-revert leaves whole batches, some deleted, some not"
     assert flag_on(world) == [], "the flag went back before any data"
     assert step_states(world, "acme")["copy/backfill"] == "done"
     result = api.rollback(book, "acme", "pre-copy", environ=world.environ)
     assert [r.key for r in result.steps] == ["copy/backfill"]
-    batches = result.steps[0].details["batches"]
-    assert batches["comments"] + batches["tasks"] > 2 or left < 300
+    details = result.steps[0].details
+    assert details["deleted"] == left, "the second rollback deletes exactly the rows the first left"
+    # Batches of at most 100 rows (the playbook's chunk_rows) in each table, as the first rollback.
+    assert details["batches"] == {table: -(-rows // 100) for table, rows in left.items()}
     assert set(shared_rows(world, "acme").values()) == {0}
     assert api.run(book, ["acme"], environ=world.environ).ok
     assert validated(world, book, ["acme"]) == {"acme": ("done", True)}
