@@ -9,7 +9,7 @@ from typing import Any, ClassVar, Literal, Protocol
 from uuid import UUID
 
 import psycopg
-from psycopg import pq
+from psycopg import pq, sql
 
 from migrate.catalog.reflect import SourceTable
 from migrate.control.store import ControlStore
@@ -125,11 +125,16 @@ def local_transaction(conn: psycopg.Connection[Any], settings: Mapping[str, str]
     nested = conn.info.transaction_status != pq.TransactionStatus.IDLE
     before: dict[str, str] = {}
     with conn.transaction():
-        for name, value in settings.items():
-            if nested:
+        if nested:
+            for name in settings:
                 row = conn.execute("SELECT current_setting(%s)", (name,)).fetchone()
                 before[name] = str(row[0]) if row else ""
-            conn.execute("SELECT set_config(%s, %s, true)", (name, value))
+        _set_local(conn, settings)  # one round trip, as many settings as given
         yield
-    for name, value in before.items():
-        conn.execute("SELECT set_config(%s, %s, true)", (name, value))
+    if before:
+        _set_local(conn, before)
+
+
+def _set_local(conn: psycopg.Connection[Any], settings: Mapping[str, str]) -> None:
+    calls = sql.SQL(", ").join(sql.SQL("set_config(%s, %s, true)") for _ in settings)
+    conn.execute(sql.SQL("SELECT {}").format(calls), [v for kv in settings.items() for v in kv])
