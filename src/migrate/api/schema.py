@@ -15,6 +15,7 @@ from migrate.api.settings import (
     connect,
     identifier_option,
     source_dsn,
+    tenant_context_option,
 )
 from migrate.catalog import TENANT_COLUMN
 from migrate.catalog.ddl import Options as SchemaOptions
@@ -76,6 +77,7 @@ def schema_generate(
     app_role: str | None = None,
     global_tables: Sequence[str] = (),
     unique_across: Sequence[str] = (),
+    tenant_context: str | None = None,
     environ: Environ | None = None,
 ) -> GenerateResult:
     """The shared schema as an alembic revision in ``out``, and the consolidation report.
@@ -101,6 +103,7 @@ def schema_generate(
         schema = schema or pb.target.schema_
         source_schema = source_schema or pb.source.schema_
         globals_ += list(pb.global_tables)
+        tenant_context = tenant_context or pb.target.tenant_context
         uniques += [UniqueAcrossTenants(u.table, tuple(u.columns)) for u in pb.unique_across_tenants]
         for tenant in loaded.tenants:
             dsn, var = source_dsn(loaded, tenant, environ)
@@ -121,6 +124,7 @@ def schema_generate(
         tenant_type="uuid" if tenant_type == "uuid" else "text",
         app_role=identifier_option(app_role, "--app-role") if app_role else None,
         global_tables=frozenset(globals_),
+        tenant_context=tenant_context_option(tenant_context),
     )
     with ExitStack() as stack:
         conns = {

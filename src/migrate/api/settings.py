@@ -43,6 +43,7 @@ from migrate.ports import FlagChange, FlagProvider, FlagSnapshot
 if TYPE_CHECKING:
     from migrate.adapters.flagfile import FileFlagProvider
     from migrate.adapters.unleash import UnleashFlagProvider
+    from migrate.catalog.ddl import TenantContext
 
 Environ = Mapping[str, str]
 
@@ -274,6 +275,17 @@ def progress_of(env: Environment, tenants: Sequence[str] | None) -> dict[tuple[s
 def control_exists(conn: psycopg.Connection[Any], schema: str) -> bool:
     row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f'"{schema}".step_state',)).fetchone()
     return bool(row and row[0])
+
+def tenant_context_option(value: str | None) -> TenantContext:
+    """``--tenant-context`` (or ``target.tenant_context``): session (the default) or transaction."""
+    if value in (None, "session"):
+        return "session"
+    if value == "transaction":
+        return "transaction"
+    raise ArgumentError(
+        f"unknown tenant context {value!r}", where="--tenant-context", hint="session or transaction"
+    )
+
 
 def identifier_option(value: str, option: str) -> str:
     from migrate.names import check_identifier

@@ -17,4 +17,11 @@ TENANT_COLUMN = "tenant_id"
 TENANT_SETTING = "app.tenant_id"
 """The setting the shared schema's policies read: the tenant a transaction acts for."""
 
-__all__ = ["TENANT_COLUMN", "TENANT_SETTING"]
+TENANT_XACT_SETTING = "app.tenant_xact_start"
+"""Transaction-bound tenant context: the start of the transaction the tenant was set in."""
+
+XACT_START = "extract(epoch FROM now())::text"
+"""That start as the application sets it and the policy compares it: epoch seconds with
+microseconds, the same text whatever TimeZone or DateStyle say."""
+
+__all__ = ["TENANT_COLUMN", "TENANT_SETTING", "TENANT_XACT_SETTING", "XACT_START"]

@@ -417,6 +417,23 @@ class TenantType(StrEnum):
     uuid = "uuid"
 
 
+class TenantContext(StrEnum):
+    session = "session"
+    transaction = "transaction"
+
+
+TenantContextOpt = Annotated[
+    TenantContext | None,
+    typer.Option(
+        "--tenant-context",
+        help="session: the tenant set on the connection counts; transaction: only one set in the "
+        "current transaction (with app.tenant_xid). Default: the playbook's target.tenant_context, "
+        "else session.",
+        show_default=False,
+    ),
+]
+
+
 @schema_app.command("generate")
 def schema_generate(
     out_dir: Annotated[
@@ -451,6 +468,7 @@ def schema_generate(
     ),
     app_role: AppRoleOpt = None,
     global_table: GlobalOpt = None,
+    tenant_context: TenantContextOpt = None,
     unique: Annotated[
         list[str] | None,
         typer.Option(
@@ -470,6 +488,7 @@ def schema_generate(
         source_schema=source_schema,
         tenant_column=tenant_column,
         tenant_type=tenant_type.value,
+        tenant_context=tenant_context.value if tenant_context else None,
         app_role=app_role,
         global_tables=global_table or (),
         unique_across=unique or (),

@@ -107,6 +107,7 @@ def step_context(
         target=target,
         source_schema=pb.source.schema_,
         target_schema=pb.target.schema_,
+        tenant_context=pb.target.tenant_context,
         tables=tuple(tables),
         control=env.control,
         flags=env.flags,

@@ -29,6 +29,14 @@ class Target(Model):
     control_schema: Identifier = Field(
         default="migrate_control", description="Schema of run state, checkpoints and ledger."
     )
+    tenant_context: Literal["session", "transaction"] = Field(
+        default="session",
+        description="How the policies take the application's tenant. 'session': app.tenant_id as "
+        "set on the connection (the application must use SET LOCAL / set_config(…, true)). "
+        "'transaction': only a tenant set in the current transaction counts — the application "
+        "also sets app.tenant_xid to pg_current_xact_id() — so a tenant a session-level SET left "
+        "on a pooled connection matches no row (README: 'Tenant context').",
+    )
 
 
 class Source(Model):

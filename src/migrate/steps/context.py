@@ -84,6 +84,8 @@ class StepContext:
     keys: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # keys declared in the playbook
     progress: ProgressSink = no_progress
     stopping: Callable[[], bool] = never
+    # How the shared schema's policies take the tenant (playbook target.tenant_context).
+    tenant_context: Literal["session", "transaction"] = "session"
 
 
 class StepKind(Protocol):

@@ -57,7 +57,8 @@ class SchemaStep:
 
     def apply(self, ctx: StepContext) -> Details:
         source = reflect_schema(ctx.source, ctx.source_schema).restricted(t.name for t in ctx.tables)
-        shared = ddl.build(source, ddl.Options(schema=ctx.target_schema))
+        options = ddl.Options(schema=ctx.target_schema, tenant_context=ctx.tenant_context)
+        shared = ddl.build(source, options)
         created: list[str] = []
         # Only a tenant that finds something missing takes the lock: once the shared tables
         # exist, tenants (and rehearsals, which hold their locks until they roll back) never
