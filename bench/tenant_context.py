@@ -12,7 +12,7 @@ application role runs, per repetition and policy (interleaved, the order alterna
 * **bulk**: ``SELECT count(*), sum(amount)`` over every row of tenant ``big`` in one
   transaction (a scan of 40 % of the table), with the planner free to go parallel.
 
-Policies, each as ``schemagen/ddl.py`` writes it (``session``, ``transaction``) and two
+Policies, each as ``catalog/ddl.py`` writes it (``session``, ``transaction``) and two
 alternatives measured to choose between them:
 
 * ``unguarded``: ``tenant_id = current_setting('app.tenant_id', true)`` (before issue 16);

@@ -17,6 +17,7 @@ from migrate.api.settings import (
     environment,
     identifier_option,
     target_dsn,
+    tenant_context_option,
 )
 from migrate.catalog import TENANT_COLUMN
 from migrate.catalog.reflect import SourceTable, reflect, select_tables
@@ -168,6 +169,7 @@ def isolation_check(
     tenant_column: str = TENANT_COLUMN,
     global_tables: Sequence[str] = (),
     probe: bool = True,
+    tenant_context: str | None = None,
     environ: Environ | None = None,
 ) -> IsolationReport:
     """Static RLS findings and live probes as the application role, on the playbook's target or ``dsn``."""
@@ -181,6 +183,7 @@ def isolation_check(
         dsn, var = target_dsn(loaded, environ), loaded.playbook.target.dsn_env
         schema = schema or loaded.playbook.target.schema_
         globals_ += list(loaded.playbook.global_tables)
+        tenant_context = tenant_context or loaded.playbook.target.tenant_context
     elif dsn is None:
         dsn, var = environ.get("MIGRATE_TARGET_DSN") or None, "MIGRATE_TARGET_DSN"
         if dsn is None:
@@ -197,6 +200,8 @@ def isolation_check(
             hint="--app-role ROLE (or export MIGRATE_APP_ROLE=ROLE): the role your application connects as",
         )
     schema = identifier_option(schema or "app", "--schema")
+    context = tenant_context_option(tenant_context)
+    target, target_var = dsn, var
     with connect(dsn, what="the target database", var=var) as conn:
         row = conn.execute("SELECT to_regnamespace(%s) IS NOT NULL", (schema,)).fetchone()
         if not row or not row[0]:
@@ -209,6 +214,9 @@ def isolation_check(
                 tenant_column=identifier_option(tenant_column, "--tenant-column"),
                 global_tables=globals_,
                 probe=probe,
+                tenant_context=context,
+                # Probes that need a connection with no history: a fresh one, then a pooled one.
+                connect=lambda: connect(target, what="the target database", var=target_var),
             )
         except psycopg.Error as exc:
             raise CheckFailed(redact(str(exc).strip()), where="isolation-check") from exc

@@ -516,6 +516,7 @@ def isolation_check(
     app_role: AppRoleOpt = None,
     tenant_column: TenantColumnOpt = "tenant_id",
     global_table: GlobalOpt = None,
+    tenant_context: TenantContextOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Prove tenant isolation: RLS rules from the catalog, then live probes as the application role."""
@@ -526,6 +527,7 @@ def isolation_check(
         app_role=app_role,
         tenant_column=tenant_column,
         global_tables=global_table or (),
+        tenant_context=tenant_context.value if tenant_context else None,
     )
     if as_json:
         out.print_json(data=render.isolation_json(report))

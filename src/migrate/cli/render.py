@@ -629,24 +629,37 @@ def schema_generate_json(result: GenerateResult) -> dict[str, Any]:
 def isolation(console: Console, report: IsolationReport) -> None:
     for finding in report.findings:
         console.print(finding.line(), markup=False)
+    for info in report.informational:
+        console.print(info.line(), markup=False)
     for note in report.notes:
         console.print(f"note: {note}", markup=False)
-    what = f"schema {report.schema!r}, role {report.app_role!r}: {len(report.tables)} tenant table(s), "
+    probed = (
+        f" ({len(report.probed)} probed as the application)"
+        if len(report.probed) != len(report.tables)
+        else ""
+    )
+    what = (
+        f"schema {report.schema!r}, role {report.app_role!r}: {len(report.tables)} tenant table(s){probed}, "
+    )
     what += f"{report.probes} probe(s)"
+    extra = f", {len(report.informational)} informational" if report.informational else ""
     if report.ok:
-        console.print(f"isolation holds for {what}: no findings", markup=False)
+        console.print(f"isolation holds for {what}: no findings{extra}", markup=False)
     else:
-        console.print(f"isolation BROKEN for {what}: {len(report.findings)} finding(s)", markup=False)
+        console.print(f"isolation BROKEN for {what}: {len(report.findings)} finding(s){extra}", markup=False)
 
 
 def isolation_json(report: IsolationReport) -> dict[str, Any]:
     return {
         "schema": report.schema,
         "app_role": report.app_role,
+        "tenant_context": report.tenant_context,
         "ok": report.ok,
         "tables": list(report.tables),
+        "probed": list(report.probed),
         "probes": report.probes,
         "findings": [f.__dict__ for f in report.findings],
+        "informational": [f.__dict__ for f in report.informational],
         "notes": list(report.notes),
     }
 

@@ -1,6 +1,7 @@
 -- Every table, partition, view and materialized view of the shared schema, with what
 -- the isolation rules need: RLS flags, the tenant column, ownership (a member of the
--- owner role counts as the owner for RLS) and the application role's privileges.
+-- owner role counts as the owner for RLS), the tenant column's type and the application
+-- role's privileges.
 SELECT c.relname,
        c.relkind::text,
        (SELECT p.relname FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent
@@ -11,6 +12,7 @@ SELECT c.relname,
        pg_has_role(%(role)s, c.relowner, 'USAGE') OR pg_has_role(%(role)s, c.relowner, 'MEMBER'),
        ta.attname IS NOT NULL,
        coalesce(ta.attnotnull, false),
+       format_type(ta.atttypid, ta.atttypmod),
        has_table_privilege(%(role)s, c.oid, 'SELECT'),
        has_table_privilege(%(role)s, c.oid, 'INSERT'),
        has_table_privilege(%(role)s, c.oid, 'UPDATE'),
