@@ -431,11 +431,12 @@ class Probes:
                 )
         else:
             total = sum(n for _r, n in leaks)
+            capped = "+" if any(n >= SAMPLE for _r, n in leaks) else ""
             self.out.inform(
                 ", ".join(r.name for r, _n in leaks),
                 "session-context-survives",
                 f"tenant {tenant!r} set at session level (SET, not SET LOCAL) stays on the connection: "
-                f"the next request on it that sets no tenant sees that tenant's rows ({total} here); "
+                f"the next request on it that sets no tenant sees that tenant's rows ({total}{capped} here); "
                 "a pool that hands connections on without RESET ALL hands the tenant on too",
                 "the application sets the tenant with SET LOCAL / set_config(…, true) in every "
                 "transaction; to have the database refuse the mistake, set target.tenant_context: "
