@@ -12,10 +12,13 @@ Interleaved, per repetition:
    the append happens, comes after) and the whole run's;
 2. ``--appends`` appends on that target, each timed alone, the way the engine
    makes them: inside the step's closing transaction (after ``set_status``), and
-   in a transaction of their own (run_started, run_finished).
+   in a transaction of their own (run_started, run_finished); then as many signed
+   appends (an Ed25519 key, as ``ledger.signing_key_file`` gives the runner), each
+   inside a transaction, interleaved with unsigned ones, and the signature alone.
 
 The engine appends once per step, so the append's share of a backfill step is
-``append / backfill``. The server is ``--dsn``, else ``MIGRATE_BENCH_DSN``, else
+``append / backfill``, and signing's share is ``(signed - unsigned append) / backfill``.
+The server is ``--dsn``, else ``MIGRATE_BENCH_DSN``, else
 ``postgresql://postgres@127.0.0.1:5432/postgres``. Not run by pytest.
 """
 
@@ -40,6 +43,7 @@ from psycopg.conninfo import make_conninfo
 from migrate import api
 from migrate.api.demo import create_source
 from migrate.control.ledger import Entry, Ledger, Recorded
+from migrate.control.signing import entry_message, generate_key, signer_from_pem
 from migrate.log import configure
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -84,6 +88,27 @@ def one_run(playbook: Path, environ: dict[str, str], ledger_on: bool) -> tuple[f
     return {s.kind: s.seconds for s in result.tenants[0].steps}["backfill"], total
 
 
+def signed_appends(dsn: str, count: int) -> tuple[list[float], list[float], list[float]]:
+    """Seconds per append in a transaction, unsigned and signed, interleaved; and per signature alone."""
+    signer = signer_from_pem(generate_key()[0], "bench")
+    plain, signed = Ledger("migrate_control"), Ledger("migrate_control", signer)
+    unsigned_s, signed_s, sign_s = [], [], []
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for i in range(count):
+            entry = Entry("bench", "host", "bench-ledger", "d" * 64, "applied", "ok", tenant="acme",
+                          details={"i": i, "rows": 15000})  # fmt: skip
+            for book, into in ((plain, unsigned_s), (signed, signed_s))[:: 1 if i % 2 else -1]:
+                with conn.transaction():
+                    conn.execute("SELECT 1")
+                    t0 = time.perf_counter()
+                    book.append(conn, entry)
+                    into.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            signer.sign(entry_message("f" * 64))
+            sign_s.append(time.perf_counter() - t0)
+    return unsigned_s, signed_s, sign_s
+
+
 def appends(dsn: str, count: int) -> tuple[list[float], list[float]]:
     """Seconds per append: inside the step's closing transaction, and in a transaction of its own."""
     book = Ledger("migrate_control")
@@ -120,7 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     configure(level="warning")
     source_db = f"tm_bench_ledger_src_{uuid.uuid4().hex[:8]}_acme"
     create_source(args.dsn, source_db, "acme", args.scale)
-    figures: dict[str, list[float]] = {k: [] for k in ("on", "off", "run_on", "run_off", "inside", "alone")}
+    figures: dict[str, list[float]] = {
+        k: [] for k in ("on", "off", "run_on", "run_off", "inside", "alone", "unsigned", "signed", "sign")
+    }
     try:
         with tempfile.TemporaryDirectory(prefix="tm-bench-") as tmp:
             playbook = Path(tmp) / "bench.yaml"
@@ -142,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
                             inside, alone = appends(target, args.appends)
                             figures["inside"].append(statistics.median(inside))
                             figures["alone"].append(statistics.median(alone))
+                            unsigned, signed, sign = signed_appends(target, args.appends)
+                            figures["unsigned"].append(statistics.median(unsigned))
+                            figures["signed"].append(statistics.median(signed))
+                            figures["sign"].append(statistics.median(sign))
                 print(
                     f"  rep {rep + 1}: backfill {figures['on'][-1] * 1e3:.1f} ms (ledger on),"
                     f" {figures['off'][-1] * 1e3:.1f} ms (off); append {figures['inside'][-1] * 1e3:.3f} ms"
@@ -164,6 +195,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"one append in its own transaction:    {med['alone'] * 1e3:6.3f} ms")
     backfill = statistics.median(figures["on"] + figures["off"])
     print(f"ratio append / backfill step: {med['inside'] / backfill:.4f}")
+    signing = med["signed"] - med["unsigned"]
+    print(
+        f"signed append {med['signed'] * 1e3:.3f} ms vs unsigned {med['unsigned'] * 1e3:.3f} ms"
+        f" (interleaved): signing costs {signing * 1e3:.3f} ms an entry;"
+        f" the Ed25519 signature alone {med['sign'] * 1e6:.1f} µs"
+    )
+    print(
+        f"ratio signing / backfill step: {signing / backfill:.4f} ({signing / backfill:.2%}; must stay < 1 %)"
+    )
     return 0
 
 

@@ -21,7 +21,15 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from migrate.api.audit import LedgerExport, LedgerReport, ledger, ledger_export
+    from migrate.api.audit import (
+        LedgerExport,
+        LedgerKey,
+        LedgerReport,
+        ledger,
+        ledger_export,
+        ledger_keygen,
+        ledger_public_keys,
+    )
     from migrate.api.checks import TenantFigures, VerifyResult, diff, isolation_check, verify
     from migrate.api.flags import FlagsSync, FlagSummary, FlagSynced, flags_sync
     from migrate.api.runs import approve, plan, rollback, rollback_preview, run
@@ -63,6 +71,7 @@ _HOME = {
     "Holder": "migrate.control.store",
     "IsolationReport": "migrate.checks.isolation",
     "LedgerExport": "migrate.api.audit",
+    "LedgerKey": "migrate.api.audit",
     "LedgerReport": "migrate.api.audit",
     "NextCommand": "migrate.api.state",
     "Plan": "migrate.plan",
@@ -90,6 +99,8 @@ _HOME = {
     "isolation_check": "migrate.api.checks",
     "ledger": "migrate.api.audit",
     "ledger_export": "migrate.api.audit",
+    "ledger_keygen": "migrate.api.audit",
+    "ledger_public_keys": "migrate.api.audit",
     "plan": "migrate.api.runs",
     "render_text": "migrate.plan",
     "rollback": "migrate.api.runs",
@@ -125,6 +136,7 @@ __all__ = [
     "Holder",
     "IsolationReport",
     "LedgerExport",
+    "LedgerKey",
     "LedgerReport",
     "NextCommand",
     "Plan",
@@ -152,6 +164,8 @@ __all__ = [
     "isolation_check",
     "ledger",
     "ledger_export",
+    "ledger_keygen",
+    "ledger_public_keys",
     "plan",
     "render_text",
     "rollback",

@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from migrate.adapters.recording import RecordingFlags
+from migrate.api.ledger_writes import head_published, signing
 from migrate.api.settings import (
     Environ,
     check_flags_defined,
@@ -93,6 +94,7 @@ def run(
     build_plan(loaded, None, tenants, wave)  # --tenant and --wave, before any connection
     check_flags_defined(loaded)
     env, record = _sinks(environment(loaded, environ, actor), dry_run)
+    signing(env, environ)
     prepare_control(loaded, environ)
     the_plan = build_plan(loaded, progress_of(env, tenants), tenants, wave)
     words = ["run", *(f"--tenant {t}" for t in tenants or ()), *([f"--wave {wave}"] if wave else [])]
@@ -104,7 +106,10 @@ def run(
         replan=replan,
         stop=stop or threading.Event(),
     )
-    return engine_run(env, the_plan, options, progress=progress or no_progress)
+    with head_published(env, "rehearsal" if dry_run else "run") as unpublished:
+        result = engine_run(env, the_plan, options, progress=progress or no_progress)
+    result.warnings += unpublished
+    return result
 
 
 def _sinks(env: Environment, dry_run: bool) -> tuple[Environment, RunRecord]:
@@ -123,8 +128,10 @@ def approve(
     loaded = load_playbook(playbook)
     select_wave(loaded, wave)
     env = environment(loaded, environ, actor, with_flags=False, with_sources=False)
+    signing(env, environ)
     prepare_control(loaded, environ)
-    return engine_approve(env, build_plan(loaded), wave)
+    with head_published(env, "approve"):
+        return engine_approve(env, build_plan(loaded), wave)
 
 
 @dataclass(frozen=True)
@@ -204,15 +211,17 @@ def rollback(
     started = time.monotonic() if started is None else started
     req = _rollback_request(playbook, tenants, to, wave, all_tenants, discard_writes_since_cutover, environ)
     env = environment(req.loaded, req.environ, actor)
+    signing(env, req.environ)
     prepare_control(req.loaded, req.environ)
-    return engine_rollback(
-        env,
-        req.plan.tenants,
-        to,
-        discard_writes_since_cutover=discard_writes_since_cutover,
-        started=started,
-        command=req.command,
-    )
+    with head_published(env, "rollback"):
+        return engine_rollback(
+            env,
+            req.plan.tenants,
+            to,
+            discard_writes_since_cutover=discard_writes_since_cutover,
+            started=started,
+            command=req.command,
+        )
 
 
 def rollback_preview(

@@ -588,13 +588,45 @@ def ledger_verify(
             show_default=False,
         ),
     ] = None,
+    require_signatures: Annotated[
+        bool,
+        typer.Option(
+            "--require-signatures",
+            help="Fail unless every entry is signed with a trusted key (also: ledger.require_signatures).",
+        ),
+    ] = False,
 ) -> None:
-    """Check the hash chain; exit 1 naming the first broken entry, or a missing anchor."""
-    report = api.ledger(playbook, anchor=anchor, list_entries=False)
+    """Check the chain, signatures, dates, the control state's history and the published head;
+    exit 1 naming every broken entry or missing range."""
+    report = api.ledger(playbook, anchor=anchor, list_entries=False, require_signatures=require_signatures)
     render.ledger_warnings(err, report)
     if (failure := report.failure) is not None:
         raise failure
     out.print(render.ledger_verified(report), markup=False)
+
+
+@ledger_app.command("keys")
+def ledger_keys(playbook: PlaybookArg) -> None:
+    """Print the public keys the ledger's entries were signed with (PEM), as recorded in the database."""
+    keys = api.ledger_public_keys(playbook)
+    render.ledger_keys(out, keys)
+
+
+@ledger_app.command("keygen")
+def ledger_keygen(
+    out_file: Annotated[
+        Path,
+        typer.Option(
+            "--out", help="Where the private key goes (mode 0600); the public key goes to FILE.pub."
+        ),
+    ],
+) -> None:
+    """Make an Ed25519 ledger signing key: name it in the playbook (ledger.signing_key_file or _env)."""
+    private, public, key_id = api.ledger_keygen(out_file)
+    out.print(
+        f"ledger key {key_id}: private key {private} (keep it off the database host), public key {public}",
+        markup=False,
+    )
 
 
 @ledger_app.command("export")

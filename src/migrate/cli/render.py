@@ -333,12 +333,25 @@ def ledger(console: Console, report: api.LedgerReport, warn: Console | None = No
         else f"CHAIN BROKEN at entry {report.broken_at}: {report.why}",
         markup=False,
     )
+    for problem in report.problems:
+        console.print(f"BROKEN: {problem}", markup=False)
     ledger_warnings(warn or console, report)
 
 
 def ledger_warnings(console: Console, report: api.LedgerReport) -> None:
-    for warning in report.warnings:
+    for warning in (*report.warnings, *report.notices):
         console.print(f"warning: {warning}", markup=False)
+
+
+def ledger_keys(console: Console, keys: tuple[api.LedgerKey, ...]) -> None:
+    if not keys:
+        console.print("no signed entry yet: no key recorded", markup=False)
+    for key in keys:
+        console.print(
+            f"# key {key.key_id} ({key.algorithm}), first used {key.recorded_at:%Y-%m-%d %H:%M:%S %Z}",
+            markup=False,
+        )
+        console.print(key.public_key.strip(), markup=False)
 
 
 def ledger_verified(report: api.LedgerReport) -> str:
@@ -348,6 +361,10 @@ def ledger_verified(report: api.LedgerReport) -> str:
         f"ledger verified: {report.checked} entries, chain intact\n"
         f"head: entry {report.head_seq} {report.head_hash}  (publish it; check later with --anchor)"
     )
+    if report.signed:
+        text += f"\nsignatures: {report.signed} entries signed with a trusted key, every one checks"
+    if report.head_checked is not None:
+        text += f"\npublished head holds: {report.head_checked}"
     if report.anchor_seq is not None:
         text += f"\nanchor found at entry {report.anchor_seq}: nothing up to it has changed"
     return text

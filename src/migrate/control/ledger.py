@@ -16,8 +16,18 @@ is held until the caller's transaction ends: append last, right before commit.
 What the chain proves: :meth:`Ledger.verify` names the first entry that was
 edited, deleted, reordered or inserted behind the trigger. Someone with owner or
 superuser rights could rewrite every entry from some point on and recompute all
-the hashes after it; a hash published earlier (an *anchor*: ``ledger verify``
-prints the head's) then no longer appears, which ``verify --anchor`` reports.
+the hashes after it, and a role that may only INSERT can append an entry with a
+correct hash. Three things outside the chain close those gaps:
+
+- signatures (signing.py): with a key the playbook names, every entry carries an
+  Ed25519 signature of its hash, and ``verify`` names every entry whose signature
+  does not check against a trusted key, with its actor;
+- the control state (history.py): every run and step state transition has its
+  entries, so a ledger cut short, or emptied, is caught without any anchor;
+- a published head (head.py), or an anchor: a hash published earlier must still
+  be in the chain, and the ledger at least as long.
+
+Entries are also in time order: one dated before the entry it follows was backdated.
 """
 
 from __future__ import annotations
@@ -40,6 +50,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from migrate.control import locks
+from migrate.control.signing import ALGORITHM, LedgerKeys, Signer, entry_message
 from migrate.errors import ArgumentError
 from migrate.log import redact
 
@@ -79,6 +90,8 @@ class Recorded:
     entry: Entry
     prev_hash: str
     hash: str
+    key_id: str | None = None  # the key that signed it (signing.key_id), if signed
+    signature: str | None = None  # base64 Ed25519 signature of signing.entry_message(hash)
 
 
 def _body(seq: int, at: datetime, entry: Entry) -> dict[str, Any]:
@@ -100,8 +113,12 @@ def entry_hash(prev_hash: str, seq: int, at: datetime, entry: Entry) -> str:
 
 
 def export_line(rec: Recorded) -> str:
-    """One canonical JSON object (no newline): the hashed fields plus ``prev_hash`` and ``hash``."""
-    return _dumps({**_body(rec.seq, rec.at, rec.entry), "prev_hash": rec.prev_hash, "hash": rec.hash})
+    """One canonical JSON object (no newline): the hashed fields plus ``prev_hash`` and ``hash``,
+    and for a signed entry ``key_id`` and ``signature`` (not hashed: they sign the hash)."""
+    line = {**_body(rec.seq, rec.at, rec.entry), "prev_hash": rec.prev_hash, "hash": rec.hash}
+    if rec.signature is not None:
+        line |= {"key_id": rec.key_id, "signature": rec.signature}
+    return _dumps(line)
 
 
 def _scrub(details: Mapping[str, Any]) -> dict[str, Any]:
@@ -197,6 +214,13 @@ class Verification:
     why: str | None = None
     anchor: str | None = None
     anchor_seq: int | None = None  # the entry whose hash is the anchor; None: not found (or not asked)
+    entries: int = 0  # entries read, whether they verified or not
+    last_seq: int | None = None  # the highest seq read
+    forged: tuple[str, ...] = ()  # entries whose signature does not check, each with its actor
+    backdated: tuple[str, ...] = ()  # entries dated before the entry they follow
+    unsigned_before: int | None = None  # entries 1 .. n - 1 precede the first signed one, unsigned
+    signed: int = 0  # entries whose signature checked
+    keys_configured: bool = False  # signatures were checked against trusted keys
 
     @property
     def intact(self) -> bool:
@@ -215,8 +239,9 @@ def _privileges_sql() -> str:
 class Ledger:
     """The ledger table of one control schema, written through a given connection."""
 
-    def __init__(self, schema: str) -> None:
+    def __init__(self, schema: str, signer: Signer | None = None) -> None:
         self.schema = schema
+        self.signer = signer
         self.table = sql.Identifier(schema, "ledger")
         # One chain per control schema: two schemas in one database do not wait for each other.
         self._lock_key = f"{locks.LEDGER}:{schema}"
@@ -225,6 +250,17 @@ class Ledger:
             " LEFT JOIN LATERAL (SELECT seq, hash FROM {} ORDER BY seq DESC LIMIT 1) AS l ON true"
         ).format(self.table)
         self._insert = sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
+            self.table,
+            sql.SQL(_COLUMNS),
+            sql.SQL(", ").join(sql.Placeholder() for _ in _COLUMNS.split(",")),
+        )
+        # Signed: the entry and its key in one statement (the key row exists once; no extra trip).
+        self._insert_signed = sql.SQL(
+            "WITH k AS (INSERT INTO {} (key_id, algorithm, public_key) VALUES (%s, %s, %s)"
+            " ON CONFLICT (key_id) DO NOTHING)"
+            " INSERT INTO {} ({}, key_id, signature) VALUES ({}, %s, %s)"
+        ).format(
+            sql.Identifier(schema, "ledger_keys"),
             self.table,
             sql.SQL(_COLUMNS),
             sql.SQL(", ").join(sql.Placeholder() for _ in _COLUMNS.split(",")),
@@ -245,28 +281,32 @@ class Ledger:
             entry = Entry(**{**asdict(entry), "details": stored})
             seq, prev = (1, GENESIS) if last_seq is None else (last_seq + 1, last_hash)
             digest = entry_hash(prev, seq, at, entry)
-            conn.execute(
-                self._insert,
-                (
-                    seq,
-                    at,
-                    entry.run_id,
-                    entry.actor,
-                    entry.host,
-                    entry.playbook,
-                    entry.playbook_digest,
-                    entry.tenant,
-                    entry.wave,
-                    entry.phase,
-                    entry.step,
-                    entry.action,
-                    entry.outcome,
-                    Jsonb(stored),
-                    prev,
-                    digest,
-                ),
+            values = (
+                seq,
+                at,
+                entry.run_id,
+                entry.actor,
+                entry.host,
+                entry.playbook,
+                entry.playbook_digest,
+                entry.tenant,
+                entry.wave,
+                entry.phase,
+                entry.step,
+                entry.action,
+                entry.outcome,
+                Jsonb(stored),
+                prev,
+                digest,
             )
-        return Recorded(seq, at, entry, prev, digest)
+            if self.signer is None:
+                conn.execute(self._insert, values)
+                return Recorded(seq, at, entry, prev, digest)
+            signer = self.signer
+            signature = signer.sign(entry_message(digest))
+            key = (signer.key_id, ALGORITHM, signer.public.pem)
+            conn.execute(self._insert_signed, (*key, *values, signer.key_id, signature))
+        return Recorded(seq, at, entry, prev, digest, signer.key_id, signature)
 
     def entries(
         self,
@@ -279,7 +319,12 @@ class Ledger:
         if flt is None:
             flt = LedgerFilter(tenant=tenant)
         where, params = flt.where()
-        query = sql.SQL("SELECT {} FROM {} {} ORDER BY seq").format(sql.SQL(_COLUMNS), self.table, where)
+        # Control schemas before revision 0004 have no signature columns: read them as NULL.
+        signed = self.has_signatures(conn)
+        keys = sql.SQL(", key_id, signature" if signed else ", NULL AS key_id, NULL AS signature")
+        query = sql.SQL("SELECT {}{} FROM {} {} ORDER BY seq").format(
+            sql.SQL(_COLUMNS), keys, self.table, where
+        )
         with conn.cursor(row_factory=dict_row) as cur:
             cur.execute(query, params or None)
             for row in cur:
@@ -297,14 +342,33 @@ class Ledger:
                     step=row["step"],
                     details=row["details"],
                 )
-                yield Recorded(row["seq"], row["at"], entry, row["prev_hash"], row["hash"])
+                yield Recorded(
+                    row["seq"],
+                    row["at"],
+                    entry,
+                    row["prev_hash"],
+                    row["hash"],
+                    row["key_id"],
+                    row["signature"],
+                )
 
-    def verify(self, conn: psycopg.Connection[Any], anchor: str | None = None) -> Verification:
-        """Walk the chain from the first entry; stop at the first break and say what it is."""
-        verifier = Verifier(self, conn, anchor)
+    def has_signatures(self, conn: psycopg.Connection[Any]) -> bool:
+        """Whether the control schema has the signature columns (revision 0004)."""
+        row = conn.execute(
+            "SELECT EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass(%s)"
+            " AND attname = 'signature' AND NOT attisdropped)",
+            (self.table.as_string(conn),),
+        ).fetchone()
+        return bool(row and row[0])
+
+    def verify(
+        self, conn: psycopg.Connection[Any], anchor: str | None = None, keys: LedgerKeys | None = None
+    ) -> Verification:
+        """Walk every entry: the chain up to its first break (named), and every entry's date and,
+        with ``keys``, signature (each failure named)."""
+        verifier = Verifier(self, conn, anchor, keys)
         for rec in self.entries(conn):
-            if not verifier.feed(rec):
-                break
+            verifier.feed(rec)
         return verifier.result()
 
     def _seq_of_hash(self, conn: psycopg.Connection[Any], digest: str) -> int | None:
@@ -322,8 +386,8 @@ class Ledger:
         if superuser:
             warnings.append(
                 f"role '{role}' is a superuser: the database cannot stop it from switching the "
-                "ledger's trigger off and rewriting entries; only the hash chain, checked against a "
-                "published anchor, would show it"
+                "ledger's trigger off and rewriting entries; what shows it is outside its reach: "
+                "signatures (with a key the database does not hold) and a published head or anchor"
             )
         elif owns:
             warnings.append(
@@ -352,8 +416,23 @@ class Ledger:
 class Verifier:
     """Checks entries one by one, in sequence order, as they are read (one pass, any size)."""
 
-    def __init__(self, ledger: Ledger, conn: psycopg.Connection[Any], anchor: str | None = None) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        conn: psycopg.Connection[Any],
+        anchor: str | None = None,
+        keys: LedgerKeys | None = None,
+    ) -> None:
         self.ledger, self.conn, self.anchor = ledger, conn, anchor
+        self.keys = keys if keys is not None and keys.configured else None
+        self.read = 0
+        self.last_seq: int | None = None
+        self.last_at: tuple[int, datetime] | None = None
+        self.forged: list[str] = []
+        self.backdated: list[str] = []
+        self.first_signed: int | None = None
+        self.unsigned_first: int | None = None  # the first unsigned entry before any signed one
+        self.signed = 0
         self.prev, self.expected = GENESIS, 1
         # Hashes of the last entries that verified (seq -> hash): a break found at entry n may
         # name an earlier entry, and the head reported is then the one before that.
@@ -363,7 +442,15 @@ class Verifier:
         self.why: str | None = None
 
     def feed(self, rec: Recorded) -> bool:
-        """True while the chain holds (this entry included); False from the first break on."""
+        """True while the chain holds (this entry included); False from the first break on.
+
+        Every entry is dated and (with keys) signature-checked, before and after a break.
+        """
+        self.read += 1
+        self.last_seq = rec.seq if self.last_seq is None else max(self.last_seq, rec.seq)
+        self._dated(rec)
+        if self.keys is not None:
+            self._signed(rec)
         if self.broken_at is not None:
             return False
         problem = self._check(rec)
@@ -378,6 +465,41 @@ class Verifier:
         if rec.hash == self.anchor:
             self.anchor_seq = rec.seq
         return True
+
+    def _dated(self, rec: Recorded) -> None:
+        """Appends take the time under the append lock: an entry older than the one before is backdated."""
+        if self.last_at is not None and rec.at < self.last_at[1]:
+            before, when = self.last_at
+            self.backdated.append(
+                f"entry {rec.seq} (actor {rec.entry.actor}) is dated {_utc(rec.at)}, before entry "
+                f"{before} ({_utc(when)}) that it follows: it was backdated, or the server's clock "
+                "stepped back"
+            )
+        self.last_at = (rec.seq, rec.at)
+
+    def _signed(self, rec: Recorded) -> None:
+        """The entry's signature checks against a trusted key, over the hash its content gives."""
+        assert self.keys is not None
+        who = f"entry {rec.seq} (actor {rec.entry.actor}, {_utc(rec.at)})"
+        if rec.signature is None or rec.key_id is None:
+            if self.first_signed is None:
+                self.unsigned_first = self.unsigned_first or rec.seq
+                return  # written before signing began; the report says forgery is not excluded there
+            self.forged.append(f"{who} is not signed, though every entry from {self.first_signed} on is")
+            return
+        key = self.keys.trusted.get(rec.key_id)
+        if key is None:
+            self.forged.append(f"{who} is signed with key {rec.key_id}, which is not a trusted key")
+            return
+        if entry_hash(rec.prev_hash, rec.seq, rec.at, rec.entry) != rec.hash:
+            self.forged.append(f"{who}: its content no longer matches the hash its signature covers")
+            return
+        if not key.verify(entry_message(rec.hash), rec.signature):
+            self.forged.append(f"{who}: its signature does not check with key {rec.key_id}")
+            return
+        self.signed += 1
+        if self.first_signed is None:
+            self.first_signed = rec.seq
 
     def _check(self, rec: Recorded) -> tuple[int, str] | None:
         n = self.expected
@@ -416,6 +538,9 @@ class Verifier:
         # Entries 1 .. n - 1 verified whenever the walk reached entry n, so everything before the
         # named entry holds.
         last = self.expected - 1 if self.broken_at is None else self.broken_at - 1
+        unsigned_before = None
+        if self.keys is not None and self.unsigned_first is not None:
+            unsigned_before = self.first_signed or (self.last_seq or 0) + 1
         return Verification(
             checked=last,
             head_seq=last or None,
@@ -424,4 +549,15 @@ class Verifier:
             why=self.why,
             anchor=self.anchor,
             anchor_seq=self.anchor_seq,
+            entries=self.read,
+            last_seq=self.last_seq,
+            forged=tuple(self.forged),
+            backdated=tuple(self.backdated),
+            unsigned_before=unsigned_before,
+            signed=self.signed,
+            keys_configured=self.keys is not None,
         )
+
+
+def _utc(when: datetime) -> str:
+    return f"{when.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"

@@ -22,6 +22,7 @@ from psycopg import pq
 from migrate.catalog.order import select_in_load_order
 from migrate.catalog.reflect import SourceTable, reflect
 from migrate.control.ledger import Entry, Ledger
+from migrate.control.signing import Signer
 from migrate.control.store import ControlStore
 from migrate.engine.retry import RetryPolicy
 from migrate.log import get_logger
@@ -46,6 +47,7 @@ class Environment:
     host: str
     pid: int
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    signer: Signer | None = None  # the ledger key the playbook names: every entry is signed with it
 
     @property
     def control(self) -> ControlStore:
@@ -54,7 +56,7 @@ class Environment:
 
     @property
     def ledger(self) -> Ledger:
-        return Ledger(self.loaded.playbook.target.control_schema)
+        return Ledger(self.loaded.playbook.target.control_schema, self.signer)
 
     def entry(self, run_id: UUID | None, action: str, outcome: str, **kw: Any) -> Entry:
         pb = self.loaded.playbook

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Self, Union, get_args
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from migrate.names import Identifier, Slug, TenantId
 
@@ -317,6 +317,43 @@ class UniqueAcrossTenants(Model):
     columns: tuple[Identifier, ...] = Field(min_length=1)
 
 
+class LedgerSettings(Model):
+    """How the ledger is signed and where its head is published: outside the database.
+
+    The private key is never in the playbook: it names the variable or the file that holds
+    it (an Ed25519 key, PEM). Paths are relative to the playbook's folder.
+    """
+
+    signing_key_env: EnvName | None = Field(
+        default=None,
+        description="Variable holding the Ed25519 private key (PEM) every entry is signed with.",
+    )
+    signing_key_file: str | None = Field(
+        default=None, description="File holding the Ed25519 private key (PEM), e.g. /etc/migrate/ledger.pem."
+    )
+    public_key_file: str | None = Field(
+        default=None,
+        description="The trusted public key(s) (PEM) 'ledger verify' checks signatures with; "
+        "default: the signing key's own. An auditor needs only this.",
+    )
+    head_file: str | None = Field(
+        default=None,
+        description="File the ledger's head (seq, hash, count, time) is appended to after every run, "
+        "rollback and approval; 'ledger verify' checks the ledger still holds the latest. Put it "
+        "where no database role can write.",
+    )
+    require_signatures: bool = Field(
+        default=False,
+        description="'ledger verify' fails unless every entry is signed with a trusted key.",
+    )
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> LedgerSettings:
+        if self.signing_key_env is not None and self.signing_key_file is not None:
+            raise ValueError("name the signing key once: signing_key_env or signing_key_file, not both")
+        return self
+
+
 class Playbook(Model):
     """A whole playbook file."""
 
@@ -349,6 +386,7 @@ class Playbook(Model):
         "reports those that already collide.",
     )
     flags: FlagsConfig = FileFlags()
+    ledger: LedgerSettings = LedgerSettings()
     phases: tuple[Phase, ...] = Field(min_length=1)
 
     def table_specs(self) -> tuple[Table, ...] | None:
