@@ -16,7 +16,10 @@ Policies, each as ``catalog/ddl.py`` writes it (``session``, ``transaction``) an
 alternatives measured to choose between them:
 
 * ``unguarded``: ``tenant_id = current_setting('app.tenant_id', true)`` (before issue 16);
-* ``session``: ``tenant_id = NULLIF(current_setting('app.tenant_id', true), '')`` (the default);
+* ``per-row``: ``tenant_id = NULLIF(current_setting('app.tenant_id', true), '')``, the
+  guard as a plain expression, evaluated for every row a scan reads;
+* ``session``: ``tenant_id = (SELECT NULLIF(…))``, the default: the same guard, evaluated
+  once per query (an InitPlan, still an index condition);
 * ``transaction``: the same ``AND (SELECT current_setting('app.tenant_xact_start', true) =
   extract(epoch FROM now())::text)``; the application sets ``app.tenant_xact_start`` in the
   same statement as the tenant (ddl.SET_TENANT_SQL);
@@ -65,6 +68,7 @@ def policies() -> dict[str, tuple[str, str]]:
     transaction = Options(schema="bench", tenant_context="transaction")
     return {
         "unguarded": ("tenant_id = current_setting('app.tenant_id', true)", SET_SESSION),
+        "per-row": ("tenant_id = NULLIF(current_setting('app.tenant_id', true), '')", SET_SESSION),
         "session": (tenant_predicate(session).as_string(None), SET_SESSION),
         "transaction": (tenant_predicate(transaction).as_string(None), SET_TENANT_SQL),
         "xid": (

@@ -29,7 +29,7 @@ from sqlalchemy.pool import NullPool
 
 from conftest import DatabaseFactory, dsn_for
 from migrate import api
-from migrate.catalog.ddl import SET_TENANT_SQL, set_tenant_sql
+from migrate.catalog.ddl import SET_TENANT_SQL, Options, set_tenant_sql, tenant_predicate
 from migrate.checks.isolation import IsolationReport
 from migrate.cli.app import main
 from migrate.control.schema import sqlalchemy_url
@@ -351,7 +351,7 @@ def test_rows_already_stored_with_the_empty_tenant_are_found_and_the_named_fix_e
     )
     assert "1 rows stored with tenant_id = '' are visible" in visible.detail
     assert "move or delete the rows with tenant_id = ''" in visible.fix
-    guarded = "\"tenant_id\" = NULLIF(current_setting('app.tenant_id', true), '')"
+    guarded = tenant_predicate(Options(schema="app")).as_string(None)  # what the generator writes
     assert guarded in visible.fix
     for table in ("projects", "tasks"):
         _admin(
