@@ -27,7 +27,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from sqlalchemy.pool import NullPool
 
-from conftest import DatabaseFactory, dsn_for
+from databases import DatabaseFactory, dsn_for
 from migrate import api
 from migrate.catalog.ddl import SET_TENANT_SQL, Options, set_tenant_sql, tenant_predicate
 from migrate.checks.isolation import IsolationReport
@@ -50,8 +50,19 @@ def _admin(dsn: str, *statements: sql.Composable | str) -> None:
 
 
 @pytest.fixture(scope="module")
-def role(database_factory: DatabaseFactory) -> Iterator[str]:
+def modules_databases(session_databases: DatabaseFactory) -> Iterator[DatabaseFactory]:
+    """The databases of this module's templates: they go when the module ends."""
+    factory = session_databases.scoped()
+    try:
+        yield factory
+    finally:
+        factory.close()
+
+
+@pytest.fixture(scope="module")
+def role(session_databases: DatabaseFactory) -> Iterator[str]:
     """The application role: NOSUPERUSER NOBYPASSRLS, owning nothing; dropped with what it holds."""
+    database_factory = session_databases
     name = f"tm_app_{uuid.uuid4().hex[:8]}"
     _admin(
         database_factory.admin_dsn,
@@ -91,13 +102,13 @@ def _migrated(factory: DatabaseFactory, tmp: Path, context: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def migrated(database_factory: DatabaseFactory, tmp_path_factory: pytest.TempPathFactory) -> str:
-    return _migrated(database_factory, tmp_path_factory.mktemp("session"), "session")
+def migrated(modules_databases: DatabaseFactory, tmp_path_factory: pytest.TempPathFactory) -> str:
+    return _migrated(modules_databases, tmp_path_factory.mktemp("session"), "session")
 
 
 @pytest.fixture(scope="module")
-def migrated_txn(database_factory: DatabaseFactory, tmp_path_factory: pytest.TempPathFactory) -> str:
-    return _migrated(database_factory, tmp_path_factory.mktemp("transaction"), "transaction")
+def migrated_txn(modules_databases: DatabaseFactory, tmp_path_factory: pytest.TempPathFactory) -> str:
+    return _migrated(modules_databases, tmp_path_factory.mktemp("transaction"), "transaction")
 
 
 def _copy(factory: DatabaseFactory, template: str) -> Iterator[str]:
@@ -139,12 +150,13 @@ class Tiny:
 @pytest.fixture(scope="module", params=["text", "uuid"])
 def tiny(
     request: pytest.FixtureRequest,
-    database_factory: DatabaseFactory,
+    modules_databases: DatabaseFactory,
     tmp_path_factory: pytest.TempPathFactory,
     role: str,
 ) -> Tiny:
     """A generated two-table schema with a text or uuid tenant column, granted, with two tenants' rows."""
     kind = request.param
+    database_factory = modules_databases
     source = database_factory.create("tinysrc")
     _admin(source, TINY)
     out = tmp_path_factory.mktemp(f"tiny_{kind}")

@@ -26,7 +26,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from conftest import DatabaseFactory
+from databases import DatabaseFactory
 from migrate import api
 from migrate.cli.app import main
 from migrate.control import head as ledger_head
@@ -53,8 +53,17 @@ class Built:
 
 
 @pytest.fixture(scope="module")
-def built(database_factory: DatabaseFactory, tmp_path_factory: pytest.TempPathFactory) -> Built:
-    """The demo playbook run with a ledger key and a head file, rolled back across the cut-over, run again."""
+def built(session_databases: DatabaseFactory, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
+    """The demo playbook run with a ledger key and a head file, rolled back across the cut-over, run again;
+    its databases go when the module ends."""
+    database_factory = session_databases.scoped()
+    try:
+        yield _build(database_factory, tmp_path_factory)
+    finally:
+        database_factory.close()
+
+
+def _build(database_factory: DatabaseFactory, tmp_path_factory: pytest.TempPathFactory) -> Built:
     tmp = tmp_path_factory.mktemp("signed")
     key, public, _key_id = api.ledger_keygen(tmp / "ledger.pem")
     world = make_world(database_factory, tmp, tenants=(("acme", 1), ("globex", 1), ("initech", 1)))
