@@ -1,7 +1,7 @@
 """Plans: pure data built from a playbook and the progress so far."""
 
 from migrate.plan.build import build_plan, select_tenants, select_wave
-from migrate.plan.model import Plan, PlannedStep, StepStatus, TenantPlan, WavePlan
+from migrate.plan.model import Plan, PlannedStep, StepStatus, TargetPlan, TenantPlan, WavePlan
 from migrate.plan.render import render_text
 from migrate.plan.waves import WaveStage, WaveState, tenant_finished, wave_states
 
@@ -9,6 +9,7 @@ __all__ = [
     "Plan",
     "PlannedStep",
     "StepStatus",
+    "TargetPlan",
     "TenantPlan",
     "WavePlan",
     "WaveStage",

@@ -6,7 +6,7 @@ import difflib
 from collections.abc import Mapping, Sequence
 
 from migrate.errors import ArgumentError
-from migrate.plan.model import Plan, PlannedStep, StepStatus, TenantPlan, WavePlan
+from migrate.plan.model import Plan, PlannedStep, StepStatus, TargetPlan, TenantPlan, WavePlan
 from migrate.playbook.loader import LoadedPlaybook
 from migrate.playbook.model import RollbackPoint, Tenant, step_id, wave_order
 
@@ -77,12 +77,14 @@ def build_plan(
                     sid, kind, spec = step_id(item), item.kind, item
                 status = progress.get((tenant.id, f"{phase.name}/{sid}"), StepStatus.PENDING)
                 steps.append(PlannedStep(phase.name, sid, kind, spec, status))
-        tenant_plans.append(TenantPlan(tenant, tuple(steps)))
+        target = pb.target_of(tenant)
+        tenant_plans.append(TenantPlan(tenant, tuple(steps), target.name, target.schema_))
     specs = pb.table_specs()
+    targets = pb.targets_by_name()
     return Plan(
         playbook=pb.name,
         digest=loaded.digest,
-        target_schema=pb.target.schema_,
+        target_schema=next(iter(targets.values())).schema_,
         tables=None if specs is None else tuple(t.name for t in specs),
         tenants=tuple(tenant_plans),
         step_keys=tuple(
@@ -94,5 +96,15 @@ def build_plan(
         waves=tuple(
             WavePlan(w.name, w.approval, tuple(t.id for t in loaded.tenants if t.wave == w.name))
             for w in order
+        ),
+        targets=tuple(
+            TargetPlan(
+                name,
+                t.region,
+                t.dsn_env,
+                t.schema_,
+                tuple(x.id for x in loaded.tenants if pb.target_name_of(x) == name),
+            )
+            for name, t in targets.items()
         ),
     )

@@ -50,6 +50,8 @@ class PlannedStep:
 class TenantPlan:
     tenant: Tenant
     steps: tuple[PlannedStep, ...]
+    target: str = "default"  # the name of the target it goes to: its region's, or the one target's
+    target_schema: str = "app"  # that target's schema of shared tables
 
     @property
     def remaining(self) -> tuple[PlannedStep, ...]:
@@ -66,14 +68,31 @@ class WavePlan:
 
 
 @dataclass(frozen=True)
+class TargetPlan:
+    """A target of the playbook: its name (its region, or 'default'), region, DSN variable and schema."""
+
+    name: str
+    region: str | None  # None: the one target of a playbook without regions, holding every tenant
+    dsn_env: str
+    schema: str
+    tenants: tuple[str, ...]  # the playbook's tenants that go there (all of them, selected or not)
+
+
+@dataclass(frozen=True)
 class Plan:
     playbook: str
     digest: str
-    target_schema: str
+    target_schema: str  # the first target's (each tenant's own is TenantPlan.target_schema)
     tables: tuple[str, ...] | None  # None: every table of the source, in FK order
     tenants: tuple[TenantPlan, ...]  # the selected tenants, in wave order, then playbook order
     waves: tuple[WavePlan, ...] = ()
     step_keys: tuple[str, ...] = ()  # every step's key (no rollback points), the same for each tenant
+    targets: tuple[TargetPlan, ...] = ()  # every target of the playbook, in the order written
+
+    @property
+    def regional(self) -> bool:
+        """Whether the targets declare regions (each holds its region's tenants only)."""
+        return any(t.region is not None for t in self.targets)
 
     def wave_of(self, tenant: str) -> WavePlan:
         return next(w for w in self.waves if tenant in w.tenants)

@@ -71,3 +71,33 @@ def wave_states(
         if unfinished and blocker is None:
             blocker = wave.name
     return tuple(out)
+
+
+def approved_waves(plan: Plan, approvals: Mapping[str, Collection[str]]) -> set[str]:
+    """The waves approved in every target that holds tenants of them (``approvals``: by target name)."""
+    out = set()
+    for wave in plan.waves:
+        names = [t.name for t in plan.targets if set(wave.tenants).intersection(t.tenants)]
+        if names and all(wave.name in approvals.get(name, ()) for name in names):
+            out.add(wave.name)
+    return out
+
+
+def gate_targets(plan: Plan, wave: str | None = None) -> list[str]:
+    """The targets whose progress decides the gates of the plan's waves (or of ``wave``): those
+    holding tenants of any wave up to the last one the plan runs (a target of later waves only is
+    never read, nor needs its settings)."""
+    names = [w.name for w in plan.waves]
+    last = (
+        names.index(wave)
+        if wave is not None
+        else max((i for i, w in enumerate(plan.waves) if plan.in_wave(w.name)), default=-1)
+    )
+    tenants = {t for w in plan.waves[: last + 1] for t in w.tenants}
+    return [t.name for t in plan.targets if tenants.intersection(t.tenants)]
+
+
+def write_targets(plan: Plan) -> list[str]:
+    """The targets the plan's tenants go to, in the order written."""
+    chosen = {tp.tenant.id for tp in plan.tenants}
+    return [t.name for t in plan.targets if chosen.intersection(t.tenants)]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import re
 import types
 import typing
 from collections.abc import Iterator, Mapping, Sequence
@@ -137,6 +138,8 @@ def _candidates(annotation: Any) -> Iterator[Any]:
     origin = typing.get_origin(annotation)
     if origin is typing.Annotated:
         yield from _candidates(typing.get_args(annotation)[0])
+    elif origin is dict:
+        yield from _candidates(typing.get_args(annotation)[1])
     elif origin in (typing.Union, types.UnionType, tuple, list):
         for arg in typing.get_args(annotation):
             if arg is not Ellipsis:
@@ -145,11 +148,27 @@ def _candidates(annotation: Any) -> Iterator[Any]:
         yield annotation
 
 
+def _is_mapping(annotation: Any) -> bool:
+    """Whether a field is a mapping by key (``targets: {eu: …}``), under Optional or Annotated."""
+    origin = typing.get_origin(annotation)
+    if origin is dict:
+        return True
+    if origin in (typing.Annotated, typing.Union, types.UnionType):
+        args = typing.get_args(annotation)
+        return any(_is_mapping(a) for a in (args[:1] if origin is typing.Annotated else args))
+    return False
+
+
 def _model_at(root: type[BaseModel], data: Any, loc: Loc) -> type[BaseModel] | None:
     """The model class that the value at ``loc`` is validated against, if any."""
     model: type[BaseModel] | None = root
     node = data
+    keyed = False  # the part before was a mapping of models by key ('targets:'): this part is a key
     for part in loc:
+        if keyed:
+            keyed = False
+            node = node.get(part) if isinstance(node, dict) else None
+            continue
         if isinstance(part, int):
             node = node[part] if isinstance(node, list) and part < len(node) else None
             if isinstance(node, dict) and model is not None and "kind" in node:
@@ -165,7 +184,8 @@ def _model_at(root: type[BaseModel], data: Any, loc: Loc) -> type[BaseModel] | N
         if info is None:
             return None
         models = [c for c in _candidates(info.annotation) if isinstance(c, type) and issubclass(c, BaseModel)]
-        model = _chosen(models, node) if models else None
+        keyed = bool(models) and isinstance(node, dict) and _is_mapping(info.annotation)
+        model = (models[0] if keyed else _chosen(models, node)) if models else None
     return model
 
 
@@ -331,6 +351,85 @@ def _semantic_problems(pb: Playbook, tenants: Sequence[Tenant]) -> Iterator[tupl
                 )
 
 
+def _target_problems(pb: Playbook, tenants: Sequence[Tenant]) -> Iterator[tuple[Loc, str, str]]:
+    """Where the tenants go: one ``target:`` or ``targets:`` by region, and a target for every tenant."""
+    if pb.target is None and pb.targets is None:
+        yield (
+            (),
+            "say where the tenants go: 'target:' (one shared database) or 'targets:' (one per region)",
+            "write 'target: {dsn_env: MIGRATE_TARGET_DSN}', or 'targets: {eu: {dsn_env: MIGRATE_EU_DSN}, "
+            "us: {dsn_env: MIGRATE_US_DSN}}' to keep each region's tenants in its own database",
+        )
+        return
+    if pb.target is not None and pb.targets is not None:
+        yield (
+            ("targets",),
+            "both 'target:' and 'targets:' are set",
+            "keep one: 'target:' for one shared database, 'targets:' for one per region",
+        )
+        return
+    if pb.targets is not None:
+        for region, target in pb.targets.items():
+            if target.region is not None and target.region != region:
+                yield (
+                    ("targets", region, "region"),
+                    f"the target under 'targets.{region}' says 'region: {target.region}'",
+                    f"the key is the region under 'targets:': remove 'region:' or move the target "
+                    f"under '{target.region}:'",
+                )
+        by_env: dict[str, str] = {}
+        for region, target in pb.targets.items():
+            other = by_env.setdefault(target.dsn_env, region)
+            if other != region:
+                yield (
+                    ("targets", region, "dsn_env"),
+                    f"targets '{other}' and '{region}' both read {target.dsn_env}: two regions would share "
+                    "one database",
+                    f"give region '{region}' a variable of its own, e.g. MIGRATE_{region.upper()}_DSN"
+                    if re.fullmatch(r"[a-z0-9_]+", region)
+                    else f"give region '{region}' a variable of its own",
+                )
+    names = pb.targets_by_name()
+    regional = pb.targets is not None
+    for t_index, tenant in enumerate(tenants):
+        found = names.get(pb.target_name_of(tenant))
+        if found is not None and (found.region is None or found.region == tenant.region):
+            continue
+        where: Loc = ("tenants", t_index, "region")
+        if regional:
+            close = difflib.get_close_matches(tenant.region, list(names), n=1)
+            yield (
+                where,
+                f"tenant '{tenant.id}' is in region '{tenant.region}', and no target holds that region",
+                (f"did you mean '{close[0]}'? " if close else "")
+                + f"the targets' regions are: {', '.join(names)}; add 'targets: {{{tenant.region}: "
+                "{dsn_env: …}}' for it, or correct the tenant's region",
+            )
+        else:
+            assert pb.target is not None
+            yield (
+                where,
+                f"tenant '{tenant.id}' is in region '{tenant.region}', but the target holds region "
+                f"'{pb.target.region}' only",
+                "give each region its own target under 'targets:' (by region), or remove 'region:' from "
+                "'target:' if one database may hold every region",
+            )
+
+
+def _targets_without_region(data: Any, source_map: SourceMap) -> None:
+    """A ``targets:`` key that is empty or null names no region: said before pydantic's 'not a string'."""
+    targets = data.get("targets") if isinstance(data, dict) else None
+    if not isinstance(targets, dict):
+        return
+    for key in targets:
+        if key is None or (isinstance(key, str) and not key.strip()):
+            raise PlaybookError(
+                "a target without a region: every key under 'targets:' is the region its tenants are in",
+                where=f"{source_map.path}:{source_map.line_of(('targets', str(key)))}: targets",
+                hint="write the region as the key, e.g. 'targets: {eu: {dsn_env: MIGRATE_EU_DSN}}'",
+            )
+
+
 def _raise_first(problems: Iterator[tuple[Loc, str, str]], source_map: SourceMap) -> None:
     for loc, message, hint in problems:
         raise PlaybookError(message, where=source_map.where(loc), hint=hint)
@@ -355,10 +454,14 @@ def normalised_digest(pb: Playbook, tenants: Sequence[Tenant]) -> str:
     any change of substance (a tenant, a step, a setting, the inventory's
     tenants) does. The ledger records it as the playbook's version.
     """
-    body = {
-        "playbook": pb.model_dump(mode="json", by_alias=True, exclude={"tenants"}),
-        "tenants": [t.model_dump(mode="json") for t in tenants],
-    }
+    playbook = pb.model_dump(mode="json", by_alias=True, exclude={"tenants"})
+    # Fields added later count only once they are set: a playbook that does not use them keeps
+    # the version its runs accepted.
+    if playbook.get("targets") is None:
+        playbook.pop("targets", None)
+    if isinstance(playbook.get("target"), dict) and playbook["target"].get("region") is None:
+        playbook["target"].pop("region")
+    body = {"playbook": playbook, "tenants": [t.model_dump(mode="json") for t in tenants]}
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -367,6 +470,7 @@ def load_playbook(path: Path | str) -> LoadedPlaybook:
     """Read, validate and resolve a playbook; raise PlaybookError with file:line."""
     path = Path(path)
     data, source_map, _raw = _read_yaml(path)
+    _targets_without_region(data, source_map)
     pb = typing.cast(Playbook, _validate(Playbook, data, source_map))
     if (pb.tenants is None) == (pb.inventory is None):
         raise PlaybookError(
@@ -390,7 +494,7 @@ def load_playbook(path: Path | str) -> LoadedPlaybook:
         assert pb.tenants is not None
         tenants = pb.tenants
     _raise_first(_duplicate_tenants(tenants), tenants_map)
-    problems = list(_semantic_problems(pb, tenants))
+    problems = list(_target_problems(pb, tenants)) + list(_semantic_problems(pb, tenants))
     for loc, message, hint in problems:
         where_map = tenants_map if loc and loc[0] == "tenants" else source_map
         raise PlaybookError(message, where=where_map.where(loc), hint=hint)

@@ -21,8 +21,17 @@ class Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+DEFAULT_TARGET = "default"
+"""The name of a target that declares no region: the one ``target:`` of a playbook that routes nothing."""
+
+
 class Target(Model):
-    """The shared multi-tenant database; its DSN comes from the environment."""
+    """A shared multi-tenant database; its DSN comes from the environment.
+
+    A target that declares a ``region`` holds that region's tenants only (the keys of
+    ``targets:`` are their regions); the one ``target:`` of a playbook without regions
+    holds every tenant.
+    """
 
     dsn_env: EnvName = Field(description="Environment variable holding the target DSN.")
     schema_: Identifier = Field(default="app", alias="schema", description="Schema of the shared tables.")
@@ -37,6 +46,16 @@ class Target(Model):
         "also sets app.tenant_xid to pg_current_xact_id() — so a tenant a session-level SET left "
         "on a pooled connection matches no row (README: 'Tenant context').",
     )
+    region: Slug | None = Field(
+        default=None,
+        description="The region whose tenants this target holds (under 'targets:', the key says it); "
+        "without it the one 'target:' holds every tenant.",
+    )
+
+    @property
+    def name(self) -> str:
+        """How the target is named in plans, reports and the ledger: its region, else 'default'."""
+        return self.region or DEFAULT_TARGET
 
 
 class Source(Model):
@@ -360,7 +379,15 @@ class Playbook(Model):
     version: Literal[1] = 1
     name: Slug
     description: str = ""
-    target: Target
+    target: Target | None = Field(
+        default=None, description="The shared database, when one holds every tenant (or one region's)."
+    )
+    targets: dict[Slug, Target] | None = Field(
+        default=None,
+        min_length=1,
+        description="One shared database per region, by region: each tenant goes to the target of its "
+        "'region'.",
+    )
     source: Source = Source()
     tenants: tuple[Tenant, ...] | None = Field(default=None, min_length=1)
     inventory: str | None = Field(
@@ -388,6 +415,24 @@ class Playbook(Model):
     flags: FlagsConfig = FileFlags()
     ledger: LedgerSettings = LedgerSettings()
     phases: tuple[Phase, ...] = Field(min_length=1)
+
+    def targets_by_name(self) -> dict[str, Target]:
+        """Every target by name (its region, or 'default'), in the order written; each knows its region."""
+        if self.targets is not None:
+            return {region: t.model_copy(update={"region": region}) for region, t in self.targets.items()}
+        assert self.target is not None, "the loader checks that a playbook names a target"
+        return {self.target.name: self.target}
+
+    def target_name_of(self, tenant: Tenant) -> str:
+        """The name of the target a tenant goes to: its region's under ``targets:``, else the one target."""
+        if self.targets is not None:
+            return tenant.region
+        assert self.target is not None, "the loader checks that a playbook names a target"
+        return self.target.name
+
+    def target_of(self, tenant: Tenant) -> Target:
+        """The target a tenant goes to (the loader checks that there is one)."""
+        return self.targets_by_name()[self.target_name_of(tenant)]
 
     def table_specs(self) -> tuple[Table, ...] | None:
         """The declared tables, or None for ``auto`` (every table, in FK order)."""
