@@ -54,10 +54,14 @@ TOP_KEYS = {
     "holders",
     "flags",
     "next",
+    "targets",
 }
+TARGET_KEYS = {"name", "region", "dsn_env", "database", "recorded_region", "started"}
 WAVE_KEYS = {"name", "stage", "tenants", "finished", "blocked_by", "approval"}
 TENANT_KEYS = {
     "tenant",
+    "region",
+    "target",
     "wave",
     "state",
     "phase",
@@ -242,6 +246,9 @@ def test_status_json_has_the_documented_shape(canary_done: World, cli: Callable[
     assert acme["points_passed"] == ["pre-copy", "pre-cutover"]
     assert acme["flags"] == {FLAG: True} and acme["held_by"] is None and acme["step"] is None
     assert acme["figures"]["tasks"]["match"] is True
+    assert (acme["region"], acme["target"]) == ("eu", "default")
+    assert [set(t) for t in data["targets"]] == [TARGET_KEYS]
+    assert data["targets"][0]["name"] == "default" and data["targets"][0]["region"] is None
     assert data["holders"] == []
     assert data["flags"]["provider"] == "file" and data["flags"]["available"] is True
     assert data["flags"]["flags"][0]["flag"] == FLAG and data["flags"]["flags"][0]["tenants"] == ["acme"]
@@ -252,7 +259,7 @@ def test_status_json_has_the_documented_shape(canary_done: World, cli: Callable[
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index("**Status**") : readme.index("**The ledger**")]
     documented = set(re.findall(r"`([a-z_]+)(?:\[\])?`", section))
-    undocumented = sorted((TOP_KEYS | WAVE_KEYS | TENANT_KEYS | HOLDER_KEYS) - documented)
+    undocumented = sorted((TOP_KEYS | WAVE_KEYS | TENANT_KEYS | HOLDER_KEYS | TARGET_KEYS) - documented)
     assert not undocumented, f"README.md's status section does not document: {undocumented}"
 
 

@@ -6,7 +6,8 @@
     ├── InputError                  exit 2: the user can fix it by editing or typing
     │   ├── PlaybookError           a playbook or inventory file: file:line:field
     │   ├── ArgumentError           a command-line argument or option
-    │   └── SettingsError           an environment variable, a DSN, a server that won't answer
+    │   ├── SettingsError           an environment variable, a DSN, a server that won't answer
+    │   └── ResidencyRefused        a database is not in the tenant's region (or says none): no row moves
     └── RunFailure                  exit 1: the input was fine, the work did not succeed
         ├── StepFailed              a step's apply, verify or revert failed (tenant/phase/step)
         ├── CheckFailed             counts or checksums differ, an isolation probe got through
@@ -62,6 +63,13 @@ class ArgumentError(InputError):
 
 class SettingsError(InputError):
     """An environment variable is missing or wrong, or a server cannot be reached."""
+
+
+class ResidencyRefused(InputError):
+    """A target (or source) database does not carry the tenant's region: refused before any row moves.
+
+    The settings point a tenant at a database whose recorded region is another one, or a
+    regional target has no recorded region yet (``migrate residency set``)."""
 
 
 class RunFailure(MigrateError):

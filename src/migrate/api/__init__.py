@@ -2,8 +2,9 @@
 
 By noun: ``runs`` (plan, run, approve, rollback), ``state`` (status, flags
 status), ``audit`` (ledger show, verify, export), ``checks`` (verify, diff,
-isolation-check), ``flags`` (sync), ``schema`` (schema generate), ``settings``
-(environment variables to connections and providers) and ``demo``. No module is
+isolation-check), ``flags`` (sync), ``schema`` (schema generate), ``residency``
+(residency set and report), ``settings`` (environment variables to connections
+and providers) and ``demo``. No module is
 named like a command function (``api.run`` is always the function, whichever
 module was imported first). Every command checks its arguments
 and the playbook before any I/O: no connection opens, no alembic runs and no
@@ -30,17 +31,35 @@ if TYPE_CHECKING:
         ledger_keygen,
         ledger_public_keys,
     )
-    from migrate.api.checks import TenantFigures, VerifyResult, diff, isolation_check, verify
+    from migrate.api.checks import (
+        PlaybookIsolation,
+        TargetIsolation,
+        TenantFigures,
+        VerifyResult,
+        diff,
+        isolation_check,
+        isolation_check_targets,
+        verify,
+    )
     from migrate.api.flags import FlagsSync, FlagSummary, FlagSynced, flags_sync
+    from migrate.api.residency import (
+        ResidencyRecorded,
+        ResidencyReport,
+        TargetResidency,
+        TenantResidency,
+        residency_report,
+        residency_set,
+    )
     from migrate.api.runs import approve, plan, rollback, rollback_preview, run
     from migrate.api.schema import schema_generate
-    from migrate.api.settings import Environ, connect, environment
+    from migrate.api.settings import Environ, connect, environment, environments
     from migrate.api.state import (
         AcceptedVersion,
         FlagsStatus,
         NextCommand,
         Status,
         StepNow,
+        TargetStatus,
         TenantFlags,
         TenantStatus,
         WaveStatus,
@@ -75,8 +94,11 @@ _HOME = {
     "LedgerReport": "migrate.api.audit",
     "NextCommand": "migrate.api.state",
     "Plan": "migrate.plan",
+    "PlaybookIsolation": "migrate.api.checks",
     "ProgressEvent": "migrate.steps.context",
     "ProgressSink": "migrate.steps.context",
+    "ResidencyRecorded": "migrate.api.residency",
+    "ResidencyReport": "migrate.api.residency",
     "Reverted": "migrate.engine.rollback",
     "RollbackPreview": "migrate.engine.rollback",
     "RollbackResult": "migrate.engine.rollback",
@@ -84,8 +106,12 @@ _HOME = {
     "Status": "migrate.api.state",
     "StepNow": "migrate.api.state",
     "StepResult": "migrate.engine.run",
+    "TargetIsolation": "migrate.api.checks",
+    "TargetResidency": "migrate.api.residency",
+    "TargetStatus": "migrate.api.state",
     "TenantFigures": "migrate.api.checks",
     "TenantFlags": "migrate.api.state",
+    "TenantResidency": "migrate.api.residency",
     "TenantResult": "migrate.engine.run",
     "TenantStatus": "migrate.api.state",
     "VerifyResult": "migrate.api.checks",
@@ -94,15 +120,19 @@ _HOME = {
     "connect": "migrate.api.settings",
     "diff": "migrate.api.checks",
     "environment": "migrate.api.settings",
+    "environments": "migrate.api.settings",
     "flags_status": "migrate.api.state",
     "flags_sync": "migrate.api.flags",
     "isolation_check": "migrate.api.checks",
+    "isolation_check_targets": "migrate.api.checks",
     "ledger": "migrate.api.audit",
     "ledger_export": "migrate.api.audit",
     "ledger_keygen": "migrate.api.audit",
     "ledger_public_keys": "migrate.api.audit",
     "plan": "migrate.api.runs",
     "render_text": "migrate.plan",
+    "residency_report": "migrate.api.residency",
+    "residency_set": "migrate.api.residency",
     "rollback": "migrate.api.runs",
     "rollback_preview": "migrate.api.runs",
     "run": "migrate.api.runs",
@@ -140,8 +170,11 @@ __all__ = [
     "LedgerReport",
     "NextCommand",
     "Plan",
+    "PlaybookIsolation",
     "ProgressEvent",
     "ProgressSink",
+    "ResidencyRecorded",
+    "ResidencyReport",
     "Reverted",
     "RollbackPreview",
     "RollbackResult",
@@ -149,8 +182,12 @@ __all__ = [
     "Status",
     "StepNow",
     "StepResult",
+    "TargetIsolation",
+    "TargetResidency",
+    "TargetStatus",
     "TenantFigures",
     "TenantFlags",
+    "TenantResidency",
     "TenantResult",
     "TenantStatus",
     "VerifyResult",
@@ -159,15 +196,19 @@ __all__ = [
     "connect",
     "diff",
     "environment",
+    "environments",
     "flags_status",
     "flags_sync",
     "isolation_check",
+    "isolation_check_targets",
     "ledger",
     "ledger_export",
     "ledger_keygen",
     "ledger_public_keys",
     "plan",
     "render_text",
+    "residency_report",
+    "residency_set",
     "rollback",
     "rollback_preview",
     "run",

@@ -18,9 +18,9 @@ from psycopg import sql
 from migrate.api.settings import (
     Environ,
     check_output,
-    connect,
+    connect_target,
     control_exists,
-    target_dsn,
+    the_target,
 )
 from migrate.control import head as ledger_head
 from migrate.control import history as ledger_history
@@ -94,14 +94,15 @@ class LedgerReport:
 
 
 def _ledger_settings(
-    playbook: Path | str, environ: Environ | None
+    playbook: Path | str, environ: Environ | None, region: str | None
 ) -> tuple[LoadedPlaybook, Ledger, psycopg.Connection[Any], Environ]:
-    """The playbook, its ledger and a target connection: an audit needs no source settings."""
+    """The playbook, the ledger of its target (of ``region``, with a target per region) and a
+    connection to it: an audit needs no source settings. Each region's ledger stays in its target."""
     environ = os.environ if environ is None else environ
     loaded = load_playbook(playbook)
-    dsn = target_dsn(loaded, environ)
-    conn = connect(dsn, what="the target database", var=loaded.playbook.target.dsn_env)
-    return loaded, Ledger(loaded.playbook.target.control_schema), conn, environ
+    target = the_target(loaded, region)
+    conn = connect_target(loaded, environ, target)
+    return loaded, Ledger(target.control_schema), conn, environ
 
 
 def _ledger_filter(tenant: str | None, run: str | None, since: str | datetime | None) -> LedgerFilter:
@@ -148,6 +149,7 @@ def ledger(
     anchor: str | None = None,
     list_entries: bool = True,
     require_signatures: bool = False,
+    region: str | None = None,
     environ: Environ | None = None,
 ) -> LedgerReport:
     """The entries the filters select, and whether the whole ledger verifies.
@@ -158,20 +160,22 @@ def ledger(
     signature (with the playbook's ledger keys), its date, the control state's
     history and the latest published head (``ledger.head_file``).
     ``require_signatures`` (or ``ledger.require_signatures``): unsigned entries, or no
-    key to check them with, are problems, not notices.
+    key to check them with, are problems, not notices. With a target per region,
+    ``region`` names the target whose ledger it is (each region's audit stays there).
     """
     flt = _ledger_filter(tenant, run, since)
     wanted = parse_anchor(anchor) if anchor is not None else None
-    loaded, book, conn, environ = _ledger_settings(playbook, environ)
+    loaded, book, conn, environ = _ledger_settings(playbook, environ, region)
     keys = _verifying_keys(loaded, environ)
-    schema = loaded.playbook.target.control_schema
+    schema = book.schema
     with conn:
         if not control_exists(conn, schema):
             found = Verification(0, None, None, anchor=wanted)
-            return _report(schema, found, (), (), _audit(loaded, conn, found, keys, require_signatures))
+            audited = _audit(loaded, schema, conn, found, keys, require_signatures)
+            return _report(schema, found, (), (), audited)
         entries = tuple(book.entries(conn, flt)) if list_entries else ()
         found = book.verify(conn, wanted, keys)
-        audit = _audit(loaded, conn, found, keys, require_signatures)
+        audit = _audit(loaded, schema, conn, found, keys, require_signatures)
         return _report(schema, found, book.privilege_warnings(conn), entries, audit)
 
 
@@ -189,6 +193,7 @@ def ledger_export(
     tenant: str | None = None,
     run: str | None = None,
     since: str | datetime | None = None,
+    region: str | None = None,
     environ: Environ | None = None,
 ) -> LedgerExport:
     """Write the selected entries to ``out``, one canonical JSON object per line, for a SIEM.
@@ -204,13 +209,14 @@ def ledger_export(
     if isinstance(out, Path):
         check_output(out, "--out")
     flt = _ledger_filter(tenant, run, since)
-    loaded, book, conn, environ = _ledger_settings(playbook, environ)
+    loaded, book, conn, environ = _ledger_settings(playbook, environ, region)
     keys = _verifying_keys(loaded, environ)
-    schema = loaded.playbook.target.control_schema
+    schema = book.schema
     with conn, _written(out) as fh:
         if not control_exists(conn, schema):
             found = Verification(0, None, None)
-            return LedgerExport(0, _report(schema, found, (), (), _audit(loaded, conn, found, keys, False)))
+            audited = _audit(loaded, schema, conn, found, keys, False)
+            return LedgerExport(0, _report(schema, found, (), (), audited))
         written = 0
         verifier = Verifier(book, conn, None, keys)
         for rec in book.entries(conn):
@@ -219,7 +225,7 @@ def ledger_export(
                 fh.write(export_line(rec) + "\n")
                 written += 1
         found = verifier.result()
-        audit = _audit(loaded, conn, found, keys, False)
+        audit = _audit(loaded, schema, conn, found, keys, False)
         return LedgerExport(written, _report(schema, found, book.privilege_warnings(conn), (), audit))
 
 
@@ -257,6 +263,7 @@ def _verifying_keys(loaded: LoadedPlaybook, environ: Environ) -> LedgerKeys:
 
 def _audit(
     loaded: LoadedPlaybook,
+    schema: str,
     conn: psycopg.Connection[Any],
     found: Verification,
     keys: LedgerKeys,
@@ -264,7 +271,6 @@ def _audit(
 ) -> _Audit:
     """The ledger against the control state, the latest published head and the signing keys."""
     pb = loaded.playbook
-    schema = pb.target.control_schema
     problems: list[str] = []
     notices: list[str] = []
     if control_exists(conn, schema):
@@ -312,10 +318,12 @@ class LedgerKey:
     recorded_at: datetime
 
 
-def ledger_public_keys(playbook: Path | str, *, environ: Environ | None = None) -> tuple[LedgerKey, ...]:
+def ledger_public_keys(
+    playbook: Path | str, *, region: str | None = None, environ: Environ | None = None
+) -> tuple[LedgerKey, ...]:
     """The public keys the ledger's entries were signed with, as recorded in the control schema."""
-    loaded, _book, conn, _environ = _ledger_settings(playbook, environ)
-    schema = loaded.playbook.target.control_schema
+    _loaded, book, conn, _environ = _ledger_settings(playbook, environ, region)
+    schema = book.schema
     with conn:
         if conn.execute("SELECT to_regclass(%s)", (f'"{schema}".ledger_keys',)).fetchone() in (None, (None,)):
             return ()

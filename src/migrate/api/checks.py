@@ -15,9 +15,11 @@ from migrate.api.settings import (
     Environ,
     connect,
     environment,
+    environments,
     identifier_option,
     target_dsn,
     tenant_context_option,
+    the_target,
 )
 from migrate.catalog import TENANT_COLUMN
 from migrate.catalog.reflect import SourceTable, reflect, select_tables
@@ -101,23 +103,26 @@ def verify(
     loaded = load_playbook(playbook)
     chosen = select_tenants(loaded, tenants)  # --tenant and --table, before any connection
     _check_declared(loaded, tables or ())
-    env = environment(loaded, environ, with_flags=False)
     pb = loaded.playbook
-    out = []
-    with env.connect_target() as target:
-        for tenant in chosen:
-            started = time.monotonic()
-            with env.connect_source(tenant) as source:
-                mode, figures = compare_tenant(
-                    source,
-                    target,
-                    source_schema=pb.source.schema_,
-                    target_schema=pb.target.schema_,
-                    tenant=tenant.id,
-                    tables=_tables(loaded, source, tables or ()),
-                )
-            out.append(TenantFigures(tenant.id, mode, tuple(figures), time.monotonic() - started))
-    return VerifyResult(pb.name, loaded.digest, tuple(out))
+    need = {pb.target_name_of(t) for t in chosen}
+    regions = environments(loaded, environ, need=need, tenants=chosen, with_flags=False)
+    found: dict[str, TenantFigures] = {}
+    for name, theirs in regions.holding(chosen).items():  # each tenant against its own region's target
+        env = regions.envs[name]
+        with env.connect_target() as target:
+            for tenant in theirs:
+                started = time.monotonic()
+                with env.connect_source(tenant) as source:
+                    mode, figures = compare_tenant(
+                        source,
+                        target,
+                        source_schema=pb.source.schema_,
+                        target_schema=env.target.schema_,
+                        tenant=tenant.id,
+                        tables=_tables(loaded, source, tables or ()),
+                    )
+                found[tenant.id] = TenantFigures(tenant.id, mode, tuple(figures), time.monotonic() - started)
+    return VerifyResult(pb.name, loaded.digest, tuple(found[t.id] for t in chosen))
 
 
 def diff(
@@ -140,8 +145,8 @@ def diff(
     loaded = load_playbook(playbook)
     (the_tenant,) = select_tenants(loaded, [tenant])  # --tenant and --table, before any connection
     _check_declared(loaded, [table])
-    env = environment(loaded, environ, with_flags=False)
     pb = loaded.playbook
+    env = environment(loaded, environ, region=pb.target_name_of(the_tenant), with_flags=False)
     with env.connect_target() as target, env.connect_source(the_tenant) as source:
         (source_table,) = _tables(loaded, source, [table])
         if not source_table.primary_key:
@@ -153,17 +158,82 @@ def diff(
         (shape,) = table_shapes(source, pb.source.schema_, {table: source_table.primary_key})
         return diff_table(
             Side(source, pb.source.schema_),
-            Side(target, pb.target.schema_, TENANT_COLUMN, the_tenant.id, label="target"),
+            Side(target, env.target.schema_, TENANT_COLUMN, the_tenant.id, label="target"),
             shape,
             mode or choose_mode(source, target),
             sample=sample,
         )
 
 
+@dataclass(frozen=True)
+class TargetIsolation:
+    """isolation-check of one target of a playbook."""
+
+    target: str  # its name: its region, or 'default'
+    region: str | None
+    dsn_env: str
+    report: IsolationReport
+
+
+@dataclass(frozen=True)
+class PlaybookIsolation:
+    """isolation-check of every target of a playbook (of one, with ``region``)."""
+
+    targets: tuple[TargetIsolation, ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(t.report.ok for t in self.targets)
+
+
+def isolation_check_targets(
+    playbook: Path | str,
+    *,
+    region: str | None = None,
+    schema: str | None = None,
+    app_role: str | None = None,
+    tenant_column: str = TENANT_COLUMN,
+    global_tables: Sequence[str] = (),
+    probe: bool = True,
+    tenant_context: str | None = None,
+    environ: Environ | None = None,
+) -> PlaybookIsolation:
+    """isolation-check on every target of the playbook (each region's shared database), or on the
+    target of ``region``."""
+    environ = os.environ if environ is None else environ
+    loaded = load_playbook(playbook)
+    targets = loaded.playbook.targets_by_name()
+    chosen = [the_target(loaded, region)] if region is not None else list(targets.values())
+    for target in chosen:  # every variable before any connection
+        target_dsn(loaded, environ, target)
+    return PlaybookIsolation(
+        tuple(
+            TargetIsolation(
+                target.name,
+                target.region,
+                target.dsn_env,
+                isolation_check(
+                    playbook,
+                    region=target.name,
+                    schema=schema,
+                    app_role=app_role,
+                    tenant_column=tenant_column,
+                    global_tables=global_tables,
+                    probe=probe,
+                    tenant_context=tenant_context,
+                    environ=environ,
+                ),
+            )
+            for target in chosen
+        )
+    )
+
+
 def isolation_check(
     playbook: Path | str | None = None,
     *,
     dsn: str | None = None,
+    region: str | None = None,
     schema: str | None = None,
     app_role: str | None = None,
     tenant_column: str = TENANT_COLUMN,
@@ -172,7 +242,8 @@ def isolation_check(
     tenant_context: str | None = None,
     environ: Environ | None = None,
 ) -> IsolationReport:
-    """Static RLS findings and live probes as the application role, on the playbook's target or ``dsn``."""
+    """Static RLS findings and live probes as the application role, on the playbook's target (of
+    ``region``, with a target per region: see ``isolation_check_targets`` for all) or ``dsn``."""
     environ = os.environ if environ is None else environ
     globals_ = [identifier_option(t, "--global") for t in global_tables]
     var = "--target-dsn"
@@ -180,10 +251,13 @@ def isolation_check(
         if dsn is not None:
             raise ArgumentError("give a playbook or --target-dsn, not both", where="--target-dsn")
         loaded = load_playbook(playbook)
-        dsn, var = target_dsn(loaded, environ), loaded.playbook.target.dsn_env
-        schema = schema or loaded.playbook.target.schema_
+        target = the_target(loaded, region)
+        dsn, var = target_dsn(loaded, environ, target), target.dsn_env
+        schema = schema or target.schema_
         globals_ += list(loaded.playbook.global_tables)
-        tenant_context = tenant_context or loaded.playbook.target.tenant_context
+        tenant_context = tenant_context or target.tenant_context
+    elif region is not None:
+        raise ArgumentError("--region names a target of a playbook", where="--region")
     elif dsn is None:
         dsn, var = environ.get("MIGRATE_TARGET_DSN") or None, "MIGRATE_TARGET_DSN"
         if dsn is None:
@@ -201,7 +275,7 @@ def isolation_check(
         )
     schema = identifier_option(schema or "app", "--schema")
     context = tenant_context_option(tenant_context)
-    target, target_var = dsn, var
+    probe_dsn, probe_var = dsn, var
     with connect(dsn, what="the target database", var=var) as conn:
         row = conn.execute("SELECT to_regnamespace(%s) IS NOT NULL", (schema,)).fetchone()
         if not row or not row[0]:
@@ -216,7 +290,7 @@ def isolation_check(
                 probe=probe,
                 tenant_context=context,
                 # Probes that need a connection with no history: a fresh one, then a pooled one.
-                connect=lambda: connect(target, what="the target database", var=target_var),
+                connect=lambda: connect(probe_dsn, what="the target database", var=probe_var),
             )
         except psycopg.Error as exc:
             raise CheckFailed(redact(str(exc).strip()), where="isolation-check") from exc

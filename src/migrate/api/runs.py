@@ -7,7 +7,7 @@ import shlex
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from migrate.adapters.recording import RecordingFlags
@@ -16,11 +16,13 @@ from migrate.api.settings import (
     Environ,
     check_flags_defined,
     check_output,
+    check_residency,
     control_exists,
-    environment,
+    environments,
     prepare_control,
     progress_of,
 )
+from migrate.control.store import StepRecord
 from migrate.engine.gates import Approved
 from migrate.engine.gates import approve as engine_approve
 from migrate.engine.rollback import (
@@ -33,7 +35,7 @@ from migrate.engine.rollback import (
 from migrate.engine.rollback import rollback as engine_rollback
 from migrate.engine.run import RunOptions, RunResult
 from migrate.engine.run import run as engine_run
-from migrate.engine.session import Environment
+from migrate.engine.session import Regions
 from migrate.engine.sinks import RehearsalRecord, RunRecord
 from migrate.errors import ArgumentError
 from migrate.plan import (
@@ -41,6 +43,7 @@ from migrate.plan import (
     build_plan,
     select_wave,
 )
+from migrate.plan.waves import gate_targets, write_targets
 from migrate.playbook import LoadedPlaybook, load_playbook
 from migrate.steps.context import ProgressSink, no_progress
 
@@ -91,12 +94,17 @@ def run(
         check_output(path, option)
     environ = os.environ if environ is None else environ
     loaded = load_playbook(playbook)
-    build_plan(loaded, None, tenants, wave)  # --tenant and --wave, before any connection
+    skeleton = build_plan(loaded, None, tenants, wave)  # --tenant and --wave, before any connection
     check_flags_defined(loaded)
-    env, record = _sinks(environment(loaded, environ, actor), dry_run)
-    signing(env, environ)
-    prepare_control(loaded, environ)
-    the_plan = build_plan(loaded, progress_of(env, tenants), tenants, wave)
+    writes = write_targets(skeleton)
+    regions, record = _sinks(
+        environments(loaded, environ, actor, need=dict.fromkeys([*writes, *gate_targets(skeleton)])),
+        dry_run,
+    )
+    signing(regions, environ)
+    check_residency(regions, [tp.tenant for tp in skeleton.tenants])  # before anything is written
+    prepare_control(loaded, environ, writes)
+    the_plan = build_plan(loaded, progress_of(regions, tenants), tenants, wave)
     words = ["run", *(f"--tenant {t}" for t in tenants or ()), *([f"--wave {wave}"] if wave else [])]
     options = RunOptions(
         command=" ".join(words + (["--dry-run"] if dry_run else [])),
@@ -106,18 +114,19 @@ def run(
         replan=replan,
         stop=stop or threading.Event(),
     )
-    with head_published(env, "rehearsal" if dry_run else "run") as unpublished:
-        result = engine_run(env, the_plan, options, progress=progress or no_progress)
+    with head_published(regions, writes, "rehearsal" if dry_run else "run") as unpublished:
+        result = engine_run(regions, the_plan, options, progress=progress or no_progress)
     result.warnings += unpublished
     return result
 
 
-def _sinks(env: Environment, dry_run: bool) -> tuple[Environment, RunRecord]:
+def _sinks(regions: Regions, dry_run: bool) -> tuple[Regions, RunRecord]:
     """The one place a rehearsal differs from a run: its record (rolled-back transactions,
-    ``rehearsed`` entries, one attempt per step) and flags that record flips instead of making them."""
+    ``rehearsed`` entries, one attempt per step) and flags that record flips instead of making them
+    (one recording for every target: the flags are the same)."""
     if not dry_run:
-        return env, RunRecord()
-    return replace(env, flags=RecordingFlags(env.flags)), RehearsalRecord()
+        return regions, RunRecord()
+    return regions.replace_all(flags=RecordingFlags(regions.first.flags)), RehearsalRecord()
 
 
 def approve(
@@ -126,12 +135,15 @@ def approve(
     """Open a wave's approval gate, as ``actor``; ledgered. Only once every earlier wave is done."""
     environ = os.environ if environ is None else environ
     loaded = load_playbook(playbook)
-    select_wave(loaded, wave)
-    env = environment(loaded, environ, actor, with_flags=False, with_sources=False)
-    signing(env, environ)
-    prepare_control(loaded, environ)
-    with head_published(env, "approve"):
-        return engine_approve(env, build_plan(loaded), wave)
+    in_wave = select_wave(loaded, wave) or ()
+    the_plan = build_plan(loaded)
+    holding = [t.name for t in the_plan.targets if {x.id for x in in_wave}.intersection(t.tenants)]
+    need = dict.fromkeys([*holding, *gate_targets(the_plan, wave)])
+    regions = environments(loaded, environ, actor, need=need, with_flags=False, with_sources=False)
+    signing(regions, environ)
+    prepare_control(loaded, environ, holding)
+    with head_published(regions, holding, "approve"):
+        return engine_approve(regions, the_plan, wave)
 
 
 @dataclass(frozen=True)
@@ -210,12 +222,14 @@ def rollback(
     """
     started = time.monotonic() if started is None else started
     req = _rollback_request(playbook, tenants, to, wave, all_tenants, discard_writes_since_cutover, environ)
-    env = environment(req.loaded, req.environ, actor)
-    signing(env, req.environ)
-    prepare_control(req.loaded, req.environ)
-    with head_published(env, "rollback"):
+    writes = write_targets(req.plan)
+    regions = environments(req.loaded, req.environ, actor, need=writes)
+    signing(regions, req.environ)
+    check_residency(regions, [tp.tenant for tp in req.plan.tenants])  # before anything is written
+    prepare_control(req.loaded, req.environ, writes)
+    with head_published(regions, writes, "rollback"):
         return engine_rollback(
-            env,
+            regions,
             req.plan.tenants,
             to,
             discard_writes_since_cutover=discard_writes_since_cutover,
@@ -240,13 +254,13 @@ def rollback_preview(
     ``discard_writes_since_cutover`` is not given, so nobody is asked to confirm a refusal.
     """
     req = _rollback_request(playbook, tenants, to, wave, all_tenants, discard_writes_since_cutover, environ)
-    env = environment(req.loaded, req.environ, with_flags=False)
-    with env.connect_target() as conn:
-        records = (
-            env.control.steps(conn, [tp.tenant.id for tp in req.plan.tenants])
-            if control_exists(conn, req.loaded.playbook.target.control_schema)
-            else []
-        )
+    regions = environments(req.loaded, req.environ, need=write_targets(req.plan), with_flags=False)
+    records: list[StepRecord] = []
+    for name, theirs in regions.holding(tp.tenant for tp in req.plan.tenants).items():
+        env = regions.envs[name]
+        with env.connect_target() as conn:
+            if control_exists(conn, env.target.control_schema):
+                records += env.control.steps(conn, [t.id for t in theirs])
     preview = what_to_revert(req.plan.tenants, to, records)
     if not discard_writes_since_cutover:
         refuse_across_cutover(preview)

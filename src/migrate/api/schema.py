@@ -16,6 +16,7 @@ from migrate.api.settings import (
     identifier_option,
     source_dsn,
     tenant_context_option,
+    the_target,
 )
 from migrate.catalog import TENANT_COLUMN
 from migrate.catalog.ddl import Options as SchemaOptions
@@ -78,12 +79,15 @@ def schema_generate(
     global_tables: Sequence[str] = (),
     unique_across: Sequence[str] = (),
     tenant_context: str | None = None,
+    region: str | None = None,
     environ: Environ | None = None,
 ) -> GenerateResult:
     """The shared schema as an alembic revision in ``out``, and the consolidation report.
 
-    The sources are the playbook's tenants, or ``sources`` (``[NAME=]DSN`` each); the
-    first is the model of the schema, all of them are compared.
+    The sources are the playbook's tenants (those of ``region``'s target, when given), or
+    ``sources`` (``[NAME=]DSN`` each); the first is the model of the schema, all of them are
+    compared. With a target per region, the consolidation report runs per target: rows
+    collide only with rows of the same shared database.
     """
     environ = os.environ if environ is None else environ
     if (playbook is None) == (not sources):
@@ -97,17 +101,29 @@ def schema_generate(
     globals_ = [identifier_option(t, "--global") for t in global_tables]
     uniques = [_unique_declaration(u) for u in unique_across]
     labelled: list[tuple[str, str, str]] = []
+    groups: dict[str, list[str]] | None = None
     if playbook is not None:
         loaded = load_playbook(playbook)
         pb = loaded.playbook
-        schema = schema or pb.target.schema_
+        chosen = [the_target(loaded, region)] if region is not None else list(pb.targets_by_name().values())
+        schema = schema or chosen[0].schema_
         source_schema = source_schema or pb.source.schema_
         globals_ += list(pb.global_tables)
-        tenant_context = tenant_context or pb.target.tenant_context
+        tenant_context = tenant_context or chosen[0].tenant_context
         uniques += [UniqueAcrossTenants(u.table, tuple(u.columns)) for u in pb.unique_across_tenants]
-        for tenant in loaded.tenants:
+        names = {t.name for t in chosen}
+        tenants = [t for t in loaded.tenants if pb.target_name_of(t) in names]
+        for tenant in tenants:
             dsn, var = source_dsn(loaded, tenant, environ)
             labelled.append((tenant.id, dsn, var))
+        if pb.targets is not None:  # rows collide only within a region's shared database
+            groups = {
+                t.name: [x.id for x in tenants if pb.target_name_of(x) == t.name]
+                for t in chosen
+                if any(pb.target_name_of(x) == t.name for x in tenants)
+            }
+    elif region is not None:
+        raise ArgumentError("--region names a target of a playbook", where="--region")
     else:
         for index, value in enumerate(sources):
             label, dsn = _labelled_source(value, index)
@@ -138,6 +154,7 @@ def schema_generate(
                 options=options,
                 out=Path(out),
                 unique_across=uniques,
+                groups=groups,
             )
         except psycopg.Error as exc:
             raise StepFailed(redact(str(exc).strip()), where="schema generate") from exc

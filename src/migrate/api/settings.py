@@ -5,7 +5,8 @@ Every command reads its settings from the ``environ`` mapping it is given
 before the command's arguments are checked (see ``migrate.api.runs``).
 
 ==============================  =================================================
-``target.dsn_env``              the shared target database (demo: MIGRATE_TARGET_DSN)
+``target.dsn_env``              the shared target database (demo: MIGRATE_TARGET_DSN);
+                                with ``targets:``, one per region (``targets.eu.dsn_env`` …)
 ``source.dsn_template_env``     source DSN with ``{tenant}`` (demo: MIGRATE_SOURCE_DSN_TEMPLATE)
 ``flags.file_env``              the flag state file (default: MIGRATE_FLAG_FILE)
 ``flags.url_env`` …             Unleash: URL, admin and client tokens, environment
@@ -22,13 +23,14 @@ import os
 import re
 import shlex
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from migrate.engine.session import Environment
+from migrate.engine import residency
+from migrate.engine.session import Environment, Regions
 from migrate.errors import (
     ArgumentError,
     PlaybookError,
@@ -37,7 +39,7 @@ from migrate.errors import (
 from migrate.log import redact
 from migrate.plan import StepStatus
 from migrate.playbook import LoadedPlaybook, Tenant
-from migrate.playbook.model import FlagStep, UnleashFlags
+from migrate.playbook.model import FlagStep, Target, UnleashFlags
 from migrate.ports import FlagChange, FlagProvider, FlagSnapshot
 
 if TYPE_CHECKING:
@@ -103,9 +105,38 @@ def connect(dsn: str, *, what: str, var: str) -> psycopg.Connection[Any]:
         ) from None
 
 
-def target_dsn(loaded: LoadedPlaybook, environ: Environ) -> str:
-    var = loaded.playbook.target.dsn_env
-    return require_env(loaded, environ, var, "target", "dsn_env", what="the shared target database")
+def the_target(loaded: LoadedPlaybook, name: str | None = None) -> Target:
+    """The target named ``name`` (its region), or the playbook's only one; an ArgumentError otherwise."""
+    targets = loaded.playbook.targets_by_name()
+    if name is None and len(targets) == 1:
+        return next(iter(targets.values()))
+    if name in targets:
+        return targets[name]
+    raise ArgumentError(
+        f"playbook {loaded.path} has a target per region: {', '.join(targets)}"
+        if name is None
+        else f"playbook {loaded.path} has no target for region '{name}'",
+        where="--region",
+        hint=f"name one with --region: {', '.join(targets)}",
+    )
+
+
+def target_dsn(loaded: LoadedPlaybook, environ: Environ, target: Target | None = None) -> str:
+    target = target or the_target(loaded)
+    var = target.dsn_env
+    regional = loaded.playbook.targets is not None
+    loc = ("targets", target.name, "dsn_env") if regional else ("target", "dsn_env")
+    what = "the shared target database" + (f" of region {target.region}" if target.region else "")
+    return require_env(loaded, environ, var, *loc, what=what)
+
+
+def connect_target(
+    loaded: LoadedPlaybook, environ: Environ, target: Target | None = None
+) -> psycopg.Connection[Any]:
+    """An autocommit connection to a target (the playbook's only one by default)."""
+    target = target or the_target(loaded)
+    what = "the target database" + (f" of region {target.region}" if target.region else "")
+    return connect(target_dsn(loaded, environ, target), what=what, var=target.dsn_env)
 
 
 def source_dsn(loaded: LoadedPlaybook, tenant: Tenant, environ: Environ) -> tuple[str, str]:
@@ -172,7 +203,9 @@ def unleash_provider(loaded: LoadedPlaybook, environ: Environ) -> UnleashFlagPro
     )
     # Writers of one flag hold an advisory lock on the target database: the one place every
     # runner of this playbook reaches (a lock in this process would not stop another runner).
-    dsn, var = target_dsn(loaded, environ), loaded.playbook.target.dsn_env
+    # With a target per region, the first one written: the flags are one for all regions.
+    lock_target = next(iter(loaded.playbook.targets_by_name().values()))
+    dsn, var = target_dsn(loaded, environ, lock_target), lock_target.dsn_env
     settings = UnleashSettings(
         url=url,
         admin_token=SecretStr(admin),
@@ -237,39 +270,91 @@ def environment(
     environ: Environ,
     actor: str | None = None,
     *,
+    region: str | None = None,
     with_flags: bool = True,
     with_sources: bool = True,
 ) -> Environment:
-    dsn = target_dsn(loaded, environ)
-    var = loaded.playbook.target.dsn_env
+    """The Environment of one target: the playbook's only one, or the target of ``region``."""
+    target = the_target(loaded, region)
+    return environments(
+        loaded, environ, actor, need=[target.name], with_flags=with_flags, with_sources=with_sources
+    ).envs[target.name]
+
+
+def environments(
+    loaded: LoadedPlaybook,
+    environ: Environ,
+    actor: str | None = None,
+    *,
+    need: Iterable[str] | None = None,
+    tenants: Iterable[Tenant] | None = None,
+    with_flags: bool = True,
+    with_sources: bool = True,
+) -> Regions:
+    """The Environment of every target, by name (its region). The DSN variables of the targets in
+    ``need`` (all by default) must be set now; another target's is read when it is first connected.
+    ``tenants`` (all by default) are those whose source variables must be set."""
+    targets = loaded.playbook.targets_by_name()
+    for name in targets if need is None else need:
+        target_dsn(loaded, environ, targets[name])  # fail on a missing variable before any work starts
     if with_sources:
-        for tenant in loaded.tenants:  # fail on a missing variable before any work starts
+        for tenant in loaded.tenants if tenants is None else tenants:
             source_dsn(loaded, tenant, environ)
-    return Environment(
-        loaded=loaded,
-        connect_target=lambda: connect(dsn, what="the target database", var=var),
-        connect_source=lambda tenant: connect_source(loaded, tenant, environ),
-        flags=flag_provider(loaded, environ) if with_flags else _NoFlags(),
-        actor=actor or environ.get("MIGRATE_ACTOR") or getpass.getuser(),
-        host=socket.gethostname(),
-        pid=os.getpid(),
+    flags = flag_provider(loaded, environ) if with_flags else _NoFlags()
+    who = actor or environ.get("MIGRATE_ACTOR") or getpass.getuser()
+
+    def opener(target: Target) -> Callable[[], psycopg.Connection[Any]]:
+        return lambda: connect_target(loaded, environ, target)
+
+    return Regions(
+        {
+            name: Environment(
+                loaded=loaded,
+                target=target,
+                connect_target=opener(target),
+                connect_source=lambda tenant: connect_source(loaded, tenant, environ),
+                flags=flags,
+                actor=who,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+            )
+            for name, target in targets.items()
+        }
     )
 
 
-def prepare_control(loaded: LoadedPlaybook, environ: Environ) -> None:
-    """Create or upgrade the control schema (alembic), translating connection failures."""
+def prepare_control(loaded: LoadedPlaybook, environ: Environ, names: Iterable[str] | None = None) -> None:
+    """Create or upgrade the control schema (alembic) of the targets ``names`` (every one by default),
+    translating connection failures."""
     from migrate.control import schema as control_schema  # alembic + SQLAlchemy: 0.3 s to import
 
-    dsn = target_dsn(loaded, environ)
-    connect(dsn, what="the target database", var=loaded.playbook.target.dsn_env).close()
-    control_schema.upgrade(dsn, loaded.playbook.target.control_schema)
+    targets = loaded.playbook.targets_by_name()
+    for name in targets if names is None else names:
+        target = targets[name]
+        connect_target(loaded, environ, target).close()
+        control_schema.upgrade(target_dsn(loaded, environ, target), target.control_schema)
 
 
-def progress_of(env: Environment, tenants: Sequence[str] | None) -> dict[tuple[str, str], StepStatus]:
-    with env.connect_target() as conn:
-        if not control_exists(conn, env.loaded.playbook.target.control_schema):
-            return {}
-        return env.control.progress(conn, tenants)
+def check_residency(regions: Regions, tenants: Iterable[Tenant]) -> None:
+    """Every tenant a command will write to its target may go there (engine/residency.py): checked
+    before anything is written, even the control schema. ResidencyRefused (exit 2) otherwise."""
+    for name, theirs in regions.holding(tenants).items():
+        env = regions.envs[name]
+        with env.connect_target() as conn:
+            residency.preflight(env.target, theirs, conn, env.loaded.path)
+
+
+def progress_of(regions: Regions, tenants: Sequence[str] | None) -> dict[tuple[str, str], StepStatus]:
+    """The step states of ``tenants`` (all by default), each read from its own target."""
+    by_id = {t.id: t for t in regions.loaded.tenants}
+    chosen = [by_id[t] for t in tenants] if tenants else list(by_id.values())
+    progress: dict[tuple[str, str], StepStatus] = {}
+    for name, theirs in regions.holding(chosen).items():
+        env = regions.envs[name]
+        with env.connect_target() as conn:
+            if control_exists(conn, env.target.control_schema):
+                progress.update(env.control.progress(conn, [t.id for t in theirs]))
+    return progress
 
 
 def control_exists(conn: psycopg.Connection[Any], schema: str) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import shlex
 from collections.abc import Mapping, Sequence
@@ -13,12 +14,13 @@ from typing import Any
 from migrate.api.flags import FlagsRead, FlagSummary, read_flags
 from migrate.api.settings import (
     Environ,
-    connect,
-    target_dsn,
+    connect_target,
 )
+from migrate.control.residency import ResidencyStore
 from migrate.control.store import Approval, ControlStore, Holder, StepRecord
-from migrate.errors import MigrateError
+from migrate.errors import ArgumentError, MigrateError
 from migrate.plan import (
+    Plan,
     PlannedStep,
     StepStatus,
     TenantPlan,
@@ -26,7 +28,9 @@ from migrate.plan import (
     select_tenants,
     wave_states,
 )
-from migrate.playbook import LoadedPlaybook, load_playbook
+from migrate.plan.waves import approved_waves
+from migrate.playbook import LoadedPlaybook, Tenant, load_playbook
+from migrate.playbook.model import Target
 from migrate.steps.validate import mismatch_summary
 
 
@@ -61,6 +65,23 @@ class StepNow:
 
 
 @dataclass(frozen=True)
+class TargetStatus:
+    """A target of the playbook, as status read it."""
+
+    name: str  # its region, or 'default'
+    region: str | None  # the region it declares (None: the one target of a playbook without regions)
+    dsn_env: str
+    database: str
+    recorded_region: str | None  # the region its database carries (migrate residency set), if any
+    started: bool  # it has a control schema: something ran there
+
+    @property
+    def residency_ok(self) -> bool:
+        """Its database carries the region it declares (a target that declares none needs nothing)."""
+        return self.region is None or self.recorded_region == self.region
+
+
+@dataclass(frozen=True)
 class TenantStatus:
     tenant: str
     wave: str
@@ -77,6 +98,8 @@ class TenantStatus:
     steps_total: int = 0
     flags: Mapping[str, bool] = field(default_factory=dict)  # as the application sees them, per flag
     holder: Holder | None = None  # the runner that holds the tenant's lock now
+    region: str = "default"  # the tenant's region
+    target: str = "default"  # the target it goes to (its region's, or the one target)
 
 
 @dataclass(frozen=True)
@@ -118,6 +141,7 @@ class Status:
     flags: tuple[FlagSummary, ...] = ()
     flags_error: str | None = None  # why the flags could not be read; None when they were
     next: NextCommand | None = None  # for the whole playbook; None when everything is done
+    targets: tuple[TargetStatus, ...] = ()  # every target of the playbook, each read for its tenants
 
     @property
     def playbook_changed(self) -> bool:
@@ -130,20 +154,109 @@ class Status:
 
 
 def status(
-    playbook: Path | str, tenants: Sequence[str] | None = None, *, environ: Environ | None = None
+    playbook: Path | str,
+    tenants: Sequence[str] | None = None,
+    *,
+    regions: Sequence[str] | None = None,
+    environ: Environ | None = None,
 ) -> Status:
     """Waves, tenants, lock holders and flags, read from the control schema; and what to run next.
 
     Read-only: it needs the target's settings (and the flags' for flag states, which are
     otherwise "unavailable"), never a source's, and changes nothing, not even the control
     schema's revision. ``next`` is for the whole playbook, whichever tenants are shown.
+    With a target per region it reads every one (each holds its own tenants' state);
+    ``regions`` shows the tenants of those regions only.
     """
     environ = os.environ if environ is None else environ
     loaded = load_playbook(playbook)
-    return read_status(loaded, str(playbook), tenants, environ, with_flags=True)
+    if regions:
+        _regions(loaded, regions)  # before any connection
+    return read_status(loaded, str(playbook), tenants, environ, with_flags=True, regions=regions)
 
 
-_CONTROL_TABLES = ("step_state", "checkpoints", "approvals", "playbook_versions", "holders")
+_CONTROL_TABLES = ("step_state", "checkpoints", "approvals", "playbook_versions", "holders", "residency")
+
+
+def by_id(loaded: LoadedPlaybook, tenant: str) -> Tenant:
+    return next(t for t in loaded.tenants if t.id == tenant)
+
+
+def _regions(loaded: LoadedPlaybook, wanted: Sequence[str]) -> set[str]:
+    """``--region`` names a target's region (or 'default', the one target of a playbook without regions)."""
+    names = list(loaded.playbook.targets_by_name())
+    for region in wanted:
+        if region not in names:
+            close = difflib.get_close_matches(region, names, n=1)
+            raise ArgumentError(
+                f"playbook {loaded.path} has no target for region '{region}'",
+                where="--region",
+                hint=(f"did you mean '{close[0]}'? " if close else "")
+                + f"its targets are: {', '.join(names)}",
+            )
+    return set(wanted)
+
+
+def _approval(plan: Plan, approvals: Mapping[str, Mapping[str, Approval]], wave: str) -> Approval | None:
+    """Who approved the wave, in the first target holding its tenants (every one of them did)."""
+    tenants = next(w.tenants for w in plan.waves if w.name == wave)
+    for target in plan.targets:
+        if set(tenants).intersection(target.tenants) and wave in approvals.get(target.name, {}):
+            return approvals[target.name][wave]
+    return None
+
+
+@dataclass(frozen=True)
+class _TargetRead:
+    status: TargetStatus
+    records: list[StepRecord]
+    holders: dict[str, Holder]
+    approvals: dict[str, Approval]
+    accepted: tuple[str, datetime, str] | None
+    copied: dict[str, int]
+
+
+def _read_target(
+    loaded: LoadedPlaybook, environ: Environ, target: Target, mine: Sequence[str], backfills: set[str]
+) -> _TargetRead:
+    """One target's control schema: the state of its own tenants only (another target's say nothing
+    of them), its approvals, the version its runs work to, and the region its database carries."""
+    store = ControlStore(target.control_schema, loaded.playbook.name)
+    with connect_target(loaded, environ, target) as conn:
+        # A control schema older than this version lacks some tables: what is missing is empty.
+        found = {
+            name
+            for (name,) in conn.execute(
+                "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                " WHERE n.nspname = %s AND c.relname = ANY(%s)",
+                (target.control_schema, list(_CONTROL_TABLES)),
+            )
+        }
+        records = store.steps(conn, mine) if "step_state" in found and mine else []
+        holders = store.holders(conn, mine) if "holders" in found else {}
+        if any(r.status is StepStatus.RUNNING and r.tenant not in holders for r in records):
+            # Read again after the locks: a runner may have finished that step and let go in between.
+            records = store.steps(conn, mine)
+        approvals = store.approvals(conn) if "approvals" in found else {}
+        accepted = store.accepted_digest(conn) if "playbook_versions" in found else None
+        copying = {  # rows so far of a backfill under way, interrupted or failed: its checkpoints
+            rec.tenant for rec in records if rec.step_key in backfills and rec.status is not StepStatus.DONE
+        }
+        copied = {
+            t: sum(c.rows_copied for c in store.checkpoints(conn, t).values())
+            for t in copying
+            if "checkpoints" in found
+        }
+        here, recorded = ResidencyStore(target.control_schema).read(conn)
+    status = TargetStatus(
+        target.name,
+        target.region,
+        target.dsn_env,
+        here.database,
+        None if recorded is None else recorded.region,
+        "step_state" in found,
+    )
+    return _TargetRead(status, records, holders, approvals, accepted, copied)
 
 
 def read_status(
@@ -153,41 +266,33 @@ def read_status(
     environ: Environ,
     *,
     with_flags: bool,
+    regions: Sequence[str] | None = None,
 ) -> Status:
     pb = loaded.playbook
     shown = [t.id for t in select_tenants(loaded, tenants)]
+    if regions is not None:
+        shown = [t for t in shown if pb.target_name_of(by_id(loaded, t)) in _regions(loaded, regions)]
     skeleton = build_plan(loaded)
     first = skeleton.tenants[0].steps if skeleton.tenants else ()
     backfills = {s.key for s in first if s.spec is not None and s.spec.reports == "rows"}
-    store = ControlStore(pb.target.control_schema, pb.name)
-    with connect(target_dsn(loaded, environ), what="the target database", var=pb.target.dsn_env) as conn:
-        # A control schema older than this version lacks some tables: what is missing is empty.
-        found = {
-            name
-            for (name,) in conn.execute(
-                "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-                " WHERE n.nspname = %s AND c.relname = ANY(%s)",
-                (pb.target.control_schema, list(_CONTROL_TABLES)),
-            )
-        }
-        records = store.steps(conn) if "step_state" in found else []
-        holders = store.holders(conn, [t.id for t in loaded.tenants]) if "holders" in found else {}
-        if any(r.status is StepStatus.RUNNING and r.tenant not in holders for r in records):
-            # Read again after the locks: a runner may have finished that step and let go in between.
-            records = store.steps(conn)
-        approvals = store.approvals(conn) if "approvals" in found else {}
-        accepted = store.accepted_digest(conn) if "playbook_versions" in found else None
-        by_tenant: dict[str, dict[str, StepRecord]] = {}
-        for rec in records:
-            by_tenant.setdefault(rec.tenant, {})[rec.step_key] = rec
-        copying = {  # rows so far of a backfill under way, interrupted or failed: its checkpoints
-            rec.tenant for rec in records if rec.step_key in backfills and rec.status is not StepStatus.DONE
-        }
-        copied = {
-            t: sum(c.rows_copied for c in store.checkpoints(conn, t).values())
-            for t in copying
-            if "checkpoints" in found
-        }
+    records: list[StepRecord] = []
+    holders: dict[str, Holder] = {}
+    approvals: dict[str, dict[str, Approval]] = {}
+    accepted_in: list[tuple[str, datetime, str]] = []
+    copied: dict[str, int] = {}
+    targets: list[TargetStatus] = []
+    for name, target in pb.targets_by_name().items():  # every target: each holds its tenants' state
+        mine = [t.id for t in loaded.tenants if pb.target_name_of(t) == name]
+        read = _read_target(loaded, environ, target, mine, backfills)
+        records += read.records
+        holders.update(read.holders)
+        approvals[name] = read.approvals
+        accepted_in += [read.accepted] if read.accepted else []
+        copied.update(read.copied)
+        targets.append(read.status)
+    by_tenant: dict[str, dict[str, StepRecord]] = {}
+    for rec in records:
+        by_tenant.setdefault(rec.tenant, {})[rec.step_key] = rec
     progress = {(r.tenant, r.step_key): r.status for r in records}
     the_plan = build_plan(loaded, progress)
     states = {
@@ -196,6 +301,7 @@ def read_status(
         )
         for tp in the_plan.tenants
     }
+    approved = approved_waves(the_plan, {name: set(found) for name, found in approvals.items()})
     waves = tuple(
         WaveStatus(
             w.wave.name,
@@ -203,10 +309,14 @@ def read_status(
             w.wave.tenants,
             w.finished,
             w.wave.approval,
-            approvals.get(w.wave.name),
+            _approval(the_plan, approvals, w.wave.name) if w.wave.name in approved else None,
             w.blocked_by,
         )
-        for w in wave_states(the_plan, progress, approved=set(approvals))
+        for w in wave_states(the_plan, progress, approved=approved)
+    )
+    # The version runs work to: a target that accepted another than this one says the playbook changed.
+    accepted = next(
+        (a for a in accepted_in if a[0] != loaded.digest), accepted_in[0] if accepted_in else None
     )
     version = AcceptedVersion(*accepted) if accepted else None
     flags_error: str | None = None
@@ -221,18 +331,24 @@ def read_status(
         pb.name,
         loaded.digest,
         tuple(
-            replace(states[t], flags={name: on[t] for name, on in seen.seen.items()})
+            replace(
+                states[t],
+                flags={name: on[t] for name, on in seen.seen.items()},
+                region=by_id(loaded, t).region,
+                target=pb.target_name_of(by_id(loaded, t)),
+            )
             for t in ordered
             if t in shown
         ),
         path=path,
         waves=waves,
         accepted=version,
-        started="step_state" in found,
+        started=any(t.started for t in targets),
         flags_provider=seen.provider,
         flags=seen.summaries,
         flags_error=flags_error,
         next=_next_command(path, loaded.digest, [states[t] for t in ordered], waves, version),
+        targets=tuple(targets),
     )
 
 

@@ -101,6 +101,7 @@ class Note:
     subject: str
     detail: str
     fix: str = ""
+    target: str = ""  # the target (region) a consolidation finding is about, with a target per region
 
 
 @dataclass(frozen=True)

@@ -193,7 +193,8 @@ def run(
     """Run the playbook's phases, wave by wave; done steps are skipped, so re-running is safe.
 
     Exit 0: every tenant done (or rehearsed). 1: a step or check failed, a tenant was
-    locked, or a wave waits (for approval or an earlier wave). 2: bad input.
+    locked, or a wave waits (for approval or an earlier wave). 2: bad input, or a target
+    that does not carry the tenant's region (nothing of that tenant is written).
     130: stopped by Ctrl-C at a safe point — run the same command again to resume.
     """
     with _stop_on_interrupt() as stop:
@@ -225,6 +226,8 @@ def run(
         reports.write_junit(junit, result, str(playbook))
     if result.stopped:
         raise typer.Exit(130)
+    if result.refused:
+        raise typer.Exit(2)  # a target that does not carry the tenant's region: bad settings, not a failure
     if not result.ok:
         raise typer.Exit(1)
 
@@ -246,19 +249,38 @@ def approve(
     )
 
 
+RegionFilterOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--region", help="Only the tenants of this region's target (repeat for more).", show_default=False
+    ),
+]
+RegionOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--region",
+        help="The target of this region (a playbook with a target per region).",
+        show_default=False,
+    ),
+]
+
+
 @app.command()
 def status(
     playbook: PlaybookArg,
     tenant: TenantOpt = None,
+    region: RegionFilterOpt = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Machine-readable output, with the next command to run.")
     ] = False,
 ) -> None:
-    """Show waves, tenants (step, rollback points, rows, validation, flags, lock holder) and what to run next.
+    """Show waves, tenants (region, step, rollback points, rows, validation, flags, lock holder) and what to
+    run next.
 
-    Read-only: needs the target's settings (and the flags'), never a source's.
+    Read-only: needs the targets' settings (every region's: each holds its tenants' state) and the
+    flags', never a source's.
     """
-    result = api.status(playbook, tenant)
+    result = api.status(playbook, tenant, regions=region)
     if as_json:
         out.print_json(data=render.status_json(result))
     else:
@@ -477,6 +499,14 @@ def schema_generate(
             show_default=False,
         ),
     ] = None,
+    region: Annotated[
+        str | None,
+        typer.Option(
+            "--region",
+            help="Only the tenants of this region's target (the report runs per target anyway).",
+            show_default=False,
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Write the shared schema as an alembic revision; report what sharing changes (exit 1: collisions)."""
@@ -492,6 +522,7 @@ def schema_generate(
         app_role=app_role,
         global_tables=global_table or (),
         unique_across=unique or (),
+        region=region,
     )
     if as_json:
         out.print_json(data=render.schema_generate_json(result))
@@ -517,12 +548,33 @@ def isolation_check(
     tenant_column: TenantColumnOpt = "tenant_id",
     global_table: GlobalOpt = None,
     tenant_context: TenantContextOpt = None,
+    region: RegionOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Prove tenant isolation: RLS rules from the catalog, then live probes as the application role."""
+    """Prove tenant isolation: RLS rules from the catalog, then live probes as the application role.
+
+    With a playbook, on each of its targets (every region's shared database), or on --region's.
+    """
+    if playbook is not None and target_dsn is None:
+        targets = api.isolation_check_targets(
+            playbook,
+            region=region,
+            schema=schema,
+            app_role=app_role,
+            tenant_column=tenant_column,
+            global_tables=global_table or (),
+        )
+        if as_json:
+            out.print_json(data=render.isolation_targets_json(targets))
+        else:
+            render.isolation_targets(out, targets)
+        if not targets.ok:
+            raise typer.Exit(1)
+        return
     report = api.isolation_check(
         playbook,
         dsn=target_dsn,
+        region=region,
         schema=schema,
         app_role=app_role,
         tenant_column=tenant_column,
@@ -571,9 +623,14 @@ def ledger_show(
     tenant: LedgerTenantOpt = None,
     run: LedgerRunOpt = None,
     since: LedgerSinceOpt = None,
+    region: RegionOpt = None,
 ) -> None:
-    """Print the ledger's entries, oldest first, and whether the whole chain verifies."""
-    render.ledger(out, api.ledger(playbook, tenant=tenant, run=run, since=since), warn=err)
+    """Print the ledger's entries, oldest first, and whether the whole chain verifies.
+
+    Each target keeps its own ledger: with a target per region, name it with --region.
+    """
+    report = api.ledger(playbook, tenant=tenant, run=run, since=since, region=region)
+    render.ledger(out, report, warn=err)
 
 
 @ledger_app.command("verify")
@@ -595,10 +652,13 @@ def ledger_verify(
             help="Fail unless every entry is signed with a trusted key (also: ledger.require_signatures).",
         ),
     ] = False,
+    region: RegionOpt = None,
 ) -> None:
     """Check the chain, signatures, dates, the control state's history and the published head;
     exit 1 naming every broken entry or missing range."""
-    report = api.ledger(playbook, anchor=anchor, list_entries=False, require_signatures=require_signatures)
+    report = api.ledger(
+        playbook, anchor=anchor, list_entries=False, require_signatures=require_signatures, region=region
+    )
     render.ledger_warnings(err, report)
     if (failure := report.failure) is not None:
         raise failure
@@ -646,14 +706,64 @@ def ledger_export(
     tenant: LedgerTenantOpt = None,
     run: LedgerRunOpt = None,
     since: LedgerSinceOpt = None,
+    region: RegionOpt = None,
 ) -> None:
     """Export entries for a SIEM: canonical JSON lines with seq, at, prev_hash and hash; exit 1 if broken."""
     target = sys.stdout if out_file is None else out_file
-    exported = api.ledger_export(playbook, target, fmt=fmt.value, tenant=tenant, run=run, since=since)
+    exported = api.ledger_export(
+        playbook, target, fmt=fmt.value, tenant=tenant, run=run, since=since, region=region
+    )
     render.ledger_warnings(err, exported.report)
     err.print(render.ledger_exported(exported, out_file), markup=False)
     if (failure := exported.report.failure) is not None:
         raise failure
+
+
+residency_app = typer.Typer(
+    help="Keep each tenant in its region's shared database: record targets' regions, prove where rows are.",
+    no_args_is_help=True,
+)
+app.add_typer(residency_app, name="residency")
+
+
+@residency_app.command("set")
+def residency_set(
+    playbook: PlaybookArg,
+    region: Annotated[
+        str,
+        typer.Option(
+            "--region",
+            help="The region the database is in: the target of that region (or the playbook's only target).",
+        ),
+    ],
+    change: Annotated[
+        bool,
+        typer.Option(
+            "--change",
+            help="Replace a region already recorded (or recorded on another database); ledgered.",
+        ),
+    ] = False,
+    actor: ActorOpt = None,
+) -> None:
+    """Record, once, the region a target database is in; ledgered. Every write checks it first."""
+    result = api.residency_set(playbook, region, change=change, actor=actor)
+    out.print(render.residency_recorded(result), markup=False)
+
+
+@residency_app.command("report")
+def residency_report(
+    playbook: PlaybookArg,
+    tenant: TenantOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Per tenant: region, target, rows there, and a count on every other target (exit 1 if any is not 0)."""
+    report = api.residency_report(playbook, tenant)
+    if as_json:
+        out.print_json(data=render.residency_report_json(report))
+    else:
+        render.residency_report(out, report)
+    if not report.ok:
+        raise typer.Exit(1)
 
 
 def _internal_error(exc: BaseException) -> int:

@@ -133,16 +133,30 @@ def status(console: Console, result: api.Status) -> None:
         )
     if not result.started:
         console.print("nothing has run yet (no control schema on the target)", markup=False)
+    if any(t.region is not None for t in result.targets):
+        console.print("targets: " + ", ".join(_target_line(t) for t in result.targets), markup=False)
     for w in result.waves:
         console.print(_wave_line(w), markup=False)
     names = [f.flag for f in result.flags] if result.flags_error is None else []
     table = Table(title_justify="left")
-    cols = ("tenant", "wave", "phase", "last step", "state", "points passed", "rows", "validated", *names)
+    cols = (
+        "tenant",
+        "region",
+        "wave",
+        "phase",
+        "last step",
+        "state",
+        "points passed",
+        "rows",
+        "validated",
+        *names,
+    )
     for col in cols:
         table.add_column(col, justify="right" if col == "rows" else "left")
     for t in result.tenants:
         table.add_row(
             t.tenant,
+            t.region,
             t.wave,
             t.phase or "-",
             t.last_step or "-",
@@ -168,6 +182,16 @@ def status(console: Console, result: api.Status) -> None:
     else:
         console.print(f"next: {result.next.command}", markup=False)
         console.print(f"  why: {result.next.why}", markup=False)
+
+
+def _target_line(t: api.TargetStatus) -> str:
+    carries = (
+        f"region {t.recorded_region} recorded"
+        if t.recorded_region is not None
+        else "no region recorded: migrate residency set … --region " + (t.region or "REGION")
+    )
+    mark = "" if t.residency_ok else " (!)"
+    return f"{t.name} (${t.dsn_env}, database {t.database}: {carries}){mark}"
 
 
 def _holder_json(h: Holder) -> dict[str, Any]:
@@ -213,9 +237,22 @@ def status_json(result: api.Status) -> dict[str, Any]:
             }
             for w in result.waves
         ],
+        "targets": [
+            {
+                "name": t.name,
+                "region": t.region,
+                "dsn_env": t.dsn_env,
+                "database": t.database,
+                "recorded_region": t.recorded_region,
+                "started": t.started,
+            }
+            for t in result.targets
+        ],
         "tenants": [
             {
                 "tenant": t.tenant,
+                "region": t.region,
+                "target": t.target,
                 "wave": t.wave,
                 "state": t.state,
                 "phase": t.phase,
@@ -611,7 +648,8 @@ def schema_generate(console: Console, result: GenerateResult) -> None:
     )
     for n in result.notes:
         label = n.severity.upper() if n.severity == "error" else n.severity
-        console.print(f"  {label:<7} {n.subject}: {n.rule}: {n.detail}", markup=False)
+        where = f"[target {n.target}] " if n.target else ""
+        console.print(f"  {label:<7} {where}{n.subject}: {n.rule}: {n.detail}", markup=False)
         if n.fix:
             console.print(f"          fix: {n.fix}", markup=False)
     if result.errors:
@@ -678,6 +716,121 @@ def isolation_json(report: IsolationReport) -> dict[str, Any]:
         "findings": [f.__dict__ for f in report.findings],
         "informational": [f.__dict__ for f in report.informational],
         "notes": list(report.notes),
+    }
+
+
+def isolation_targets(console: Console, result: api.PlaybookIsolation) -> None:
+    """Each target's isolation-check; a heading per target when the playbook has several."""
+    for t in result.targets:
+        if len(result.targets) > 1:
+            console.print(f"target {t.target} (${t.dsn_env}):", markup=False)
+        isolation(console, t.report)
+
+
+def isolation_targets_json(result: api.PlaybookIsolation) -> dict[str, Any]:
+    """One target: the shape of a DSN's check (unchanged); several: ``ok`` and one object per target."""
+    if len(result.targets) == 1:
+        return isolation_json(result.targets[0].report)
+    return {
+        "ok": result.ok,
+        "targets": [
+            {"target": t.target, "region": t.region, "dsn_env": t.dsn_env, **isolation_json(t.report)}
+            for t in result.targets
+        ],
+    }
+
+
+def residency_recorded(result: api.ResidencyRecorded) -> str:
+    where = f"target {result.target} (${result.dsn_env}, {result.database.describe()})"
+    if result.already:
+        rec = result.recorded
+        return (
+            f"{where} carries region {result.region} already (recorded by {rec.actor} at {_when(rec.at)}); "
+            "nothing written"
+        )
+    line = f"{where} now carries region {result.region}"
+    if result.previous is not None:
+        line += f", replacing region {result.previous.region} (recorded by {result.previous.actor})"
+    return line + " (ledgered: residency_recorded)"
+
+
+def residency_report(console: Console, report: api.ResidencyReport) -> None:
+    console.print(
+        f"residency of playbook {report.playbook} (version {report.digest[:12]}): "
+        f"{len(report.tenants)} tenant(s), {len(report.targets)} target(s)",
+        markup=False,
+    )
+    for t in report.targets:
+        carries = (
+            f"recorded region {t.recorded.region} (by {t.recorded.actor}, {_when(t.recorded.at)})"
+            if t.recorded is not None
+            else "no recorded region"
+        )
+        declared = f"region {t.region}" if t.region else "every region"
+        console.print(
+            f"  target {t.name}: {declared}; ${t.dsn_env}, {t.database.describe()}, {carries}; "
+            f"{len(t.tables)} table(s) with tenant rows, counted as {t.role}",
+            markup=False,
+        )
+    others = [t.name for t in report.targets]
+    table = Table(title_justify="left")
+    for col in ("tenant", "region", "target", "rows there", *(f"rows on {n}" for n in others)):
+        table.add_column(col, justify="left" if col in ("tenant", "region", "target") else "right")
+    for r in report.tenants:
+        table.add_row(
+            r.tenant,
+            r.region,
+            r.target,
+            f"{r.rows:,}",
+            *("(its own)" if n == r.target else f"{r.elsewhere[n]:,}" for n in others),
+        )
+    console.print(table)
+    for finding in report.findings:
+        console.print(f"FOUND {finding}", markup=False)
+    if report.ok:
+        console.print(
+            f"residency proven: every tenant's rows are in its own region's target only "
+            f"({len(report.tenants)} tenant(s), {len(report.targets)} target(s) counted)",
+            markup=False,
+        )
+    else:
+        console.print(f"residency NOT proven: {len(report.findings)} finding(s)", markup=False)
+
+
+def residency_report_json(report: api.ResidencyReport) -> dict[str, Any]:
+    return {
+        "playbook": report.playbook,
+        "digest": report.digest,
+        "ok": report.ok,
+        "targets": [
+            {
+                "name": t.name,
+                "region": t.region,
+                "dsn_env": t.dsn_env,
+                "schema": t.schema,
+                "database": t.database.database,
+                "system_identifier": t.database.system_identifier,
+                "recorded_region": None if t.recorded is None else t.recorded.region,
+                "recorded_by": None if t.recorded is None else t.recorded.actor,
+                "recorded_at": None if t.recorded is None else _iso(t.recorded.at),
+                "role": t.role,
+                "sees_every_row": t.sees_every_row,
+                "tables": list(t.tables),
+            }
+            for t in report.targets
+        ],
+        "tenants": [
+            {
+                "tenant": r.tenant,
+                "region": r.region,
+                "target": r.target,
+                "rows": r.rows,
+                "tables": dict(r.tables),
+                "elsewhere": dict(r.elsewhere),
+            }
+            for r in report.tenants
+        ],
+        "findings": list(report.findings),
     }
 
 

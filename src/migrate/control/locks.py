@@ -20,3 +20,6 @@ LEDGER = "migrate.ledger.append"
 
 UPGRADE = "migrate.control.upgrade"
 """Transaction-level: one alembic upgrade of the control schema at a time."""
+
+RESIDENCY = "migrate.residency"
+"""Transaction-level, one key per control schema (``RESIDENCY:schema``): recordings of a target's region."""

@@ -43,7 +43,7 @@ from uuid import UUID, uuid4
 import psycopg
 
 from migrate.control.store import StepRecord
-from migrate.engine.session import Environment, step_context, tenant_tables
+from migrate.engine.session import Environment, Regions, step_context, tenant_tables
 from migrate.engine.sinks import RollbackRecord, revert_failed, reverted
 from migrate.errors import ArgumentError, MigrateError, StepFailed, TenantLocked, from_driver
 from migrate.log import get_logger, redact
@@ -209,7 +209,7 @@ def refuse_across_cutover(preview: RollbackPreview) -> None:
 
 
 def rollback(
-    env: Environment,
+    env: Environment | Regions,
     plans: Sequence[TenantPlan],
     point: str,
     *,
@@ -219,9 +219,11 @@ def rollback(
 ) -> RollbackResult:
     """Revert every step after ``point`` for every tenant of ``plans``: flags first, then data.
 
+    Each tenant is rolled back in its own region's target (its state, its ledger entries);
     ``started`` is the command's start (``time.monotonic()``); the result's times count from it.
     """
     started = time.monotonic() if started is None else started
+    regions = env if isinstance(env, Regions) else Regions.single(env)
     for plan in plans:  # a misspelt point is an input error before any lock or connection
         steps_after(plan, point)
     command = command or f"rollback --to {point}"
@@ -229,35 +231,54 @@ def rollback(
     tenants = [p.tenant for p in plans]
     result = RollbackResult(run_id, point, tuple(t.id for t in tenants))
     log = get_logger(run_id=str(run_id))
-    with _locked(env, tenants, run_id, command) as conn:
+    by_target = regions.holding(tenants)
+    with _locked(regions, by_target, run_id, command) as conns:
+        records: list[StepRecord] = []
         try:
-            records = env.control.steps(conn, [t.id for t in tenants])
+            for name, theirs in by_target.items():
+                records += regions.envs[name].control.steps(conns[name], [t.id for t in theirs])
         except psycopg.Error as exc:
             raise from_driver(exc, "rollback") from exc
         preview = what_to_revert(plans, point, records)
         if not discard_writes_since_cutover:
             refuse_across_cutover(preview)
         result.discarded = preview.cutovers
-        book = RollbackRecord(env, conn, run_id)
+        # Every tenant's context before anything changes: the residency guard refuses one, and with
+        # it the whole rollback, while nothing is written yet.
+        contexts = {
+            todo.tenant.id: step_context(
+                regions.of(todo.tenant), todo.tenant, run_id, conns[regions.of(todo.tenant).name], None
+            )
+            for todo in preview.tenants
+        }
+        books = {name: RollbackRecord(regions.envs[name], conns[name], run_id) for name in by_target}
         flags_restored = False
         try:
-            book.started(command, point, preview.tenants, discard_writes_since_cutover)
+            for name, book in books.items():
+                mine = [t for t in preview.tenants if regions.of(t.tenant).name == name]
+                book.started(command, point, mine, discard_writes_since_cutover)
             for todo in preview.tenants:
                 if todo.flags:
-                    ctx = step_context(env, todo.tenant, run_id, conn, None)
-                    result.steps += [_revert(env, ctx, step, todo.records[step.key]) for step in todo.flags]
+                    ctx = contexts[todo.tenant.id]
+                    the_env = regions.of(todo.tenant)
+                    result.steps += [
+                        _revert(the_env, ctx, step, todo.records[step.key]) for step in todo.flags
+                    ]
             if any(t.flags for t in preview.tenants):
                 result.seconds_to_flags = time.monotonic() - started
                 log.info("flags_restored", seconds=round(result.seconds_to_flags, 3))
             flags_restored = True
             for todo, plan in zip(preview.tenants, plans, strict=True):
+                the_env = regions.of(todo.tenant)
                 if todo.data:
-                    with _data_context(env, todo.tenant, conn, run_id) as ctx:
+                    with _data_context(the_env, todo.tenant, conns[the_env.name], run_id) as ctx:
                         result.steps += [
-                            _revert(env, ctx, step, todo.records[step.key]) for step in todo.data
+                            _revert(the_env, ctx, step, todo.records[step.key]) for step in todo.data
                         ]
                 marker = [s.step_id for s in plan.steps].index(f"@{point}")
-                book.points_reverted(plan.tenant.id, [s for s in plan.steps[marker + 1 :] if s.is_point])
+                books[the_env.name].points_reverted(
+                    plan.tenant.id, [s for s in plan.steps[marker + 1 :] if s.is_point]
+                )
         except (MigrateError, psycopg.Error) as caught:
             error = from_driver(caught, "rollback")
             if flags_restored and result.seconds_to_flags is not None:
@@ -268,34 +289,38 @@ def rollback(
                     + (f"{error.hint}; then run" if error.hint else "Run")
                     + " the same rollback again to finish the data (it goes on where this one stopped)",
                 )
-            _finish(book, result, started, "failed")
+            _finish(books, by_target, result, started, "failed")
             if error is caught:
                 raise
             raise error from caught
         result.seconds_total = time.monotonic() - started
-        _finish(book, result, started, "ok")
+        _finish(books, by_target, result, started, "ok")
     log.info("rollback_finished", reverted=len(result.steps), seconds=round(result.seconds_total, 3))
     return result
 
 
 @contextmanager
 def _locked(
-    env: Environment, tenants: Sequence[Tenant], run_id: UUID, command: str
-) -> Iterator[psycopg.Connection[Any]]:
-    """One target connection holding every tenant's lock, or TenantLocked naming each holder.
+    regions: Regions, by_target: Mapping[str, Sequence[Tenant]], run_id: UUID, command: str
+) -> Iterator[dict[str, psycopg.Connection[Any]]]:
+    """One connection per target holding the locks of every tenant there, or TenantLocked naming each
+    holder (nothing is touched then, in any target).
 
-    Closing the connection lets every lock go, whatever happened.
+    Closing the connections lets every lock go, whatever happened.
     """
-    conn = env.connect_target()
+    conns: dict[str, psycopg.Connection[Any]] = {}
     try:
         refused: list[TenantLocked] = []
-        for tenant in tenants:
-            try:
-                env.control.lock_tenant(conn, tenant.id)
-            except TenantLocked as exc:
-                refused.append(exc)
-            except psycopg.Error as exc:
-                raise from_driver(exc, "rollback") from exc
+        for name, tenants in by_target.items():
+            env = regions.envs[name]
+            conn = conns[name] = env.connect_target()
+            for tenant in tenants:
+                try:
+                    env.control.lock_tenant(conn, tenant.id)
+                except TenantLocked as exc:
+                    refused.append(exc)
+                except psycopg.Error as exc:
+                    raise from_driver(exc, "rollback") from exc
         if refused:
             names = ", ".join(e.where.removeprefix("tenant ") for e in refused if e.where)
             raise TenantLocked(
@@ -307,16 +332,19 @@ def _locked(
                 + " out with --tenant",
             )
         try:
-            for tenant in tenants:
-                env.control.record_holder(
-                    conn, tenant.id, run_id=run_id, command=command, host=env.host, pid=env.pid
-                )
+            for name, tenants in by_target.items():
+                env = regions.envs[name]
+                for tenant in tenants:
+                    env.control.record_holder(
+                        conns[name], tenant.id, run_id=run_id, command=command, host=env.host, pid=env.pid
+                    )
         except psycopg.Error as exc:
             raise from_driver(exc, "rollback") from exc
-        yield conn
+        yield conns
     finally:
-        with suppress(psycopg.Error):
-            conn.close()
+        for conn in conns.values():
+            with suppress(psycopg.Error):
+                conn.close()
 
 
 @contextmanager
@@ -362,21 +390,32 @@ def _revert(env: Environment, ctx: StepContext, step: PlannedStep, record: StepR
     )
 
 
-def _finish(book: RollbackRecord, result: RollbackResult, started: float, outcome: str) -> None:
-    details = {
-        "to": result.point,
-        "reverted": [f"{r.tenant}:{r.key}" for r in result.steps],
-        "seconds_to_flags": None if result.seconds_to_flags is None else round(result.seconds_to_flags, 3),
-        "seconds": round(time.monotonic() - started, 3),
-    }
-    try:
-        book.finished(outcome, details)
-    except psycopg.Error as exc:
-        if outcome == "ok":
-            raise StepFailed(
-                "every step is reverted, but the rollback's end was not recorded: "
-                + redact(str(exc).strip()),
-                where="rollback",
-                hint="the next rollback to the same point finds nothing to revert and records its end",
-            ) from exc
-        # Failing already (perhaps on this connection): the run stays open, revert_failed says why.
+def _finish(
+    books: Mapping[str, RollbackRecord],
+    by_target: Mapping[str, Sequence[Tenant]],
+    result: RollbackResult,
+    started: float,
+    outcome: str,
+) -> None:
+    """Each target's ``rollback_finished``, naming what was reverted of its own tenants only."""
+    for name, book in books.items():
+        mine = {t.id for t in by_target[name]}
+        details = {
+            "to": result.point,
+            "reverted": [f"{r.tenant}:{r.key}" for r in result.steps if r.tenant in mine],
+            "seconds_to_flags": None
+            if result.seconds_to_flags is None
+            else round(result.seconds_to_flags, 3),
+            "seconds": round(time.monotonic() - started, 3),
+        }
+        try:
+            book.finished(outcome, details)
+        except psycopg.Error as exc:
+            if outcome == "ok":
+                raise StepFailed(
+                    "every step is reverted, but the rollback's end was not recorded: "
+                    + redact(str(exc).strip()),
+                    where="rollback",
+                    hint="the next rollback to the same point finds nothing to revert and records its end",
+                ) from exc
+            # Failing already (perhaps on this connection): the run stays open, revert_failed says why.

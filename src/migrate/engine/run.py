@@ -13,6 +13,20 @@ any other failure marks the step ``failed``, writes a ``failed`` ledger entry
 and stops that tenant only. ``--max-failures K`` stops starting tenants after K
 failures; a stop request (Ctrl-C) ends every tenant at its next safe point.
 
+**Targets by region.** A playbook with ``targets:`` has one shared database per
+region, and each tenant goes to its region's (``Regions.of``). One run spans them
+all: one run id; in each target a tenant goes to, the run's row, its
+``run_started`` / ``run_finished`` entries (naming that target's tenants only: each
+region's audit stays in that region), the accepted playbook version and the state and
+ledger of its own tenants — no target ever holds another region's rows or records.
+Waves span regions: the tenants of a wave run together whatever their region, and a
+wave starts only when every tenant of the waves before it finished, read from the
+target of each of them; a gate is open when it was approved in every target that
+holds tenants of the wave. Before anything is written, the api checks every target
+the run writes to (engine/residency.py, ``preflight``); each tenant's session checks
+again on the connection that writes (``step_context``), and a tenant refused there
+ends ``refused`` (exit 2), with nothing of it written.
+
 **Rehearsal** is the same walk with another ``Record`` (engine/sinks.py),
 chosen once by the api together with a recording flag provider: each tenant's
 steps run inside one target transaction that is rolled back at the end (the
@@ -25,8 +39,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 from uuid import UUID, uuid4
@@ -35,12 +50,12 @@ import psycopg
 
 from migrate.control.store import StepRecord
 from migrate.engine.retry import retrying
-from migrate.engine.session import Environment, TargetConnections, TenantSession
+from migrate.engine.session import Environment, Regions, TargetConnections, TenantSession
 from migrate.engine.sinks import RunRecord, Sink
-from migrate.errors import Interrupted, MigrateError, TenantLocked, from_driver
+from migrate.errors import Interrupted, MigrateError, ResidencyRefused, TenantLocked, from_driver
 from migrate.log import get_logger
 from migrate.plan.model import Plan, PlannedStep, StepStatus, TenantPlan, WavePlan
-from migrate.plan.waves import WaveStage, wave_states
+from migrate.plan.waves import WaveStage, approved_waves, gate_targets, wave_states
 from migrate.steps import step_for
 from migrate.steps.context import Details, ProgressEvent, ProgressSink, no_progress
 
@@ -70,7 +85,7 @@ class StepResult:
 @dataclass
 class TenantResult:
     tenant: str
-    outcome: str  # done | failed | locked | stopped | waiting | not started
+    outcome: str  # done | failed | refused (residency) | locked | stopped | waiting | not started
     steps: list[StepResult] = field(default_factory=list)
     error: MigrateError | None = None
     wave: str = ""
@@ -111,9 +126,16 @@ class RunResult:
         return any(t.outcome == "stopped" for t in self.tenants)
 
     @property
+    def refused(self) -> tuple[TenantResult, ...]:
+        """Tenants the residency guard refused: their target does not carry their region (exit 2)."""
+        return tuple(t for t in self.tenants if t.outcome == "refused")
+
+    @property
     def outcome(self) -> str:
         if self.ok:
             return "ok"
+        if self.refused:
+            return "refused"
         if any(t.outcome in ("failed", "locked") for t in self.tenants):
             return "failed"
         return "stopped" if self.stopped else "waiting"
@@ -261,6 +283,8 @@ def run_tenant(
                 _run_step(session, env, step, sink, record, was, result.steps)
     except Interrupted as exc:
         result.outcome, result.error = "stopped", exc
+    except ResidencyRefused as exc:
+        result.outcome, result.error = "refused", exc
     except MigrateError as exc:
         result.outcome = "locked" if isinstance(exc, TenantLocked) else "failed"
         result.error = exc
@@ -273,6 +297,22 @@ def run_tenant(
         result.seconds = time.monotonic() - started
         progress(ProgressEvent("tenant_finished", tenant.id, outcome=result.outcome))
     return result
+
+
+@contextmanager
+def _taken(pool: TargetConnections) -> Iterator[psycopg.Connection[Any]]:
+    conn = pool.take()
+    try:
+        yield conn
+    finally:
+        pool.give(conn)
+
+
+def _refuse_changed(env: Environment, conn: psycopg.Connection[Any], options: RunOptions) -> None:
+    """A playbook changed in substance since this target's runs began: refused without --replan."""
+    accepted = env.control.accepted_digest(conn)
+    if accepted is not None and accepted[0] != env.loaded.digest and not options.replan:
+        _check_version(env, conn, uuid4(), options)  # raises in a real run, warns in a rehearsal
 
 
 def _check_version(
@@ -295,18 +335,33 @@ def _check_version(
     return warnings, options.record.accept(env, conn, run_id, old)
 
 
-def _progress_of(
-    env: Environment, targets: TargetConnections, plan: Plan, rehearsed: set[str]
+def progress_of_targets(
+    regions: Regions,
+    pools: Mapping[str, TargetConnections],
+    plan: Plan,
+    rehearsed: set[str],
+    names: Sequence[str],
 ) -> dict[tuple[str, str], StepStatus]:
-    """Every tenant's step states now; in a rehearsal, the tenants rehearsed count as done."""
-    conn = targets.take()
-    try:
-        progress = env.control.progress(conn)
-    finally:
-        targets.give(conn)
+    """Every tenant's step states now, each read from its own target (``names``: the targets to read);
+    in a rehearsal, the tenants rehearsed count as done."""
+    progress: dict[tuple[str, str], StepStatus] = {}
+    for name in names:
+        env = regions.envs[name]
+        with _taken(pools[name]) as conn:
+            if control_ready(conn, env.target.control_schema):
+                # Only its own tenants' state counts: what another target says of them is no progress.
+                mine = {t.id for t in env.loaded.tenants if regions.of(t).name == name}
+                found = env.control.progress(conn)
+                progress.update({key: status for key, status in found.items() if key[0] in mine})
     for tenant in rehearsed:
         progress.update({(tenant, key): StepStatus.DONE for key in plan.step_keys})
     return progress
+
+
+def control_ready(conn: psycopg.Connection[Any], schema: str) -> bool:
+    """Whether a target has a control schema (a target no run wrote to yet has none: no progress)."""
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f'"{schema}".step_state',)).fetchone()
+    return bool(row and row[0])
 
 
 def _gate_note(wave: WavePlan, stage: WaveStage, blocked_by: str | None, playbook: str) -> str:
@@ -316,43 +371,64 @@ def _gate_note(wave: WavePlan, stage: WaveStage, blocked_by: str | None, playboo
 
 
 def run(
-    env: Environment,
+    env: Environment | Regions,
     plan: Plan,
     options: RunOptions | None = None,
     *,
     progress: ProgressSink = no_progress,
 ) -> RunResult:
-    """Run the plan's tenants wave by wave (``jobs`` at a time); each tenant's failure is its own."""
+    """Run the plan's tenants wave by wave (``jobs`` at a time), each in its region's target; each
+    tenant's failure is its own."""
     options = options or RunOptions()
-    env = replace(env, retry=options.record.retry)
+    regions = env if isinstance(env, Regions) else Regions.single(env)
+    regions = regions.replace_all(retry=options.record.retry)
     run_id = uuid4()
-    targets = TargetConnections(env.connect_target)
+    pools = {name: TargetConnections(e.connect_target) for name, e in regions.envs.items()}
     try:
-        return _run(env, plan, run_id, targets, options, progress)
+        return _run(regions, plan, run_id, pools, options, progress)
     finally:
-        targets.close()
+        for pool in pools.values():
+            pool.close()
 
 
 def _run(
-    env: Environment,
+    regions: Regions,
     plan: Plan,
     run_id: UUID,
-    targets: TargetConnections,
+    pools: Mapping[str, TargetConnections],
     options: RunOptions,
     progress: ProgressSink,
 ) -> RunResult:
     started = time.monotonic()
     record = options.record
-    result = RunResult(run_id, [], dry_run=record.rehearsal, digest=env.loaded.digest)
-    conn = targets.take()
-    try:
-        result.warnings, result.replanned = _check_version(env, conn, run_id, options)
-        approved = set(env.control.approvals(conn))
-        record.started(env, conn, run_id, options.command)
-    finally:
-        targets.give(conn)
+    loaded = regions.loaded
+    result = RunResult(run_id, [], dry_run=record.rehearsal, digest=loaded.digest)
+    writes = regions.holding(tp.tenant for tp in plan.tenants)  # the targets this run writes to
+    gates = gate_targets(plan)
+    approvals: dict[str, Collection[str]] = {}
+    # Every target refuses a changed playbook before any of them records anything.
+    for name in writes:
+        with _taken(pools[name]) as conn:
+            _refuse_changed(regions.envs[name], conn, options)
+    for name in dict.fromkeys([*writes, *gates]):
+        env = regions.envs[name]
+        with _taken(pools[name]) as conn:
+            if name in writes:
+                warnings, replanned = _check_version(env, conn, run_id, options)
+                result.warnings += [w for w in warnings if w not in result.warnings]
+                result.replanned = result.replanned or replanned
+                record.started(env, conn, run_id, options.command)
+            ready = control_ready(conn, env.target.control_schema)
+            approvals[name] = set(env.control.approvals(conn)) if ready else set()
+    approved = approved_waves(plan, approvals)
     log = get_logger(run_id=str(run_id))
-    log.info("run_started", tenants=len(plan.tenants), jobs=options.jobs, rehearsal=record.rehearsal)
+    log.info(
+        "run_started",
+        tenants=len(plan.tenants),
+        jobs=options.jobs,
+        rehearsal=record.rehearsal,
+        targets=list(writes),
+    )
     progress(ProgressEvent("run_started", tenants=sum(1 for tp in plan.tenants if tp.remaining)))
     budget = _Budget(options.max_failures)
     rehearsed: set[str] = set()
@@ -365,8 +441,9 @@ def _run(
                 wave=tp.tenant.wave,
                 note=f"--max-failures {options.max_failures} reached",
             )
-        outcome = run_tenant(env, tp, run_id, progress, targets, options)
-        if outcome.outcome == "failed":
+        env = regions.of(tp.tenant)
+        outcome = run_tenant(env, tp, run_id, progress, pools[env.name], options)
+        if outcome.outcome in ("failed", "refused"):
             budget.add_failure()
         return outcome
 
@@ -374,7 +451,7 @@ def _run(
         tenants = plan.in_wave(wave.name)
         if not tenants:
             continue
-        note = _wave_note(env, targets, plan, wave, rehearsed, approved, result)
+        note = _wave_note(regions, pools, plan, wave, rehearsed, approved, result, gates)
         if note is not None and any(tp.remaining for tp in tenants):
             if record.gate(note):
                 log.warning("wave_waiting", wave=wave.name, why=note)
@@ -387,28 +464,30 @@ def _run(
         if record.rehearsal:
             rehearsed.update(t.tenant for t in done if t.outcome == "done")
     result.seconds = time.monotonic() - started
-    conn = targets.take()
-    try:
-        record.finished(env, conn, run_id, result.outcome, {r.tenant: r.outcome for r in result.tenants})
-    finally:
-        targets.give(conn)
+    for name, theirs in writes.items():
+        mine = {t.id for t in theirs}
+        with _taken(pools[name]) as conn:
+            outcomes = {r.tenant: r.outcome for r in result.tenants if r.tenant in mine}
+            record.finished(regions.envs[name], conn, run_id, result.outcome, outcomes)
     log.info("run_finished", outcome=result.outcome, rehearsal=record.rehearsal)
     return result
 
 
 def _wave_note(
-    env: Environment,
-    targets: TargetConnections,
+    regions: Regions,
+    pools: Mapping[str, TargetConnections],
     plan: Plan,
     wave: WavePlan,
     rehearsed: set[str],
     approved: set[str],
     result: RunResult,
+    gates: Sequence[str],
 ) -> str | None:
     """Why the wave may not start now (plan/waves.py decides), or None; the wave's stage is recorded."""
-    progress = _progress_of(env, targets, plan, rehearsed)
+    progress = progress_of_targets(regions, pools, plan, rehearsed, gates)
     state = next(s for s in wave_states(plan, progress, approved) if s.wave.name == wave.name)
-    note = None if state.may_start else _gate_note(wave, state.stage, state.blocked_by, str(env.loaded.path))
+    path = str(regions.loaded.path)
+    note = None if state.may_start else _gate_note(wave, state.stage, state.blocked_by, path)
     result.waves.append(WaveResult(wave.name, state.stage.value, note))
     return note
 

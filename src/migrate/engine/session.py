@@ -1,6 +1,8 @@
 """A tenant's session: its connections, its lock and its tables, as the context its steps get.
 
-``Environment`` is what the api wires in (connections, flags, who acts);
+``Environment`` is what the api wires in for one target (connections, flags, who
+acts); ``Regions`` holds the Environment of every target of a playbook, by name (its
+region), and says which one a tenant goes to;
 ``TargetConnections`` hands target connections from one tenant to the next;
 ``TenantSession`` holds one tenant for one runner — its advisory lock lives on
 the target connection that does the work, so whatever is written is written
@@ -10,7 +12,7 @@ under the lock, and a runner that dies takes its lock with it.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -24,10 +26,11 @@ from migrate.catalog.reflect import SourceTable, reflect
 from migrate.control.ledger import Entry, Ledger
 from migrate.control.signing import Signer
 from migrate.control.store import ControlStore
+from migrate.engine import residency
 from migrate.engine.retry import RetryPolicy
 from migrate.log import get_logger
 from migrate.playbook.loader import LoadedPlaybook
-from migrate.playbook.model import Tenant
+from migrate.playbook.model import Target, Tenant
 from migrate.ports import FlagProvider
 from migrate.steps import StepContext
 from migrate.steps.context import ProgressSink, never, no_progress
@@ -37,9 +40,10 @@ Connect = Callable[[], psycopg.Connection[Any]]
 
 @dataclass
 class Environment:
-    """What the api wires in: connections, flags, who is acting."""
+    """What the api wires in for one target: its connections, the flags, who is acting."""
 
     loaded: LoadedPlaybook
+    target: Target  # the playbook's target this environment connects to (knows its region)
     connect_target: Connect
     connect_source: Callable[[Tenant], psycopg.Connection[Any]]
     flags: FlagProvider
@@ -50,16 +54,34 @@ class Environment:
     signer: Signer | None = None  # the ledger key the playbook names: every entry is signed with it
 
     @property
+    def name(self) -> str:
+        """The target's name: its region, or 'default' for the one target of a playbook without regions."""
+        return self.target.name
+
+    @property
     def control(self) -> ControlStore:
-        pb = self.loaded.playbook
-        return ControlStore(pb.target.control_schema, pb.name)
+        return ControlStore(self.target.control_schema, self.loaded.playbook.name)
 
     @property
     def ledger(self) -> Ledger:
-        return Ledger(self.loaded.playbook.target.control_schema, self.signer)
+        return Ledger(self.target.control_schema, self.signer)
 
-    def entry(self, run_id: UUID | None, action: str, outcome: str, **kw: Any) -> Entry:
+    def entry(
+        self,
+        run_id: UUID | None,
+        action: str,
+        outcome: str,
+        *,
+        tenant: str | None = None,
+        details: Mapping[str, Any] | None = None,
+        **kw: Any,
+    ) -> Entry:
+        """A ledger entry of this target; a tenant's names the tenant's region and the target it went to."""
         pb = self.loaded.playbook
+        said = dict(details or {})
+        if tenant is not None:
+            region = next((t.region for t in self.loaded.tenants if t.id == tenant), None)
+            said = {**said, "region": region, "target": self.name, "target_env": self.target.dsn_env}
         return Entry(
             actor=self.actor,
             host=self.host,
@@ -68,8 +90,50 @@ class Environment:
             action=action,
             outcome=outcome,
             run_id=run_id,
+            tenant=tenant,
+            details=said,
             **kw,
         )
+
+
+@dataclass(frozen=True)
+class Regions:
+    """The Environment of every target of a playbook, by name (its region), in the order written.
+
+    A playbook without regions has one; ``of(tenant)`` is the target a tenant goes to.
+    """
+
+    envs: Mapping[str, Environment]
+
+    def __post_init__(self) -> None:
+        assert self.envs, "a playbook has at least one target"
+
+    @classmethod
+    def single(cls, env: Environment) -> Regions:
+        return cls({env.name: env})
+
+    @property
+    def first(self) -> Environment:
+        """The first target written: who acts, the playbook and the flags are the same in every one."""
+        return next(iter(self.envs.values()))
+
+    @property
+    def loaded(self) -> LoadedPlaybook:
+        return self.first.loaded
+
+    def of(self, tenant: Tenant) -> Environment:
+        return self.envs[self.loaded.playbook.target_name_of(tenant)]
+
+    def holding(self, tenants: Iterable[Tenant]) -> dict[str, list[Tenant]]:
+        """The targets these tenants go to, each with its tenants, in the order the targets are written."""
+        by_name: dict[str, list[Tenant]] = {name: [] for name in self.envs}
+        for tenant in tenants:
+            by_name[self.of(tenant).name].append(tenant)
+        return {name: found for name, found in by_name.items() if found}
+
+    def replace_all(self, **changes: Any) -> Regions:
+        """Every environment with the same fields changed (flags, retry)."""
+        return Regions({name: replace(env, **changes) for name, env in self.envs.items()})
 
 
 def tenant_tables(env: Environment, source: psycopg.Connection[Any]) -> list[SourceTable]:
@@ -95,21 +159,23 @@ def step_context(
     progress: ProgressSink = no_progress,
     stopping: Callable[[], bool] = never,
 ) -> StepContext:
-    """The one place a StepContext is made, for run and rollback alike.
+    """The one place a StepContext is made, for run and rollback alike — and so the one place the
+    residency guard runs (engine/residency.py): on the connection that will write, before any step.
 
     Without a source (a rollback's flag steps) the target stands in: steps that move
     traffic touch the flag provider and the control schema only, so traffic goes back
     even while a source is slow or down.
     """
     pb = env.loaded.playbook
+    residency.enforce(env.target, tenant, target, source, env.loaded.path)
     return StepContext(
         run_id=run_id,
         tenant=tenant,
         source=source if source is not None else target,
         target=target,
         source_schema=pb.source.schema_,
-        target_schema=pb.target.schema_,
-        tenant_context=pb.target.tenant_context,
+        target_schema=env.target.schema_,
+        tenant_context=env.target.tenant_context,
         tables=tuple(tables),
         control=env.control,
         flags=env.flags,
@@ -216,26 +282,31 @@ class TenantSession:
         target, source = self._connect()
         try:
             tables = tenant_tables(self.env, source)
-        except BaseException:
+            self._ctx = step_context(
+                self.env,
+                self.tenant,
+                self.run_id,
+                target,
+                source,
+                tables,
+                progress=self.progress,
+                stopping=self.stopping,
+            )
+        except BaseException:  # the lock goes with the connection: a refused tenant is let go at once
             self._close(target, source)
             raise
-        self._ctx = step_context(
-            self.env,
-            self.tenant,
-            self.run_id,
-            target,
-            source,
-            tables,
-            progress=self.progress,
-            stopping=self.stopping,
-        )
         return self._ctx
 
     def reconnect(self) -> StepContext:
         old = self.ctx
         self._close(old.target, old.source)
         target, source = self._connect()
-        self._ctx = replace(old, target=target, source=source)
+        try:  # the new connection may reach another database: the guard runs again
+            fresh = step_context(self.env, self.tenant, self.run_id, target, source, old.tables)
+        except BaseException:
+            self._close(target, source)
+            raise
+        self._ctx = replace(old, target=fresh.target, source=fresh.source)
         old.log.info("tenant_reconnected")
         return self._ctx
 

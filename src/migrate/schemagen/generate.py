@@ -8,7 +8,7 @@ errors: the schema is right, the data is what must change before any copy.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,15 +46,28 @@ def generate(
     options: Options,
     out: Path,
     unique_across: Sequence[UniqueAcrossTenants] = (),
+    groups: Mapping[str, Sequence[str]] | None = None,
 ) -> GenerateResult:
-    """Reflect every source, write the revision built from the first, and report on all of them."""
+    """Reflect every source, write the revision built from the first, and report on all of them —
+    per group of sources (``groups``: a target's name → its sources' labels) when given: sources
+    that land in different shared databases cannot collide."""
     log = get_logger()
     schemas: dict[str, SourceSchema] = {
         label: reflect_schema(conn, source_schema) for label, conn in sources.items()
     }
     model = schemas[next(iter(schemas))]
     shared = build(model, options)
-    notes = list(shared.notes) + consolidate(sources, schemas, options, unique_across)
+    notes = list(shared.notes)
+    if groups is None:
+        notes += consolidate(sources, schemas, options, unique_across)
+    for target, labels in (groups or {}).items():
+        found = consolidate(
+            {label: sources[label] for label in labels},
+            {label: schemas[label] for label in labels},
+            options,
+            unique_across,
+        )
+        notes += [replace(note, target=target) for note in found]
     notes.sort(key=lambda n: _ORDER[n.severity])
     revision = write(shared, out, sources=list(sources))
     log.info(
