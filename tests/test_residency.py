@@ -588,3 +588,35 @@ def test_cli_commands_read_the_region_options(
     assert cli(env, monkeypatch, "ledger", "show", str(REGIONS)) == 2
     assert cli(env, monkeypatch, "plan", str(REGIONS)) == 0
     assert "targets, by region: eu" in capsys.readouterr().out
+
+
+def test_residency_arguments_are_checked_before_any_connection(tmp_path: Path) -> None:
+    """A bad --region or --tenant is named at once, against targets that do not answer."""
+    import socket
+    import time
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    closed = f"postgresql://postgres@127.0.0.1:{port}/x"
+    environ = {
+        "MIGRATE_EU_TARGET_DSN": closed,
+        "MIGRATE_US_TARGET_DSN": closed,
+        "MIGRATE_SOURCE_DSN_TEMPLATE": closed + "{tenant}",
+        "MIGRATE_FLAG_FILE": str(tmp_path / "flags.json"),
+    }
+    calls: list[tuple[Any, tuple[Any, ...], dict[str, Any], str]] = [
+        (api.residency_set, (REGIONS, "mars"), {}, "--region"),
+        (api.residency_set, (REGIONS, "EU!"), {}, "--region"),
+        (api.residency_report, (REGIONS, ["acmee"]), {}, "--tenant"),
+        (api.status, (REGIONS,), {"regions": ["mars"]}, "--region"),
+        (api.ledger, (REGIONS,), {}, "--region"),
+        (api.isolation_check_targets, (REGIONS,), {"region": "mars", "app_role": "app"}, "--region"),
+    ]
+    for call, args, kwargs, where in calls:
+        started = time.monotonic()
+        with pytest.raises(ArgumentError) as caught:
+            call(*args, environ=environ, **kwargs)
+        assert caught.value.where == where, (call, caught.value)
+        assert time.monotonic() - started < 2.0, "checked only after trying to connect"
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
