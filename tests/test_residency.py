@@ -234,18 +234,23 @@ def test_a_wave_waits_for_an_earlier_wave_in_another_region(regions: Regions) ->
 
 
 def test_what_another_regions_target_says_of_a_tenant_is_no_progress_and_the_report_finds_leftovers(
-    regions: Regions,
+    regions: Regions, tmp_path: Path
 ) -> None:
-    """acme was once copied into the US database (one target, no regions): with targets by region its
-    state there counts for nothing — the main wave still waits for acme in the EU target, status says
-    'not started' — and once acme is in the EU target, the report finds the rows left in the US one."""
-    old_target = {**regions.world.environ, "MIGRATE_TARGET_DSN": regions.dsn["us"]}
-    assert api.run(DEMO, ["acme"], environ=old_target).ok
+    """The same playbook, before it had regions, once copied acme into the US database: with targets by
+    region that state counts for nothing — the main wave still waits for acme in the EU target, status
+    says 'not started' — and once acme is in the EU target, the report finds the rows left in the US one."""
+    text = REGIONS.read_text().replace("../flags/demo.json", str(ROOT / "flags" / "demo.json"))
+    cut = text.index("\ntargets:\n"), text.index("\nsource:\n")
+    before = text[: cut[0]] + "\ntarget: {dsn_env: MIGRATE_US_TARGET_DSN}\n" + text[cut[1] :]
+    old = write(tmp_path, before, "before-regions.yaml")
+    assert load_playbook(old).playbook.name == load_playbook(REGIONS).playbook.name
+    assert api.run(old, ["acme"], environ=regions.environ).ok
     regions.record_both()
-    assert [t.outcome for t in api.run(REGIONS, ["globex"], environ=regions.environ).tenants] == ["waiting"]
+    waiting = api.run(REGIONS, ["globex"], environ=regions.environ, replan=True)
+    assert [t.outcome for t in waiting.tenants] == ["waiting"]
     status = api.status(REGIONS, environ=regions.environ)
     assert {t.tenant: t.state for t in status.tenants}["acme"] == "not started"
-    assert api.run(REGIONS, environ=regions.environ).ok
+    assert api.run(REGIONS, environ=regions.environ, replan=True).ok
     report = api.residency_report(REGIONS, environ=regions.environ)
     acme = next(r for r in report.tenants if r.tenant == "acme")
     assert acme.rows == source_rows(regions.world, "acme") == acme.elsewhere["us"]
@@ -316,10 +321,10 @@ def test_the_guard_in_every_tenant_session_refuses_what_no_preflight_checked(reg
 
 
 def test_a_rollback_through_a_swapped_dsn_is_refused_before_any_flag_or_row_goes_back(
-    regions: Regions,
+    regions: Regions, database_factory: DatabaseFactory
 ) -> None:
-    """After a run, a rollback whose US variable reaches the EU database refuses as a whole: every
-    tenant's rows and flags stay."""
+    """After a run, a rollback whose variables are swapped refuses as a whole, and so does the engine
+    when only the US one reaches an EU database: every tenant's rows and flags stay."""
     regions.record_both()
     assert api.run(REGIONS, environ=regions.environ).ok
     flags = json.loads(regions.world.flag_file.read_text())
@@ -335,9 +340,13 @@ def test_a_rollback_through_a_swapped_dsn_is_refused_before_any_flag_or_row_goes
     assert json.loads(regions.world.flag_file.read_text()) == flags
     for tenant, home in HOME.items():
         assert rows_of(regions.dsn[home], tenant) == source_rows(regions.world, tenant)
-    # The engine on its own (no api preflight): every tenant's context is made, and checked, first.
+    # The engine on its own (no api preflight), with only the US variable wrong: every tenant's
+    # context is made, and checked, before acme's flag (EU, first in line) goes back.
     loaded = load_playbook(REGIONS)
-    swapped = api.environments(loaded, regions.swapped(), "pytest")
+    another_eu = database_factory.create("eu2")
+    api.residency_set(DEMO, "eu", environ={**regions.world.environ, "MIGRATE_TARGET_DSN": another_eu})
+    us_wrong = {**regions.environ, "MIGRATE_US_TARGET_DSN": another_eu}
+    swapped = api.environments(loaded, us_wrong, "pytest")
     with pytest.raises(ResidencyRefused):
         engine_rollback(swapped, build_plan(loaded).tenants, "pre-copy", discard_writes_since_cutover=True)
     assert json.loads(regions.world.flag_file.read_text()) == flags
