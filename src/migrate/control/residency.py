@@ -86,9 +86,7 @@ class ResidencyStore:
 
     def lock(self, conn: psycopg.Connection[Any]) -> None:
         """Recordings of one control schema in turn, until the caller's transaction ends."""
-        conn.execute(
-            "SELECT pg_advisory_xact_lock(hashtext(%s))", (f"{locks.RESIDENCY}:{self.schema}",)
-        )
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"{locks.RESIDENCY}:{self.schema}",))
 
     def record(
         self,
