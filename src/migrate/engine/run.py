@@ -464,11 +464,12 @@ def _run(
         if record.rehearsal:
             rehearsed.update(t.tenant for t in done if t.outcome == "done")
     result.seconds = time.monotonic() - started
-    for name, theirs in writes.items():
+    for name, theirs in writes.items():  # each target's entry: its own tenants' outcome only
         mine = {t.id for t in theirs}
+        here = RunResult(run_id, [r for r in result.tenants if r.tenant in mine])
         with _taken(pools[name]) as conn:
-            outcomes = {r.tenant: r.outcome for r in result.tenants if r.tenant in mine}
-            record.finished(regions.envs[name], conn, run_id, result.outcome, outcomes)
+            outcomes = {r.tenant: r.outcome for r in here.tenants}
+            record.finished(regions.envs[name], conn, run_id, here.outcome, outcomes)
     log.info("run_finished", outcome=result.outcome, rehearsal=record.rehearsal)
     return result
 
