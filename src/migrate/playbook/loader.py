@@ -30,6 +30,7 @@ from migrate.playbook.model import (
     STEP_KINDS,
     STEP_SPECS,
     Inventory,
+    LedgerSettings,
     Playbook,
     RollbackPoint,
     Tenant,
@@ -447,6 +448,15 @@ def _duplicate_tenants(tenants: Sequence[Tenant]) -> Iterator[tuple[Loc, str, st
         first.setdefault(tenant.id, index)
 
 
+_LATER_FIELDS: tuple[tuple[tuple[str, ...], object], ...] = (
+    (("targets",), None),
+    (("target", "region"), None),
+    (("target", "tenant_context"), "session"),
+    (("ledger",), LedgerSettings().model_dump(mode="json", by_alias=True)),
+)
+"""Fields added after playbooks were in use, with the default that leaves a playbook's version as it was."""
+
+
 def normalised_digest(pb: Playbook, tenants: Sequence[Tenant]) -> str:
     """sha256 of what the playbook says, not how it is written.
 
@@ -455,12 +465,15 @@ def normalised_digest(pb: Playbook, tenants: Sequence[Tenant]) -> str:
     tenants) does. The ledger records it as the playbook's version.
     """
     playbook = pb.model_dump(mode="json", by_alias=True, exclude={"tenants"})
-    # Fields added later count only once they are set: a playbook that does not use them keeps
-    # the version its runs accepted.
-    if playbook.get("targets") is None:
-        playbook.pop("targets", None)
-    if isinstance(playbook.get("target"), dict) and playbook["target"].get("region") is None:
-        playbook["target"].pop("region")
+    # Fields added later count only once they differ from their default: a playbook that does not
+    # use them keeps the version its runs accepted (no --replan forced by an upgrade).
+    for path, default in _LATER_FIELDS:
+        *parents, leaf = path
+        node: Any = playbook
+        for key in parents:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node and node[leaf] == default:
+            node.pop(leaf)
     body = {"playbook": playbook, "tenants": [t.model_dump(mode="json") for t in tenants]}
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
