@@ -19,11 +19,13 @@ import importlib.metadata
 import json
 import os
 import pwd
+import re
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
@@ -77,11 +79,33 @@ def pg_bin_dir() -> Path:
     )
 
 
-def start_server(root: Path, *, port: int | None = None) -> EmbeddedServer:
-    """Start a server in ``root`` (initdb on first use), or return the one already running."""
+# A server setting on pg_ctl's command line (it goes through a shell): plain names and values only.
+_SETTING_NAME = re.compile(r"[a-z_][a-z0-9_.]*")
+_SETTING_VALUE = re.compile(r"[A-Za-z0-9_.:/-]+")
+
+
+def start_server(
+    root: Path, *, port: int | None = None, settings: Mapping[str, str] | None = None
+) -> EmbeddedServer:
+    """Start a server in ``root`` (initdb on first use), or return the one already running.
+
+    ``settings`` are server settings for this start (``{"wal_level": "logical"}`` for a
+    source that change capture reads); a running server whose settings differ is
+    restarted with them, since most such settings take effect only at server start.
+    """
     root = root.resolve()
+    wanted = dict(settings or {})
+    for name, value in wanted.items():
+        if not _SETTING_NAME.fullmatch(name) or not _SETTING_VALUE.fullmatch(value):
+            raise SettingsError(
+                f"server setting {name}={value!r} is not a plain name and value",
+                where=str(root),
+                hint="write settings such as wal_level=logical or max_replication_slots=20",
+            )
     if (running := server_at(root)) is not None:
-        return running
+        if _settings_of(root) == wanted:
+            return running
+        stop_server(root)
     started = time.monotonic()
     who = _run_as()
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -121,6 +145,7 @@ def start_server(root: Path, *, port: int | None = None) -> EmbeddedServer:
         )
         _configure(data, root)
     server = EmbeddedServer(root=root, port=port or _free_port())
+    options = " ".join([f"-p {server.port}", *(f"-c {k}={v}" for k, v in wanted.items())])
     bin_dir = _pg(
         "pg_ctl",
         [
@@ -129,7 +154,7 @@ def start_server(root: Path, *, port: int | None = None) -> EmbeddedServer:
             "-l",
             str(root / _LOG),
             "-o",
-            f"-p {server.port}",
+            options,
             "-w",
             "-t",
             str(_START_SECONDS),
@@ -153,7 +178,7 @@ def start_server(root: Path, *, port: int | None = None) -> EmbeddedServer:
                 ) from exc
             time.sleep(0.05)
     pid = _postmaster_pid(data)
-    state = {"port": server.port, "pid": pid, "bin_dir": str(bin_dir)}
+    state = {"port": server.port, "pid": pid, "bin_dir": str(bin_dir), "settings": wanted}
     (root / _STATE).write_text(json.dumps(state, indent=2) + "\n")
     get_logger().info(
         "server_started",
@@ -200,6 +225,15 @@ def server_at(root: Path) -> EmbeddedServer | None:
     except psycopg.Error:
         return None
     return server
+
+
+def _settings_of(root: Path) -> dict[str, str]:
+    """The settings the running server of ``root`` was started with (its state file says)."""
+    try:
+        given = json.loads((root / _STATE).read_text()).get("settings") or {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {str(k): str(v) for k, v in given.items()} if isinstance(given, dict) else {}
 
 
 def _run_as() -> pwd.struct_passwd | None:
