@@ -23,3 +23,6 @@ UPGRADE = "migrate.control.upgrade"
 
 RESIDENCY = "migrate.residency"
 """Transaction-level, one key per control schema (``RESIDENCY:schema``): recordings of a target's region."""
+
+ONLINE = "migrate.online"
+"""Transaction-level, (namespace, playbook): a tenant counts the online phase and joins it, one at a time."""
