@@ -3,11 +3,13 @@ and the checks that must catch a bad copy."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from uuid import uuid4
 
 import pytest
 
+from live import APP_ROLE, FLAG, LiveWorld, drop_databases, make_live_world
 from migrate import api
 from migrate.engine.session import tenant_session
 from migrate.errors import CheckFailed, StepFailed
@@ -31,11 +33,18 @@ def ctx(world: World) -> Iterator[StepContext]:
 
 
 SPECS: list[Step] = [spec.example() for spec in STEP_SPECS]  # every kind, in playbook order
+# Kinds that read change capture or freeze the source run on a live world (wal_level = logical, an
+# application role, an online playbook); the backfill runs on both, offline and online.
+OFFLINE = [s for s in SPECS if not (s.capture or s.freezes)]
+ONLINE = [s for s in SPECS if s.capture or s.freezes or s.kind in ("schema", "backfill")]
+# What each online kind builds on, in order (an online playbook has no validate or flag before its cut-over).
+ONLINE_CHAIN = ["schema", "backfill", "catchup", "cutover", "finalise"]
 
 
 def test_every_step_kind_has_an_implementation_and_goes_through_the_conformance_suite() -> None:
     """A kind is a spec and an implementation: neither exists without the other, so none goes untested."""
     assert [s.kind for s in SPECS] == list(KINDS) == list(STEP_KINDS)
+    assert {s.kind for s in OFFLINE} | {s.kind for s in ONLINE} == set(STEP_KINDS)
 
 
 def effect(ctx: StepContext, world: World) -> tuple[object, ...]:
@@ -51,33 +60,85 @@ def effect(ctx: StepContext, world: World) -> tuple[object, ...]:
     return tables, tuple(sorted(counts.items())), tuple(flag)
 
 
-@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.kind)
-def test_step_conformance_apply_is_idempotent_and_revert_undoes_it(
-    spec: Step, ctx: StepContext, world: World
-) -> None:
-    """apply → verify → apply (no change) → revert → apply → verify, for every step kind."""
-    for earlier in SPECS[: SPECS.index(spec)]:  # what the step builds on
-        step_for(earlier).apply(ctx)
-    before = effect(ctx, world)
+def conformance(spec: Step, ctx: StepContext, earlier: list[Step], world_now: Callable[[], object]) -> None:
+    """apply → verify → apply (no change) → revert → revert again → apply → verify."""
+    for step in earlier:  # what the step builds on
+        step_for(step).apply(ctx)
+    before = world_now()
     impl = step_for(spec)
     details = impl.apply(ctx)
     impl.verify(ctx, details)
-    after = effect(ctx, world)
+    after = world_now()
     again = impl.apply(ctx)
     impl.verify(ctx, again)
-    assert effect(ctx, world) == after, "a second apply changed the world"
+    assert world_now() == after, "a second apply changed the world"
     undone = impl.revert(ctx, details)
     impl.verify_reverted(ctx, undone)
     if spec.moves != "nothing":
-        assert effect(ctx, world) == before, "revert did not restore the world"
+        assert world_now() == before, "revert did not restore the world"
     impl.verify_reverted(ctx, impl.revert(ctx, details))  # idempotent revert
     details = impl.apply(ctx)
     impl.verify(ctx, details)
-    assert effect(ctx, world) == after
+    assert world_now() == after
+
+
+@pytest.mark.parametrize("spec", OFFLINE, ids=lambda s: s.kind)
+def test_step_conformance_apply_is_idempotent_and_revert_undoes_it(
+    spec: Step, ctx: StepContext, world: World
+) -> None:
+    """Every offline kind, on the demo's world, after the kinds it builds on."""
+    conformance(spec, ctx, OFFLINE[: OFFLINE.index(spec)], lambda: effect(ctx, world))
+
+
+@pytest.fixture
+def live(logical_admin_dsn: str, tmp_path: Path) -> Iterator[LiveWorld]:
+    created: list[str] = []
+    try:
+        world = make_live_world(logical_admin_dsn, tmp_path, {"acme": 1}, created)
+        world.write_playbook(finalise=True)
+        yield world
+    finally:
+        drop_databases(logical_admin_dsn, created)
+
+
+def live_effect(world: LiveWorld) -> tuple[object, ...]:
+    """The live world: shared tables, the tenant's rows, the flag, what the application may write, slots."""
+    from migrate.adapters.flagfile import FileFlagProvider
+
+    with world.target() as conn:
+        tables = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'app'").fetchone()
+    counts = world.target_counts("acme") if tables and tables[0] else {}
+    flag = FileFlagProvider(world.flag_file).tenants(FLAG) if world.flag_file.exists() else []
+    with world.source("acme") as conn:
+        writable = conn.execute(
+            "SELECT relname, has_table_privilege(%s, oid, 'INSERT, UPDATE, DELETE') FROM pg_class"
+            " WHERE relnamespace = 'public'::regnamespace AND relkind = 'r' ORDER BY 1",
+            (APP_ROLE,),
+        ).fetchall()
+        slots = conn.execute("SELECT slot_name FROM pg_replication_slots WHERE database = current_database()")
+        held = tuple(r[0] for r in slots)
+    return tables, tuple(sorted(counts.items())), tuple(flag), tuple(writable), held
+
+
+def online_id(spec: Step) -> str:
+    return f"{spec.kind}-online" if spec.kind in ("schema", "backfill") else spec.kind
+
+
+@pytest.mark.parametrize("spec", ONLINE, ids=online_id)
+def test_online_step_conformance_apply_is_idempotent_and_revert_undoes_it(spec: Step, live: LiveWorld) -> None:
+    """Every kind that captures changes or freezes the source (and the online backfill), on a live world."""
+    from migrate.control import schema
+
+    schema.upgrade(live.target_dsn, "migrate_control")
+    env = api.environment(load_playbook(live.playbook), live.environ)
+    chain = [s for k in ONLINE_CHAIN for s in ONLINE if s.kind == k]
+    earlier = chain[: chain.index(spec)] if spec in chain else []
+    with tenant_session(env, env.loaded.tenants[0], uuid4()) as ctx:
+        conformance(spec, ctx, earlier, lambda: live_effect(live))
 
 
 def copied(ctx: StepContext) -> None:
-    for spec in SPECS[:2]:
+    for spec in OFFLINE[:2]:
         step_for(spec).apply(ctx)
 
 

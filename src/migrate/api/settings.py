@@ -39,7 +39,7 @@ from migrate.errors import (
 from migrate.log import redact
 from migrate.plan import StepStatus
 from migrate.playbook import LoadedPlaybook, Tenant
-from migrate.playbook.model import FlagStep, Target, UnleashFlags
+from migrate.playbook.model import StepBase, Target, UnleashFlags
 from migrate.ports import FlagChange, FlagProvider, FlagSnapshot
 
 if TYPE_CHECKING:
@@ -73,11 +73,17 @@ _KEEPALIVES = {
 _CHECK_CLIENT = "SELECT set_config('client_connection_check_interval', '1s', false)"
 
 
-def connect(dsn: str, *, what: str, var: str) -> psycopg.Connection[Any]:
-    """An autocommit connection, or a SettingsError that never shows the password."""
+def connect(dsn: str, *, what: str, var: str, replication: bool = False) -> psycopg.Connection[Any]:
+    """An autocommit connection, or a SettingsError that never shows the password.
+
+    ``replication``: a ``replication=database`` (walsender) connection, which may create a
+    replication slot and export its snapshot.
+    """
     try:
         given = psycopg.conninfo.conninfo_to_dict(dsn)
-        extra = {k: v for k, v in _KEEPALIVES.items() if k not in given}
+        extra: dict[str, str] = {k: v for k, v in _KEEPALIVES.items() if k not in given}
+        if replication:
+            extra["replication"] = "database"
         conn = psycopg.connect(
             psycopg.conninfo.make_conninfo(dsn, **extra),
             autocommit=True,
@@ -173,8 +179,8 @@ class _NoFlags:
 
 def step_flags(loaded: LoadedPlaybook) -> list[str]:
     """The flags the playbook's steps flip, in order, each once."""
-    names = [s.flag for p in loaded.playbook.phases for s in p.steps if isinstance(s, FlagStep)]
-    return list(dict.fromkeys(names))
+    names = [s.flips for p in loaded.playbook.phases for s in p.steps if isinstance(s, StepBase) and s.flips]
+    return list(dict.fromkeys(n for n in names if n))
 
 
 def unleash_provider(loaded: LoadedPlaybook, environ: Environ) -> UnleashFlagProvider:
@@ -265,6 +271,14 @@ def connect_source(loaded: LoadedPlaybook, tenant: Tenant, environ: Environ) -> 
     return conn
 
 
+def connect_replication(loaded: LoadedPlaybook, tenant: Tenant, environ: Environ) -> psycopg.Connection[Any]:
+    """A ``replication=database`` connection to the tenant's source: its slot and exported snapshot."""
+    src, src_var = source_dsn(loaded, tenant, environ)
+    return connect(
+        src, what=f"tenant {tenant.id}'s source database (replication)", var=src_var, replication=True
+    )
+
+
 def environment(
     loaded: LoadedPlaybook,
     environ: Environ,
@@ -313,6 +327,7 @@ def environments(
                 target=target,
                 connect_target=opener(target),
                 connect_source=lambda tenant: connect_source(loaded, tenant, environ),
+                connect_replication=lambda tenant: connect_replication(loaded, tenant, environ),
                 flags=flags,
                 actor=who,
                 host=socket.gethostname(),
@@ -360,6 +375,7 @@ def progress_of(regions: Regions, tenants: Sequence[str] | None) -> dict[tuple[s
 def control_exists(conn: psycopg.Connection[Any], schema: str) -> bool:
     row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f'"{schema}".step_state',)).fetchone()
     return bool(row and row[0])
+
 
 def tenant_context_option(value: str | None) -> TenantContext:
     """``--tenant-context`` (or ``target.tenant_context``): session (the default) or transaction."""
@@ -424,9 +440,9 @@ def check_flags_defined(loaded: LoadedPlaybook) -> None:
     defined = {d.name for d in read_definitions(path)}
     for p, phase in enumerate(loaded.playbook.phases):
         for s, step in enumerate(phase.steps):
-            if isinstance(step, FlagStep) and step.flag not in defined:
+            if isinstance(step, StepBase) and step.flips and step.flips not in defined:
                 raise PlaybookError(
-                    f"flag '{step.flag}' is not in the flag definitions {cfg.definitions}",
+                    f"flag '{step.flips}' is not in the flag definitions {cfg.definitions}",
                     where=loaded.where("phases", p, "steps", s, "flag"),
                     hint=f"its flags are: {', '.join(sorted(defined)) or 'none'}; "
                     "add the flag there, or name one of those",

@@ -264,6 +264,7 @@ def run_tenant(
         command=options.command,
         record_holder=not record.rehearsal,
         stopping=options.stop.is_set,
+        rehearsal=record.rehearsal,
     )
     sink = record.sink(session, env, run_id)
     try:

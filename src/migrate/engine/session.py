@@ -52,6 +52,8 @@ class Environment:
     pid: int
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     signer: Signer | None = None  # the ledger key the playbook names: every entry is signed with it
+    # A ``replication=database`` connection to a tenant's source (an online backfill's slot).
+    connect_replication: Callable[[Tenant], psycopg.Connection[Any]] | None = None
 
     @property
     def name(self) -> str:
@@ -158,6 +160,7 @@ def step_context(
     *,
     progress: ProgressSink = no_progress,
     stopping: Callable[[], bool] = never,
+    rehearsal: bool = False,
 ) -> StepContext:
     """The one place a StepContext is made, for run and rollback alike — and so the one place the
     residency guard runs (engine/residency.py): on the connection that will write, before any step.
@@ -183,7 +186,21 @@ def step_context(
         keys={t.name: t.key for t in pb.table_specs() or () if t.key},
         progress=progress,
         stopping=stopping,
+        playbook=pb.name,
+        cutover=pb.cutover,
+        app_roles=pb.source.app_roles,
+        rehearsal=rehearsal,
+        connect_target=env.connect_target,
+        connect_replication=(
+            None if env.connect_replication is None else _bind(env.connect_replication, tenant)
+        ),
     )
+
+
+def _bind(
+    connect: Callable[[Tenant], psycopg.Connection[Any]], tenant: Tenant
+) -> Callable[[], psycopg.Connection[Any]]:
+    return lambda: connect(tenant)
 
 
 class TargetConnections:
@@ -243,6 +260,7 @@ class TenantSession:
         command: str = "run",
         record_holder: bool = True,
         stopping: Callable[[], bool] = never,
+        rehearsal: bool = False,
     ) -> None:
         self.env = env
         self.tenant = tenant
@@ -252,6 +270,7 @@ class TenantSession:
         self.command = command
         self.record_holder = record_holder
         self.stopping = stopping
+        self.rehearsal = rehearsal
         self._ctx: StepContext | None = None
 
     @property
@@ -291,6 +310,7 @@ class TenantSession:
                 tables,
                 progress=self.progress,
                 stopping=self.stopping,
+                rehearsal=self.rehearsal,
             )
         except BaseException:  # the lock goes with the connection: a refused tenant is let go at once
             self._close(target, source)

@@ -431,6 +431,80 @@ def _targets_without_region(data: Any, source_map: SourceMap) -> None:
             )
 
 
+def _mode_problems(pb: Playbook) -> Iterator[tuple[Loc, str, str]]:
+    """Steps that need the online mode, app roles, or an order the mode implies."""
+    online = pb.cutover.mode == "online"
+    seen: list[str] = []  # kinds so far, in playbook order
+    for p_index, phase in enumerate(pb.phases):
+        for s_index, item in enumerate(phase.steps):
+            if isinstance(item, RollbackPoint):
+                continue
+            loc: Loc = ("phases", p_index, "steps", s_index, "kind")
+            if item.capture and not online:
+                yield (
+                    loc,
+                    f"step kind '{item.kind}' works on change capture, which an offline playbook has none of",
+                    "write 'cutover: {mode: online}' (the backfill then opens change capture), "
+                    "or remove the step",
+                )
+            if item.freezes and not pb.source.app_roles:
+                yield (
+                    loc,
+                    f"step kind '{item.kind}' freezes the source, but the playbook names no "
+                    "application roles",
+                    "write 'source: {…, app_roles: [ROLE, …]}' with the roles the application writes as",
+                )
+            if online and item.kind == "freeze":
+                yield (
+                    loc,
+                    "an online playbook freezes the source in its cutover step, for at most "
+                    "cutover.max_freeze",
+                    "remove the freeze step (it belongs to 'cutover: {mode: offline}' playbooks)",
+                )
+            if online and item.kind == "validate" and "cutover" not in seen:
+                yield (
+                    loc,
+                    "a validate step before the cut-over of an online playbook compares a source that is "
+                    "still being written",
+                    "the cutover step validates under the freeze: move validate after it, or remove it",
+                )
+            if online and item.cuts_over and item.kind != "cutover" and "cutover" not in seen:
+                yield (
+                    loc,
+                    "in an online playbook the cutover step flips the flag, after the freeze and validation",
+                    "remove this flag step, or put it after the cutover step",
+                )
+            if item.kind in ("catchup", "cutover") and "backfill" not in seen:
+                yield (
+                    loc,
+                    f"step kind '{item.kind}' must come after the backfill",
+                    "move it after the backfill",
+                )
+            if item.kind == "finalise" and "cutover" not in seen:
+                yield loc, "finalise must come after the cutover step", "move it after the cutover step"
+            if item.kind == "freeze" and "backfill" in seen:
+                yield (
+                    loc,
+                    "the freeze must come before the backfill, so the copy and its validation see a source "
+                    "nobody writes",
+                    "move the freeze step before the backfill",
+                )
+            seen.append(item.kind)
+    if online and "cutover" not in seen:
+        yield (
+            ("cutover", "mode"),
+            "an online playbook needs a cutover step (after the backfill) to end its change capture",
+            "add '- {kind: cutover, flag: FLAG}' in the phase after the copy",
+        )
+    if online and not pb.source.app_roles:
+        yield (
+            ("cutover", "mode"),
+            "an online cut-over freezes the application's writes on the source, but the playbook names "
+            "no application roles",
+            "write 'source: {…, app_roles: [ROLE, …]}' with the roles the application writes as",
+        )
+
+
 def _raise_first(problems: Iterator[tuple[Loc, str, str]], source_map: SourceMap) -> None:
     for loc, message, hint in problems:
         raise PlaybookError(message, where=source_map.where(loc), hint=hint)
@@ -507,7 +581,9 @@ def load_playbook(path: Path | str) -> LoadedPlaybook:
         assert pb.tenants is not None
         tenants = pb.tenants
     _raise_first(_duplicate_tenants(tenants), tenants_map)
-    problems = list(_target_problems(pb, tenants)) + list(_semantic_problems(pb, tenants))
+    problems = (
+        list(_target_problems(pb, tenants)) + list(_semantic_problems(pb, tenants)) + list(_mode_problems(pb))
+    )
     for loc, message, hint in problems:
         where_map = tenants_map if loc and loc[0] == "tenants" else source_map
         raise PlaybookError(message, where=where_map.where(loc), hint=hint)

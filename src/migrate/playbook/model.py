@@ -7,9 +7,10 @@ variables and databases). Every model forbids unknown fields, so a typo such as
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Self, Union, get_args
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from migrate.names import Identifier, Slug, TenantId
 
@@ -23,6 +24,23 @@ class Model(BaseModel):
 
 DEFAULT_TARGET = "default"
 """The name of a target that declares no region: the one ``target:`` of a playbook that routes nothing."""
+
+
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|min|m)?\s*")
+
+
+def _seconds(value: Any) -> Any:
+    """``2s``, ``500ms``, ``1.5s``, ``2min`` or a number of seconds, as seconds."""
+    if not isinstance(value, str):
+        return value
+    found = _DURATION.fullmatch(value)
+    if found is None:
+        raise ValueError(f"{value!r} is not a duration: write e.g. 2s, 500ms or 1.5s")
+    amount, unit = float(found.group(1)), found.group(2) or "s"
+    return amount / 1000 if unit == "ms" else amount * 60 if unit in ("m", "min") else amount
+
+
+Seconds = Annotated[float, BeforeValidator(_seconds)]
 
 
 class Target(Model):
@@ -67,6 +85,53 @@ class Source(Model):
         "e.g. postgresql://migrator@db-{tenant}.internal/app.",
     )
     schema_: Identifier = Field(default="public", alias="schema")
+    app_roles: tuple[Identifier, ...] = Field(
+        default=(),
+        description="The roles the application writes the source as: a freeze revokes their INSERT, "
+        "UPDATE, DELETE and TRUNCATE on the tenant's tables (and gives exactly those back when undone).",
+    )
+
+
+class Cutover(Model):
+    """How a tenant's traffic moves: online (change capture, a short freeze) or offline."""
+
+    mode: Literal["online", "offline"] = Field(
+        default="offline",
+        description="online: the copy reads a replication slot's snapshot and its changes are applied "
+        "until the cutover step freezes the source for at most max_freeze; offline: the source is "
+        "frozen (a freeze step) for the whole copy, or not at all.",
+    )
+    max_freeze: Seconds = Field(
+        default=2.0,
+        gt=0,
+        le=3600,
+        description="Longest time from freezing the source to flipping the flag; beyond it the "
+        "cut-over gives up and unfreezes (the tenant stays on its old database).",
+    )
+    max_online_tenants: int = Field(
+        default=2,
+        ge=1,
+        le=1000,
+        description="Tenants with change capture open at once (each holds a slot, each slot decodes the "
+        "server's whole WAL); more wait their turn.",
+    )
+    slot_wait: Seconds = Field(
+        default=10.0, gt=0, le=3600, description="How long creating a slot may wait for open transactions."
+    )
+    checksum_rows: int = Field(
+        default=100_000,
+        ge=0,
+        description="Tenants of at most this many rows are checksummed under the freeze, before the flip; "
+        "larger ones right after it, in snapshots taken under the freeze (counts always go first).",
+    )
+    batch_changes: int = Field(
+        default=20_000, ge=100, le=10_000_000, description="Changes read per catch-up batch at most."
+    )
+    max_catchup: Seconds = Field(
+        default=3600.0,
+        gt=0,
+        description="How long catch-up may try to bring the lag down before the step fails.",
+    )
 
 
 class Tenant(Model):
@@ -172,6 +237,12 @@ class StepBase(Model):
     """Which of the tenant's figures its details carry, for ``status``: ``rows`` copied (under
     ``rows``; while it runs, its checkpoints'), or ``validation`` figures (``tables``, ``match``)."""
 
+    capture: ClassVar[bool] = False
+    """Whether it reads the change capture the online backfill opens (``cutover.mode: online``)."""
+
+    freezes: ClassVar[bool] = False
+    """Whether it freezes the source (so the playbook must name ``source.app_roles``)."""
+
     @classmethod
     def kind_name(cls) -> str:
         """The kind this spec class stands for, from its ``kind`` literal."""
@@ -187,6 +258,11 @@ class StepBase(Model):
     def cuts_over(self) -> bool:
         """Whether applying it sends the tenant's traffic to the shared schema (a cut-over)."""
         return False
+
+    @property
+    def flips(self) -> str | None:
+        """The flag it turns on or off, if any (its provider must know it before the run starts)."""
+        return None
 
     def describe(self, target_schema: str, tables: tuple[str, ...] | None) -> str:
         """One line saying what the step does, for ``migrate plan``."""
@@ -260,11 +336,88 @@ class FlagStep(StepBase):
     def cuts_over(self) -> bool:
         return self.action == "enable"
 
+    @property
+    def flips(self) -> str | None:
+        return self.flag
+
     def describe(self, target_schema: str, tables: tuple[str, ...] | None) -> str:
         return f"{self.action} flag '{self.flag}' for the tenant"
 
     def undo_note(self) -> str:
         return f"flag '{self.flag}' back as it was before"
+
+
+class FreezeStep(StepBase):
+    """Offline: the application roles lose write access on the source for the rest of the migration."""
+
+    kind: Literal["freeze"]
+
+    moves: ClassVar[Moves] = "traffic"
+    freezes: ClassVar[bool] = True
+
+    def describe(self, target_schema: str, tables: tuple[str, ...] | None) -> str:
+        return (
+            "freeze the source: the application roles lose INSERT, UPDATE, DELETE, TRUNCATE "
+            "(a barrier waits out writes under way)"
+        )
+
+    def undo_note(self) -> str:
+        return "give the application roles their write privileges back on the source"
+
+
+class CatchupStep(StepBase):
+    """Apply the changes captured since the copy's snapshot until the lag is small."""
+
+    kind: Literal["catchup"]
+
+    capture: ClassVar[bool] = True
+
+    def describe(self, target_schema: str, tables: tuple[str, ...] | None) -> str:
+        return "apply the source's changes since the copy (logical decoding) until the lag is small"
+
+
+class CutoverStep(StepBase):
+    """Freeze the source, drain to a fence, validate under the freeze, advance sequences, flip the flag."""
+
+    kind: Literal["cutover"]
+    flag: Slug
+
+    moves: ClassVar[Moves] = "traffic"
+    reports: ClassVar[Literal["rows", "validation"] | None] = "validation"
+    capture: ClassVar[bool] = True
+    freezes: ClassVar[bool] = True
+
+    @classmethod
+    def example(cls) -> Self:
+        return cls(kind="cutover", flag="tenant-shared-db")
+
+    @property
+    def cuts_over(self) -> bool:
+        return True
+
+    @property
+    def flips(self) -> str | None:
+        return self.flag
+
+    def describe(self, target_schema: str, tables: tuple[str, ...] | None) -> str:
+        return (
+            "freeze the source, drain its changes to a fence, compare counts (and checksums) under the "
+            f"freeze, advance sequences, enable flag '{self.flag}'; the source stays frozen"
+        )
+
+    def undo_note(self) -> str:
+        return f"flag '{self.flag}' back as it was before, then the source's write privileges back"
+
+
+class FinaliseStep(StepBase):
+    """Drop the tenant's replication slot and publication: its source stays frozen, read-only."""
+
+    kind: Literal["finalise"]
+
+    capture: ClassVar[bool] = True
+
+    def describe(self, target_schema: str, tables: tuple[str, ...] | None) -> str:
+        return "drop the replication slot and publication on the source (it stays frozen)"
 
 
 class RollbackPoint(Model):
@@ -273,7 +426,16 @@ class RollbackPoint(Model):
     rollback_point: Slug
 
 
-STEP_SPECS: tuple[type[StepBase], ...] = (SchemaStep, BackfillStep, ValidateStep, FlagStep)
+STEP_SPECS: tuple[type[StepBase], ...] = (
+    SchemaStep,
+    FreezeStep,
+    BackfillStep,
+    CatchupStep,
+    ValidateStep,
+    CutoverStep,
+    FlagStep,
+    FinaliseStep,
+)
 """Every step kind's spec, one line each: the loader, the plan and the docs derive from it."""
 
 STEP_KINDS: tuple[str, ...] = tuple(spec.kind_name() for spec in STEP_SPECS)
@@ -414,6 +576,7 @@ class Playbook(Model):
     )
     flags: FlagsConfig = FileFlags()
     ledger: LedgerSettings = LedgerSettings()
+    cutover: Cutover = Cutover()
     phases: tuple[Phase, ...] = Field(min_length=1)
 
     def targets_by_name(self) -> dict[str, Target]:

@@ -32,6 +32,18 @@ back and fails the tenant.
 chunk's own transaction and are checked afterwards (see ``steps/order.py``);
 ``verify`` runs those checks, so the step is done only once they pass.
 
+**Online** (``cutover: {mode: online}``): before the first chunk a publication
+and a replication slot are made on the source, and the copy reads the slot's
+exported snapshot, so the changes the slot keeps begin exactly where the copy
+ends (``steps/online.py``, ``replication/slots.py``). A resume after the runner
+died cannot have that snapshot back (it lived in the dead runner's
+transaction): it reads a new one, records up to where it may overlap the slot's
+changes (the first catch-up batch reaches past that point in one transaction,
+which makes the mixed copy exact), starts again the table it was in when that
+table has unique constraints besides its key (two snapshots in one table could
+collide on them), and loads what remains with foreign-key triggers off (rows of
+the new snapshot may point at rows the old one lacks, until catch-up).
+
 **Statistics.** A parent table is ANALYZEd when its load is done and the rows
 it got are a large share of what the planner believes it holds: its children's
 foreign-key checks are planned on those statistics (shared/notes/performance.md).
@@ -41,7 +53,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 from psycopg import sql
@@ -54,6 +66,9 @@ from migrate.control.store import Checkpoint
 from migrate.errors import CheckFailed, Interrupted, StepFailed
 from migrate.playbook.model import BackfillStep as BackfillSpec
 from migrate.playbook.model import Step
+from migrate.replication import slots
+from migrate.replication.pgoutput import lsn_text
+from migrate.steps import online
 from migrate.steps.chunks import (
     TablePlan,
     copy_chunk,
@@ -186,9 +201,19 @@ class BackfillStep:
         for name, cp in todo.items():
             _accounted(ctx, name, found[name], cp.rows_copied if cp else 0)
         tables: dict[str, dict[str, int]] = {}
+        opening = (
+            _open_capture(ctx, checkpoints, todo)
+            if ctx.cutover.mode == "online" and not ctx.rehearsal
+            else None
+        )
+        snapshot: dict[str, Any] = {}
         # One snapshot of the source for all tables: rows that reference each other arrive together.
         with ctx.source.transaction():
             ctx.source.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            if opening is not None:
+                snapshot = _take_snapshot(ctx, opening)
+                if opening.resumed:
+                    plans = _resume_plans(ctx, plans, todo)
             # Key ranges go through the key's index; JIT off, or the cost penalty of a sequential
             # scan (a table read whole) would buy a ~100 ms compilation per chunk.
             ctx.source.execute(
@@ -207,6 +232,7 @@ class BackfillStep:
             "tables": tables,
             "rows": sum(t["rows"] for t in tables.values()),
             "copied_now": sum(t["copied_now"] for t in tables.values()),
+            **({"capture": snapshot} if snapshot else {}),
         }
 
     def _first_chunk_rows(self, size: tuple[int, int] | None) -> int:
@@ -313,6 +339,13 @@ class BackfillStep:
                     f"the checkpoint says {checkpoint.rows_copied}",
                     hint="something else wrote to the shared table; run 'migrate verify'",
                 )
+        capture = (
+            online.store(ctx).capture(ctx.target, ctx.tenant.id) if ctx.cutover.mode == "online" else None
+        )
+        if capture is not None and capture.overlap_lsn != capture.consistent_lsn:
+            # A copy from two snapshots may break foreign keys until catch-up mends it: the cut-over's
+            # comparison under the freeze proves the end state instead.
+            return
         deferred = deferred_tables(ctx.tables)
         for table in ctx.tables:
             if table.name in deferred:
@@ -345,10 +378,16 @@ class BackfillStep:
             )
         ctx.control.clear_checkpoints(ctx.target, ctx.tenant.id, [t.name for t in ctx.tables])
         ctx.log.info("tenant_rows_deleted", rows=sum(deleted.values()))
-        return {"deleted": deleted, "batches": batches}
+        dropped = _drop_capture(ctx)
+        return {"deleted": deleted, "batches": batches, **({"capture_dropped": dropped} if dropped else {})}
 
     def verify_reverted(self, ctx: StepContext, details: Mapping[str, Any]) -> None:
-        """The tenant has no row left in any of its shared tables, and no checkpoint."""
+        """The tenant has no row left in any of its shared tables, no checkpoint, and no capture."""
+        if ctx.cutover.mode == "online" and online.store(ctx).capture(ctx.target, ctx.tenant.id):
+            raise CheckFailed(
+                f"tenant '{ctx.tenant.id}' still has change capture recorded after its backfill was reverted",
+                hint="run the same rollback again: it drops the slot and publication",
+            )
         left = {t: n for t, n in held(ctx, {t.name: False for t in ctx.tables}).items() if n}
         if left:
             raise CheckFailed(
@@ -409,6 +448,154 @@ def _check_foreign_keys(ctx: StepContext, table: SourceTable) -> None:
                 hint="the source breaks its own foreign key (or lost the row since): fix the source, "
                 "roll the tenant back and run again",
             )
+
+
+# ----------------------------------------------------------------------------- online
+@dataclass
+class _Opening:
+    """The capture a copy reads from: a new slot's exported snapshot, or a capture to take up."""
+
+    slot: str
+    replication: Any = None  # the replication connection that keeps the exported snapshot alive
+    snapshot: str | None = None  # the exported snapshot's name (new capture)
+    consistent_lsn: int | None = None
+    resumed: bool = False  # a capture a dead runner opened: a new snapshot, and its overlap
+
+
+def _open_capture(
+    ctx: StepContext, checkpoints: Mapping[str, Checkpoint], todo: Mapping[str, Checkpoint | None]
+) -> _Opening:
+    """Before the copy's transaction: take up the tenant's capture, or make its publication and slot."""
+    store = online.store(ctx)
+    capture = store.capture(ctx.target, ctx.tenant.id)
+    if capture is not None and capture.status == "capturing":
+        return _Opening(capture.slot, resumed=bool(todo))
+    copied = sorted(
+        name for name, cp in checkpoints.items() if cp.rows_copied and not name.startswith("flag:")
+    )
+    if copied:
+        raise StepFailed(
+            f"tenant '{ctx.tenant.id}' has rows copied without change capture ({', '.join(copied)}): "
+            "changes made since that copy are nowhere to be read",
+            hint="roll the tenant back to before its copy ('migrate rollback … --to pre-copy') and run again",
+        )
+    name = online.names(ctx)
+    _join_online(ctx, name)
+    if ctx.connect_replication is None:
+        raise StepFailed("no replication connection is wired for this run", hint="this is a bug: report it")
+    # Our own 'creating' intent left a slot behind (a runner killed after making it): start afresh.
+    slots.drop_slot(ctx.source, name)
+    slots.ensure_publication(ctx.source, name, ctx.source_schema, [t.name for t in ctx.tables])
+    replication = ctx.connect_replication()
+    try:
+        made = slots.create_slot(replication, ctx.source, name, wait_seconds=ctx.cutover.slot_wait)
+    except BaseException:
+        replication.close()
+        raise
+    return _Opening(name, replication, made.snapshot, made.consistent_lsn)
+
+
+def _take_snapshot(ctx: StepContext, opening: _Opening) -> dict[str, Any]:
+    """First in the copy's REPEATABLE READ transaction: its snapshot, recorded with the capture."""
+    store = online.store(ctx)
+    if opening.snapshot is not None:
+        assert opening.consistent_lsn is not None
+        try:
+            ctx.source.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(opening.snapshot)))
+            with ctx.target.transaction():
+                store.started(ctx.target, ctx.tenant.id, lsn_text(opening.consistent_lsn))
+        finally:
+            opening.replication.close()  # the copy's transaction holds the snapshot now
+        ctx.log.info("capture_opened", slot=opening.slot, consistent_lsn=lsn_text(opening.consistent_lsn))
+        return {"slot": opening.slot, "resumed": False, "consistent_lsn": lsn_text(opening.consistent_lsn)}
+    if not opening.resumed:
+        return {"slot": opening.slot, "resumed": False}
+    # The snapshot is the first query's: the position that same query reads is at or after every
+    # commit the snapshot sees.
+    row = ctx.source.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
+    assert row is not None
+    with ctx.target.transaction():
+        store.overlap(ctx.target, ctx.tenant.id, str(row[0]))
+    ctx.log.warning("copy_resumed_with_new_snapshot", overlap_lsn=str(row[0]), slot=opening.slot)
+    return {"slot": opening.slot, "resumed": True, "overlap_lsn": str(row[0])}
+
+
+def _join_online(ctx: StepContext, name: str) -> None:
+    """Record the capture's intent once fewer than ``cutover.max_online_tenants`` others are online."""
+    store = online.store(ctx)
+    limit = ctx.cutover.max_online_tenants
+    noted = False
+    while True:
+        with ctx.target.transaction():
+            store.lock_online(ctx.target)
+            others = [t for t in store.online(ctx.target) if t != ctx.tenant.id]
+            if len(others) < limit:
+                store.intend(ctx.target, ctx.tenant.id, name, name)
+                return
+        working = ctx.control.holders(ctx.target, others)
+        if not working:
+            raise StepFailed(
+                f"{len(others)} tenant(s) are in the online phase already ({', '.join(others)}), the "
+                f"playbook's limit (cutover.max_online_tenants: {limit}), and no runner works on them",
+                hint="finish their cut-over ('migrate run … --tenant T') or roll them back, "
+                "or raise cutover.max_online_tenants",
+            )
+        if not noted:
+            ctx.log.info("online_phase_full", tenants=others, limit=limit)
+            noted = True
+        if ctx.stopping():
+            raise Interrupted("stopped on request while waiting for the online phase")
+        time.sleep(1.0)
+
+
+def _resume_plans(
+    ctx: StepContext, plans: list[TablePlan], todo: dict[str, Checkpoint | None]
+) -> list[TablePlan]:
+    """Plans for a copy resumed with a new snapshot: foreign-key checks off for what remains, and a
+    table begun with the old snapshot copied again when it has unique constraints besides its key."""
+    out = []
+    for plan in plans:
+        cp = todo.get(plan.name) if plan.name in todo else None
+        if (
+            cp is not None
+            and cp.rows_copied
+            and (plan.table.uniques or any(i.unique for i in plan.table.indexes))
+        ):
+            _delete_batch(
+                ctx,
+                sql.SQL("DELETE FROM {} WHERE {} = %s").format(
+                    sql.Identifier(ctx.target_schema, plan.name), sql.Identifier(TENANT_COLUMN)
+                ),
+                (ctx.tenant.id,),
+                unchecked=True,
+            )
+            ctx.control.clear_checkpoints(ctx.target, ctx.tenant.id, [plan.name])
+            todo[plan.name] = None
+            ctx.log.warning(
+                "table_copy_restarted", table=plan.name, why="unique constraints across two snapshots"
+            )
+        out.append(replace(plan, deferred=True) if plan.name in todo else plan)
+    return out
+
+
+def _drop_capture(ctx: StepContext) -> str | None:
+    """Drop the tenant's slot and publication and forget its capture; the slot's name, if there was one."""
+    store = online.store(ctx)
+    capture = store.capture(ctx.target, ctx.tenant.id) if _has_captures(ctx) else None
+    if capture is None:
+        return None
+    slots.drop_slot(ctx.source, capture.slot)
+    slots.drop_publication(ctx.source, capture.publication)
+    store.forget(ctx.target, ctx.tenant.id)
+    ctx.log.info("capture_dropped", slot=capture.slot)
+    return capture.slot
+
+
+def _has_captures(ctx: StepContext) -> bool:
+    row = ctx.target.execute(
+        "SELECT to_regclass(%s) IS NOT NULL", (f'"{ctx.control.schema}".captures',)
+    ).fetchone()
+    return bool(row and row[0])
 
 
 # ----------------------------------------------------------------------------- revert in batches

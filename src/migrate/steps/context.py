@@ -13,13 +13,19 @@ from psycopg import pq, sql
 
 from migrate.catalog.reflect import SourceTable
 from migrate.control.store import ControlStore
-from migrate.playbook.model import Step, Tenant
+from migrate.playbook.model import Cutover, Step, Tenant
 from migrate.ports import FlagProvider
 
 Details = dict[str, Any]
 
 ProgressKind = Literal[
-    "run_started", "tenant_started", "tenant_sized", "chunk_copied", "table_copied", "tenant_finished"
+    "run_started",
+    "tenant_started",
+    "tenant_sized",
+    "chunk_copied",
+    "table_copied",
+    "changes_applied",
+    "tenant_finished",
 ]
 
 
@@ -30,7 +36,9 @@ class ProgressEvent:
     ``run_started`` says how many ``tenants`` have work to do; ``tenant_sized``
     carries the estimated rows still to copy (``rows``); ``chunk_copied`` the rows
     and bytes one committed chunk added; ``table_copied`` the table's rows in all;
-    ``tenant_finished`` the tenant's outcome in ``outcome``.
+    ``changes_applied`` one catch-up poll: the changes it applied (``rows``) and the lag
+    it found — ``bytes`` of WAL and ``seconds`` — ; ``tenant_finished`` the tenant's
+    outcome in ``outcome``.
     """
 
     kind: ProgressKind
@@ -40,6 +48,7 @@ class ProgressEvent:
     bytes: int = 0
     outcome: str | None = None
     tenants: int = 0
+    seconds: float = 0.0
 
 
 ProgressSink = Callable[[ProgressEvent], None]
@@ -69,6 +78,13 @@ class StepContext:
     same). ``stopping()`` turns true when the user asked the run to stop: a long
     step checks it at its safe points (between committed chunks) and raises
     Interrupted.
+
+    Online migrations: ``playbook`` names the slots, ``cutover`` and ``app_roles``
+    are the playbook's settings, ``connect_target`` opens another target connection
+    (a snapshot kept across the flip), ``connect_replication`` a ``replication=database``
+    connection to the tenant's source (its slot's exported snapshot), and
+    ``rehearsal`` tells steps with effects outside the target's transaction (a
+    slot, a freeze) to report them instead.
     """
 
     run_id: UUID
@@ -86,6 +102,12 @@ class StepContext:
     stopping: Callable[[], bool] = never
     # How the shared schema's policies take the tenant (playbook target.tenant_context).
     tenant_context: Literal["session", "transaction"] = "session"
+    playbook: str = ""
+    cutover: Cutover = field(default_factory=Cutover)
+    app_roles: tuple[str, ...] = ()
+    rehearsal: bool = False
+    connect_target: Callable[[], psycopg.Connection[Any]] | None = None
+    connect_replication: Callable[[], psycopg.Connection[Any]] | None = None
 
 
 class StepKind(Protocol):

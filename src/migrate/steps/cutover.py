@@ -1,0 +1,368 @@
+"""The cutover step: freeze, drain, validate under the freeze, sequences, flip; the source stays frozen.
+
+In this order, timed from the REVOKE (``freeze_seconds``, ledgered):
+
+1. catch up until one poll fits in a quarter of ``cutover.max_freeze`` (not frozen yet);
+2. **freeze**: the application roles lose write access (``replication/freeze.py``;
+   the grants are recorded first), and a **barrier** waits out writes under way,
+   terminating (and naming) those still running after a quarter of the budget;
+3. **fence**: a synchronously committed logical message on the source — every
+   transaction committed before the barrier lies below it, and it is flushed;
+4. **drain**: every change up to the fence, applied in one transaction;
+5. **counts** per table, source vs target, under the freeze; tenants of at most
+   ``cutover.checksum_rows`` rows are checksummed here too;
+6. the shared **sequences** (serial and identity) are moved past every value the
+   tenant's rows and its source's sequences hold;
+7. snapshots of both sides are opened (for the checksums of larger tenants), then
+   the **flag flips** (the flag step's snapshot and restore: ``steps/flag.py``);
+8. the source stays frozen: an application instance that has not seen the flip
+   gets a permission error, never a write into the old database;
+9. larger tenants' checksums, in the snapshots taken before the flip: the
+   application's first writes on the shared tables do not count.
+
+Past ``cutover.max_freeze`` before the flip, or on a difference under the freeze,
+the step gives the grants back and fails: the tenant stays on its old database,
+nothing is lost, and the error says what took long. A flip is never made on an
+earlier attempt's validation: a run that stopped anywhere before the flip freezes,
+drains and validates again. A run killed after the flip finds the flag on, drains
+what is left (nothing: the source is frozen) and checksums now.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from contextlib import suppress
+from typing import Any, ClassVar
+
+import psycopg
+from psycopg import sql
+
+from migrate.catalog import TENANT_COLUMN
+from migrate.checks.checksum import on_both
+from migrate.errors import CheckFailed, MigrateError, StepFailed
+from migrate.playbook.model import CutoverStep as CutoverSpec
+from migrate.playbook.model import FlagStep as FlagSpec
+from migrate.playbook.model import Step
+from migrate.replication import slots
+from migrate.replication.pgoutput import lsn_text
+from migrate.steps import online
+from migrate.steps.context import Details, StepContext
+from migrate.steps.flag import FlagStep
+from migrate.steps.freeze import barrier
+from migrate.steps.validate import compare_tenant, mismatch_summary
+
+_SEQUENCES = (
+    "SELECT c.relname, a.attname, pg_get_serial_sequence(format('%%I.%%I', n.nspname, c.relname), a.attname)"
+    " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+    " JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped"
+    " WHERE n.nspname = %s AND c.relname = ANY(%s)"
+    " AND pg_get_serial_sequence(format('%%I.%%I', n.nspname, c.relname), a.attname) IS NOT NULL"
+)
+
+
+class _Abort(Exception):
+    """Give up before the flip: the grants go back, the tenant stays on its old database."""
+
+
+def counts(ctx: StepContext, target: psycopg.Connection[Any] | None = None) -> dict[str, tuple[int, int]]:
+    """Rows per table, (source, target), each side in one snapshot, both at once."""
+    names = online.source_tables(ctx)
+    dst = target or ctx.target
+
+    def side(conn: psycopg.Connection[Any], schema: str, tenant: bool) -> list[int]:
+        parts = [
+            sql.SQL("(SELECT count(*) FROM {}{})").format(
+                sql.Identifier(schema, t),
+                sql.SQL(" WHERE {} = %(t)s").format(sql.Identifier(TENANT_COLUMN)) if tenant else sql.SQL(""),
+            )
+            for t in names
+        ]
+        row = conn.execute(sql.SQL("SELECT ") + sql.SQL(", ").join(parts), {"t": ctx.tenant.id}).fetchone()
+        assert row is not None
+        return [int(v) for v in row]
+
+    src, tgt = on_both(
+        lambda: side(ctx.source, ctx.source_schema, False), lambda: side(dst, ctx.target_schema, True)
+    )
+    return {t: (s, d) for t, s, d in zip(names, src, tgt, strict=True)}
+
+
+def advance_sequences(ctx: StepContext) -> dict[str, int]:
+    """Move each shared sequence past the tenant's largest value and its source sequence; only forward."""
+    names = online.source_tables(ctx)
+    target = {(t, c): s for t, c, s in ctx.target.execute(_SEQUENCES, (ctx.target_schema, names))}
+    source = {(t, c): s for t, c, s in ctx.source.execute(_SEQUENCES, (ctx.source_schema, names))}
+    moved: dict[str, int] = {}
+    for (table, column), sequence in sorted(target.items()):
+        row = ctx.target.execute(
+            sql.SQL("SELECT max({})::bigint FROM {} WHERE {} = %s").format(
+                sql.Identifier(column),
+                sql.Identifier(ctx.target_schema, table),
+                sql.Identifier(TENANT_COLUMN),
+            ),
+            (ctx.tenant.id,),
+        ).fetchone()
+        highest = int(row[0]) if row and row[0] is not None else 0
+        if (table, column) in source:
+            last = ctx.source.execute(
+                "SELECT pg_sequence_last_value(%s::regclass)", (source[(table, column)],)
+            ).fetchone()
+            if last and last[0] is not None:
+                highest = max(highest, int(last[0]))
+        if highest <= 0:
+            continue
+        # setval only moves forward here: a concurrent nextval of another tenant is never undone.
+        done = ctx.target.execute(
+            "SELECT setval(s, %s) FROM (SELECT %s::regclass AS s) AS q"
+            " WHERE coalesce(pg_sequence_last_value(s), 0) < %s",
+            (highest, sequence, highest),
+        ).fetchone()
+        if done is not None:
+            moved[f"{table}.{column}"] = highest
+    return moved
+
+
+class CutoverStep:
+    kind: ClassVar[str] = "cutover"
+
+    def __init__(self, spec: Step) -> None:
+        assert isinstance(spec, CutoverSpec)
+        self.spec: CutoverSpec = spec
+        self.flag = FlagStep(FlagSpec(kind="flag", flag=spec.flag, action="enable"))
+
+    # ------------------------------------------------------------------ apply
+    def apply(self, ctx: StepContext) -> Details:
+        if ctx.rehearsal:
+            flipped = self.flag.apply(ctx)  # recorded, not made: the rehearsal's flag provider
+            return {
+                "rehearsal": f"would freeze {', '.join(ctx.app_roles)} on the source, drain, compare, flip",
+                **flipped,
+            }
+        capture = online.capture_of(ctx)
+        if self.flag._pending(ctx) is not None and ctx.flags.is_enabled(self.spec.flag, ctx.tenant.id):
+            return self._after_flip(ctx, capture)
+        stream = online.open_stream(ctx, capture)
+        budget = ctx.cutover.max_freeze
+        caught = online.catch_up(ctx, stream, capture, ready_seconds=budget / 4)
+        timings: dict[str, float] = {}
+        started = time.monotonic()
+        mark = started
+
+        def lap(name: str) -> None:
+            nonlocal mark
+            now = time.monotonic()
+            timings[name] = round(now - mark, 3)
+            mark = now
+
+        def over(after: str) -> None:
+            spent = time.monotonic() - started
+            if spent > budget:
+                raise _Abort(
+                    f"the freeze would last longer than cutover.max_freeze ({budget:g} s): {spent:.2f} s had "
+                    f"passed after the {after}; " + _took(timings)
+                )
+
+        snapshots: psycopg.Connection[Any] | None = None
+        frozen_at: str | None = None
+        drained = online.Caught()
+        terminated: list[str] = []
+        try:
+            frozen = online.freeze_source(ctx, f"cutover:{self.spec.flag}")
+            frozen_at = frozen.record.frozen_at.isoformat()
+            lap("revoke")
+            waited = barrier(ctx)
+            terminated = waited.terminated
+            lap("barrier")
+            fence = slots.fence(ctx.source, f"cutover {ctx.tenant.id}")
+            lap("fence")
+            online.poll_once(ctx, stream, capture, drained, upto=fence, max_changes=None)
+            lap("drain")
+            over("drain")
+            rows = counts(ctx)
+            lap("counts")
+            differ = {t: c for t, c in rows.items() if c[0] != c[1]}
+            if differ:
+                raise _Abort(
+                    "row counts differ under the freeze: "
+                    + ", ".join(f"{t} (source {s}, target {d})" for t, (s, d) in differ.items())
+                )
+            total = sum(s for s, _ in rows.values())
+            figures: dict[str, Any] | None = None
+            if total <= ctx.cutover.checksum_rows:
+                figures = self._checksums(ctx)
+                lap("checksums")
+                if not figures["match"]:
+                    raise _Abort(
+                        f"checksums differ under the freeze in {mismatch_summary(figures['tables'])}; "
+                        f"find the rows with 'migrate diff PLAYBOOK --tenant {ctx.tenant.id} --table …'"
+                    )
+            moved = advance_sequences(ctx)
+            lap("sequences")
+            if figures is None:
+                snapshots = _snapshot(ctx)
+            over("validation")
+        except _Abort as exc:
+            _close(ctx, snapshots)
+            online.thaw_source(ctx)
+            raise StepFailed(
+                f"cut-over of tenant '{ctx.tenant.id}' given up, nothing flipped: {exc}",
+                hint="the source is writable again and the tenant stays on its old database; nothing is "
+                "lost. Run again when writes are calmer, or raise cutover.max_freeze",
+            ) from None
+        except BaseException:
+            _close(ctx, snapshots)
+            with suppress(MigrateError, psycopg.Error):
+                online.thaw_source(ctx)
+            raise
+        try:
+            flipped = self.flag.apply(ctx)
+        except BaseException:
+            _close(ctx, snapshots)
+            raise
+        lap("flip")
+        freeze_seconds = round(time.monotonic() - started, 3)
+        online.store(ctx).set_online(ctx.target, ctx.tenant.id, False)
+        ctx.log.info("tenant_cut_over", freeze_seconds=freeze_seconds, **timings)
+        try:
+            if figures is None:
+                assert snapshots is not None
+                figures = self._checksums(ctx, snapshots)
+                figures["checksummed"] = "after the flip, in snapshots taken under the freeze"
+            else:
+                figures["checksummed"] = "under the freeze"
+        finally:
+            _close(ctx, snapshots)
+        return {
+            **figures,
+            "freeze_seconds": freeze_seconds,
+            "max_freeze": budget,
+            "timings": timings,
+            "frozen_at": frozen_at,
+            "drained_changes": drained.changes,
+            "catchup": caught.details(),
+            "fence_lsn": lsn_text(fence),
+            "stragglers_terminated": terminated,
+            "sequences": moved,
+            "flag": flipped.get("flag"),
+            "before": flipped.get("before"),
+            "after": flipped.get("after"),
+            "snapshot": flipped.get("snapshot"),
+            "flipped": True,
+        }
+
+    def _checksums(self, ctx: StepContext, target: psycopg.Connection[Any] | None = None) -> dict[str, Any]:
+        mode, figures = compare_tenant(
+            ctx.source,
+            target or ctx.target,
+            source_schema=ctx.source_schema,
+            target_schema=ctx.target_schema,
+            tenant=ctx.tenant.id,
+            tables=ctx.tables,
+        )
+        return {
+            "tables": {f.table: f.as_details() for f in figures},
+            "rows": sum(f.target.rows for f in figures),
+            "checksum": mode,
+            "match": all(f.match for f in figures),
+        }
+
+    def _after_flip(self, ctx: StepContext, capture: Any) -> Details:
+        """A run killed after the flip: the flag is on, the source frozen; drain what is left, checksum."""
+        stream = online.open_stream(ctx, capture)
+        drained = online.Caught()
+        online.poll_once(
+            ctx, stream, capture, drained, upto=slots.fence(ctx.source, "after flip"), max_changes=None
+        )
+        online.store(ctx).set_online(ctx.target, ctx.tenant.id, False)
+        figures = self._checksums(ctx)
+        figures["checksummed"] = (
+            "after a restart past the flip: the shared tables may hold the application's writes since"
+        )
+        snapshot = self.flag._pending(ctx)
+        return {
+            **figures,
+            "resumed_after_flip": True,
+            "drained_changes": drained.changes,
+            "flag": self.spec.flag,
+            "after": True,
+            "snapshot": snapshot.to_json() if snapshot else None,
+            "flipped": True,
+        }
+
+    # ------------------------------------------------------------------ verify, revert
+    def verify(self, ctx: StepContext, details: Mapping[str, Any]) -> None:
+        if ctx.rehearsal:
+            return
+        self.flag.verify(ctx, details)
+        tables = details.get("tables", {})
+        if not details.get("match") and tables:
+            raise CheckFailed(
+                f"tenant '{ctx.tenant.id}' is cut over, but source and target differ in "
+                f"{mismatch_summary(tables)}",
+                hint=f"see which rows with 'migrate diff PLAYBOOK --tenant {ctx.tenant.id} --table …'; "
+                "to send the tenant back to its old database: "
+                f"'migrate rollback PLAYBOOK --tenant {ctx.tenant.id} --to pre-cutover'",
+            )
+
+    def revert(self, ctx: StepContext, details: Mapping[str, Any]) -> Details:
+        """Traffic back first (the flag's snapshot), then the source's write privileges."""
+        flag = self.flag.revert(ctx, details)
+        record = online.frozen(ctx)
+        thawed = online.thaw_source(ctx) if not ctx.rehearsal else False
+        store = online.store(ctx)
+        if store.capture(ctx.target, ctx.tenant.id) is not None:
+            store.set_online(ctx.target, ctx.tenant.id, True)
+        return {**flag, "thawed": thawed, "grants": [dict(g) for g in record.grants] if record else []}
+
+    def verify_reverted(self, ctx: StepContext, details: Mapping[str, Any]) -> None:
+        self.flag.verify_reverted(ctx, details)
+        if online.frozen(ctx) is not None:
+            raise CheckFailed(
+                f"tenant '{ctx.tenant.id}''s source is still frozen after the cut-over was reverted",
+                hint="run the same rollback again: it gives the recorded grants back",
+            )
+
+    def summary(self, details: Mapping[str, Any], *, reverted: bool) -> str | None:
+        if reverted:
+            flag = self.flag.summary(details, reverted=True)
+            return ", ".join(
+                p for p in (flag, "source writable again" if details.get("thawed") else None) if p
+            )
+        if "freeze_seconds" in details:
+            return (
+                f"flag '{details.get('flag')}' on after a {details['freeze_seconds']} s freeze "
+                f"(max {details.get('max_freeze')} s); {details.get('drained_changes', 0)} changes drained; "
+                f"checksums {'match' if details.get('match') else 'DIFFER'} ({details.get('checksummed')})"
+            )
+        return self.flag.summary(details, reverted=False)
+
+
+def _took(timings: Mapping[str, float]) -> str:
+    return ", ".join(f"{name} {seconds:.2f} s" for name, seconds in timings.items()) or "nothing timed yet"
+
+
+def _snapshot(ctx: StepContext) -> psycopg.Connection[Any]:
+    """A target connection holding a snapshot of now (under the freeze), and the source's in ctx.source."""
+    if ctx.connect_target is None:
+        raise StepFailed("no second target connection is wired for this run", hint="this is a bug: report it")
+    conn = ctx.connect_target()
+    try:
+        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        conn.execute("SELECT 1")  # the snapshot is taken by the first query
+        ctx.source.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        ctx.source.execute("SELECT 1")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _close(ctx: StepContext, conn: psycopg.Connection[Any] | None) -> None:
+    """End the snapshots of ``_snapshot``: close the target's connection, roll back the source's."""
+    if conn is None:
+        return
+    with suppress(psycopg.Error):
+        conn.close()
+    with suppress(psycopg.Error):
+        ctx.source.rollback()

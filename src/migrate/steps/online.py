@@ -1,0 +1,289 @@
+"""What the online steps share: the tenant's capture, its change stream, catch-up, the freeze.
+
+The replication package does the work; this module ties it to one tenant: its
+slot's name, its tables as maps into the shared tables (``tenant_id`` added),
+its progress and lag in the control schema, its freeze recorded before the
+REVOKE and given back from that record.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+from migrate.catalog import TENANT_COLUMN
+from migrate.catalog.reflect import SourceTable
+from migrate.control.capture import Capture, CaptureStore, Freeze
+from migrate.errors import Interrupted, StepFailed
+from migrate.replication import freeze as freezing
+from migrate.replication import slots
+from migrate.replication.changes import TableMap
+from migrate.replication.pgoutput import lsn_int, lsn_text
+from migrate.replication.stream import PollResult, Stream
+from migrate.steps.context import ProgressEvent, StepContext
+
+
+def store(ctx: StepContext) -> CaptureStore:
+    return CaptureStore(ctx.control.schema, ctx.control.playbook)
+
+
+def names(ctx: StepContext) -> str:
+    """The tenant's slot and publication name."""
+    return slots.slot_name(ctx.playbook or ctx.control.playbook, ctx.tenant.id)
+
+
+def capture_of(ctx: StepContext) -> Capture:
+    """The tenant's open capture, or StepFailed saying how to get one."""
+    capture = store(ctx).capture(ctx.target, ctx.tenant.id)
+    if capture is None or capture.status != "capturing":
+        raise StepFailed(
+            f"tenant '{ctx.tenant.id}' has no change capture: its copy was not made by an online backfill",
+            hint="roll the tenant back to before its copy ('migrate rollback … --to pre-copy') and run again "
+            "with 'cutover: {mode: online}'",
+        )
+    return capture
+
+
+# ----------------------------------------------------------------------------- maps
+_IDENTITY = (
+    "SELECT c.relname, a.attname, a.atttypid::int, a.atttypmod,"
+    " coalesce(a.attnum = ANY((SELECT i.indkey FROM pg_index i WHERE i.indrelid = c.oid"
+    "   AND i.indisreplident LIMIT 1)::int2[]), false)"
+    " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+    " JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped"
+    " AND a.attgenerated = ''"
+    " WHERE n.nspname = %s AND c.relname = ANY(%s) ORDER BY c.relname, a.attnum"
+)
+
+
+def table_maps(ctx: StepContext, tables: Sequence[SourceTable] | None = None) -> list[TableMap]:
+    """The tenant's source tables as maps into the shared tables, with the source's column types now."""
+    tables = list(tables if tables is not None else ctx.tables)
+    types: dict[str, list[tuple[str, int, int, bool]]] = {}
+    with ctx.source.transaction():
+        for table, column, oid, mod, ident in ctx.source.execute(
+            _IDENTITY, (ctx.source_schema, [t.name for t in tables])
+        ):
+            types.setdefault(table, []).append((column, oid, mod, bool(ident)))
+    maps = []
+    for order, table in enumerate(tables):
+        columns = types.get(table.name, [])
+        key = table.primary_key or tuple(c for c, _o, _m, ident in columns if ident)
+        if not key:
+            raise StepFailed(
+                f"table {table.name} has neither a primary key nor a replica identity index, so its changes "
+                "cannot be matched to rows",
+                hint=f"add a primary key to {table.name}, or migrate this playbook offline",
+            )
+        maps.append(
+            TableMap(
+                source_schema=ctx.source_schema,
+                source_table=table.name,
+                target_schema=ctx.target_schema,
+                target_table=table.name,
+                columns=tuple(c for c, _o, _m, _i in columns),
+                key=tuple(key),
+                fixed=((TENANT_COLUMN, ctx.tenant.id),),
+                types=tuple((o, m) for _c, o, m, _i in columns),
+                order=order,
+            )
+        )
+    return maps
+
+
+# ----------------------------------------------------------------------------- the stream
+class TenantProgress:
+    """The tenant's applied position and lag, in the control schema's ``captures`` row."""
+
+    def __init__(self, ctx: StepContext, capture: Capture) -> None:
+        self.ctx = ctx
+        self.store = store(ctx)
+        self._applied = lsn_int(capture.applied_lsn) if capture.applied_lsn else 0
+
+    def applied(self) -> int:
+        return self._applied
+
+    def save(self, conn: psycopg.Connection[Any], lsn: int, poll: PollResult) -> None:
+        self.store.save_progress(
+            conn,
+            self.ctx.tenant.id,
+            lsn_text(lsn),
+            poll.changes,
+            (poll.changes, poll.lag_bytes, poll.lag_seconds),
+        )
+        self._applied = lsn
+
+
+def open_stream(ctx: StepContext, capture: Capture) -> Stream:
+    return Stream(
+        source=ctx.source,
+        target=ctx.target,
+        slot=capture.slot,
+        publication=capture.publication,
+        maps=table_maps(ctx),
+        progress=TenantProgress(ctx, capture),
+    )
+
+
+@dataclass
+class Caught:
+    """What a catch-up did."""
+
+    polls: int = 0
+    transactions: int = 0
+    changes: int = 0
+    seconds: float = 0.0
+    last: PollResult | None = None
+    replayed: int = 0  # batches a unique violation made delete-then-insert
+    figures: dict[str, float] = field(default_factory=dict)
+
+    def details(self) -> dict[str, Any]:
+        last = self.last
+        return {
+            "polls": self.polls,
+            "transactions": self.transactions,
+            "changes": self.changes,
+            "seconds": round(self.seconds, 3),
+            "changes_per_s": round(self.changes / self.seconds) if self.seconds > 0 else None,
+            "replayed_batches": self.replayed,
+            "lag": None
+            if last is None
+            else {
+                "changes": last.changes,
+                "bytes": last.lag_bytes,
+                "seconds": round(last.lag_seconds, 3),
+            },
+        }
+
+
+def poll_once(ctx: StepContext, stream: Stream, capture: Capture, caught: Caught, **kw: Any) -> PollResult:
+    """One poll, its figures added to ``caught``, its lag recorded and reported."""
+    overlap = lsn_int(capture.overlap_lsn) if capture.overlap_lsn else 0
+    if stream.progress.applied() < overlap:
+        # The copy resumed with a later snapshot: reach past it in ONE transaction (changes.py, apply.py).
+        kw["max_changes"] = None
+    poll = stream.poll(**kw)
+    caught.polls += 1
+    caught.transactions += poll.transactions
+    caught.changes += poll.changes
+    caught.seconds += poll.seconds
+    caught.last = poll
+    if poll.applied is not None and poll.applied.replayed:
+        caught.replayed += 1
+    if poll.empty:
+        store(ctx).save_lag(ctx.target, ctx.tenant.id, (0, poll.lag_bytes, 0.0))
+    ctx.progress(
+        ProgressEvent(
+            "changes_applied",
+            ctx.tenant.id,
+            rows=poll.changes,
+            bytes=poll.lag_bytes,
+            seconds=poll.lag_seconds,
+        )
+    )
+    ctx.log.info(
+        "changes_applied",
+        transactions=poll.transactions,
+        changes=poll.changes,
+        lag_bytes=poll.lag_bytes,
+        lag_seconds=round(poll.lag_seconds, 3),
+        seconds=round(poll.seconds, 3),
+        replayed=bool(poll.applied and poll.applied.replayed),
+    )
+    return poll
+
+
+def catch_up(ctx: StepContext, stream: Stream, capture: Capture, *, ready_seconds: float) -> Caught:
+    """Poll until one poll finds what fits in ``ready_seconds`` and no more is waiting.
+
+    Stops at a safe point (between polls) when asked to; fails after ``cutover.max_catchup``.
+    """
+    caught = Caught()
+    started = time.monotonic()
+    while True:
+        poll = poll_once(ctx, stream, capture, caught, max_changes=ctx.cutover.batch_changes)
+        if not poll.capped and poll.seconds <= ready_seconds:
+            return caught
+        if ctx.stopping():
+            raise Interrupted(
+                f"stopped on request during catch-up ({caught.changes} changes applied)",
+                hint="'migrate run' again goes on from the last applied batch",
+            )
+        if time.monotonic() - started > ctx.cutover.max_catchup:
+            raise StepFailed(
+                f"catch-up did not bring the lag down within {ctx.cutover.max_catchup:g} s: the last batch "
+                f"took {poll.seconds:.2f} s for {poll.changes} changes "
+                f"({poll.lag_bytes} bytes of WAL behind)",
+                hint="the source writes faster than its changes apply: run again when it is calmer, "
+                "or raise cutover.max_catchup",
+            )
+
+
+# ----------------------------------------------------------------------------- the freeze
+@dataclass
+class Frozen:
+    record: Freeze
+    revoked_now: bool  # False: it was frozen already (a run killed inside the freeze)
+    seconds: float
+
+
+def freeze_source(ctx: StepContext, step_key: str) -> Frozen:
+    """The tenant's application roles lose write access to its tables; recorded first, checked after."""
+    started = time.monotonic()
+    if not ctx.app_roles:
+        raise StepFailed(
+            "the playbook names no application roles to freeze",
+            hint="write 'source: {…, app_roles: [ROLE, …]}' with the roles the application writes as",
+        )
+    tables = [t.name for t in ctx.tables]
+    captures = store(ctx)
+    record = captures.freeze(ctx.target, ctx.tenant.id)
+    if record is None:
+        grants = freezing.write_grants(ctx.source, ctx.source_schema, tables, ctx.app_roles)
+        # The intent, with what to give back, before the REVOKE (CONVENTIONS 5).
+        captures.record_freeze(
+            ctx.target, ctx.tenant.id, ctx.app_roles, [g.to_json() for g in grants], step_key
+        )
+        record = captures.freeze(ctx.target, ctx.tenant.id)
+        assert record is not None
+    freezing.revoke(ctx.source, ctx.source_schema, tables, ctx.app_roles)
+    still = freezing.still_writable(ctx.source, ctx.source_schema, tables, ctx.app_roles)
+    if still:
+        thaw_source(ctx)
+        raise StepFailed(
+            "after the REVOKE, "
+            + "; ".join(f"role {r} can still write {t}" for r, t in still)
+            + " (through another role, PUBLIC or a column grant): the freeze would not hold, "
+            "so it was undone",
+            hint="grant the application's write privileges directly to the roles in source.app_roles",
+        )
+    return Frozen(record, revoked_now=True, seconds=time.monotonic() - started)
+
+
+def thaw_source(ctx: StepContext) -> bool:
+    """Give back exactly what the freeze took; True when there was a freeze to undo."""
+    captures = store(ctx)
+    record = captures.freeze(ctx.target, ctx.tenant.id)
+    if record is None:
+        return False
+    grants = [freezing.Grant.from_json(g) for g in record.grants]
+    freezing.restore(ctx.source, ctx.source_schema, grants)
+    captures.thawed(ctx.target, ctx.tenant.id)
+    ctx.log.info("source_thawed", grants=len(grants))
+    return True
+
+
+def frozen(ctx: StepContext) -> Freeze | None:
+    return store(ctx).freeze(ctx.target, ctx.tenant.id)
+
+
+def source_tables(ctx: StepContext) -> list[str]:
+    return [t.name for t in ctx.tables]
+
+
+def since(started: float) -> float:
+    return round(time.monotonic() - started, 3)
