@@ -103,6 +103,29 @@ phases:
 {finalise}"""
 
 
+OFFLINE = """\
+version: 1
+name: {name}
+target: {{dsn_env: MIGRATE_TARGET_DSN, schema: app}}
+source: {{dsn_template_env: MIGRATE_SOURCE_DSN_TEMPLATE, schema: public, app_roles: [{role}]}}
+tenants: [{tenants}]
+tables: auto
+flags: {{provider: file, file_env: MIGRATE_FLAG_FILE, definitions: {flags}}}
+phases:
+  - name: copy
+    steps:
+      - kind: schema
+      - rollback_point: pre-freeze
+      - kind: freeze
+      - kind: backfill
+      - kind: validate
+      - rollback_point: pre-cutover
+  - name: cutover
+    steps:
+      - {{kind: flag, flag: {flag}}}
+"""
+
+
 @dataclass
 class LiveWorld:
     admin_dsn: str
@@ -164,7 +187,19 @@ class LiveWorld:
         backfill: str = "",
         cutover: str = "",
         finalise: bool = False,
+        offline: bool = False,
     ) -> Path:
+        if offline:
+            self.playbook.write_text(
+                OFFLINE.format(
+                    name=name,
+                    role=APP_ROLE,
+                    tenants=", ".join(f"{{id: {t}}}" for t in self.tenants),
+                    flags=ROOT / "flags" / "demo.json",
+                    flag=FLAG,
+                )
+            )
+            return self.playbook
         self.playbook.write_text(
             PLAYBOOK.format(
                 name=name,

@@ -28,6 +28,9 @@ translation of a database error met while working (redacted, placed).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from migrate.log import redact
 
 
@@ -36,11 +39,20 @@ class MigrateError(Exception):
 
     exit_code: int = 1
 
-    def __init__(self, message: str, *, where: str | None = None, hint: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        where: str | None = None,
+        hint: str | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.where = where
         self.hint = hint
+        # Figures of a step that failed part-way (a cut-over's timings), for its state and ledger entry.
+        self.details: dict[str, Any] = dict(details or {})
 
     def __str__(self) -> str:
         prefix = f"{self.where}: " if self.where else ""
@@ -100,9 +112,7 @@ class Interrupted(RunFailure):
     exit_code = 130
 
 
-def from_driver(
-    exc: BaseException, where: str, *, as_type: type[RunFailure] | None = None
-) -> MigrateError:
+def from_driver(exc: BaseException, where: str, *, as_type: type[RunFailure] | None = None) -> MigrateError:
     """The error to report for ``exc`` met at ``where``; never mutates ``exc``.
 
     A MigrateError keeps its own place, or gets ``where`` on a copy; anything else (a
@@ -112,5 +122,5 @@ def from_driver(
     if isinstance(exc, MigrateError):
         if exc.where is not None:
             return exc
-        return type(exc)(exc.message, where=where, hint=exc.hint)
+        return type(exc)(exc.message, where=where, hint=exc.hint, details=exc.details)
     return (as_type or StepFailed)(redact(str(exc).strip()), where=where)

@@ -55,8 +55,11 @@ if TYPE_CHECKING:
     from migrate.api.settings import Environ, connect, environment, environments
     from migrate.api.state import (
         AcceptedVersion,
+        CaptureNow,
         FlagsStatus,
+        FrozenNow,
         NextCommand,
+        SlotNow,
         Status,
         StepNow,
         TargetStatus,
@@ -79,6 +82,9 @@ if TYPE_CHECKING:
 _HOME = {
     "AcceptedVersion": "migrate.api.state",
     "Approved": "migrate.engine.gates",
+    "CaptureNow": "migrate.api.status",
+    "FrozenNow": "migrate.api.status",
+    "SlotNow": "migrate.api.status",
     "DiffResult": "migrate.checks.diff",
     "Environ": "migrate.api.settings",
     "Finding": "migrate.checks.isolation",
@@ -155,6 +161,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "AcceptedVersion",
     "Approved",
+    "CaptureNow",
     "DiffResult",
     "Environ",
     "Finding",
@@ -162,6 +169,7 @@ __all__ = [
     "FlagSynced",
     "FlagsStatus",
     "FlagsSync",
+    "FrozenNow",
     "GenerateResult",
     "Holder",
     "IsolationReport",
@@ -179,6 +187,7 @@ __all__ = [
     "RollbackPreview",
     "RollbackResult",
     "RunResult",
+    "SlotNow",
     "Status",
     "StepNow",
     "StepResult",

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from migrate.adapters.recording import RecordingFlags
 from migrate.api.ledger_writes import head_published, signing
+from migrate.api.online import check_online
 from migrate.api.settings import (
     Environ,
     check_flags_defined,
@@ -45,6 +46,7 @@ from migrate.plan import (
 )
 from migrate.plan.waves import gate_targets, write_targets
 from migrate.playbook import LoadedPlaybook, load_playbook
+from migrate.playbook.model import StepBase
 from migrate.steps.context import ProgressSink, no_progress
 
 
@@ -103,6 +105,9 @@ def run(
     )
     signing(regions, environ)
     check_residency(regions, [tp.tenant for tp in skeleton.tenants])  # before anything is written
+    if _needs_checks(loaded):
+        # Before anything is created (even the control schema): exit 2 with every setting to fix.
+        check_online(regions, build_plan(loaded, progress_of(regions, tenants), tenants, wave))
     prepare_control(loaded, environ, writes)
     the_plan = build_plan(loaded, progress_of(regions, tenants), tenants, wave)
     words = ["run", *(f"--tenant {t}" for t in tenants or ()), *([f"--wave {wave}"] if wave else [])]
@@ -118,6 +123,13 @@ def run(
         result = engine_run(regions, the_plan, options, progress=progress or no_progress)
     result.warnings += unpublished
     return result
+
+
+def _needs_checks(loaded: LoadedPlaybook) -> bool:
+    pb = loaded.playbook
+    return pb.cutover.mode == "online" or any(
+        isinstance(s, StepBase) and s.freezes for p in pb.phases for s in p.steps
+    )
 
 
 def _sinks(regions: Regions, dry_run: bool) -> tuple[Regions, RunRecord]:

@@ -11,11 +11,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
 from migrate.api.flags import FlagsRead, FlagSummary, read_flags
 from migrate.api.settings import (
     Environ,
+    connect_source,
     connect_target,
 )
+from migrate.control.capture import Capture, CaptureStore, Freeze
 from migrate.control.residency import ResidencyStore
 from migrate.control.store import Approval, ControlStore, Holder, StepRecord
 from migrate.errors import ArgumentError, MigrateError
@@ -31,6 +35,7 @@ from migrate.plan import (
 from migrate.plan.waves import approved_waves
 from migrate.playbook import LoadedPlaybook, Tenant, load_playbook
 from migrate.playbook.model import Target
+from migrate.replication.slots import slot as slot_info
 from migrate.steps.validate import mismatch_summary
 
 
@@ -82,6 +87,41 @@ class TargetStatus:
 
 
 @dataclass(frozen=True)
+class CaptureNow:
+    """A tenant's change capture as the control schema knows it (the last poll's lag)."""
+
+    slot: str
+    online: bool  # capture open and the tenant not cut over
+    applied_at: datetime | None
+    changes_applied: int
+    lag_changes: int | None
+    lag_bytes: int | None
+    lag_seconds: float | None
+    lag_at: datetime | None
+
+
+@dataclass(frozen=True)
+class FrozenNow:
+    """A tenant whose application roles have no write access on its source."""
+
+    since: datetime
+    roles: tuple[str, ...]
+    step: str
+
+
+@dataclass(frozen=True)
+class SlotNow:
+    """A replication slot of the playbook on a tenant's source server, read there now."""
+
+    tenant: str
+    slot: str
+    retained_bytes: int | None  # WAL the server keeps for it
+    wal_status: str | None
+    active: bool | None
+    error: str | None = None  # why the source could not be read
+
+
+@dataclass(frozen=True)
 class TenantStatus:
     tenant: str
     wave: str
@@ -100,6 +140,9 @@ class TenantStatus:
     holder: Holder | None = None  # the runner that holds the tenant's lock now
     region: str = "default"  # the tenant's region
     target: str = "default"  # the target it goes to (its region's, or the one target)
+    capture: CaptureNow | None = None
+    frozen: FrozenNow | None = None
+    freeze_seconds: float | None = None  # freeze to flip of its cut-over, when it is done
 
 
 @dataclass(frozen=True)
@@ -142,6 +185,7 @@ class Status:
     flags_error: str | None = None  # why the flags could not be read; None when they were
     next: NextCommand | None = None  # for the whole playbook; None when everything is done
     targets: tuple[TargetStatus, ...] = ()  # every target of the playbook, each read for its tenants
+    slots: tuple[SlotNow, ...] = ()  # the playbook's slots on the shown tenants' sources
 
     @property
     def playbook_changed(self) -> bool:
@@ -163,8 +207,10 @@ def status(
     """Waves, tenants, lock holders and flags, read from the control schema; and what to run next.
 
     Read-only: it needs the target's settings (and the flags' for flag states, which are
-    otherwise "unavailable"), never a source's, and changes nothing, not even the control
-    schema's revision. ``next`` is for the whole playbook, whichever tenants are shown.
+    otherwise "unavailable"), and changes nothing, not even the control schema's revision. A
+    source is read only for a tenant with a replication slot, to show the WAL it holds back
+    (an unreachable source is shown as such). ``next`` is for the whole playbook, whichever
+    tenants are shown.
     With a target per region it reads every one (each holds its own tenants' state);
     ``regions`` shows the tenants of those regions only.
     """
@@ -175,7 +221,16 @@ def status(
     return read_status(loaded, str(playbook), tenants, environ, with_flags=True, regions=regions)
 
 
-_CONTROL_TABLES = ("step_state", "checkpoints", "approvals", "playbook_versions", "holders", "residency")
+_CONTROL_TABLES = (
+    "step_state",
+    "checkpoints",
+    "approvals",
+    "playbook_versions",
+    "holders",
+    "residency",
+    "captures",
+    "freezes",
+)
 
 
 def by_id(loaded: LoadedPlaybook, tenant: str) -> Tenant:
@@ -214,6 +269,8 @@ class _TargetRead:
     approvals: dict[str, Approval]
     accepted: tuple[str, datetime, str] | None
     copied: dict[str, int]
+    captures: dict[str, Capture] = field(default_factory=dict)
+    freezes: dict[str, Freeze] = field(default_factory=dict)
 
 
 def _read_target(
@@ -247,6 +304,9 @@ def _read_target(
             for t in copying
             if "checkpoints" in found
         }
+        replication = CaptureStore(target.control_schema, loaded.playbook.name)
+        captures = replication.captures(conn, mine) if "captures" in found and mine else {}
+        freezes = replication.freezes(conn, mine) if "freezes" in found and mine else {}
         here, recorded = ResidencyStore(target.control_schema).read(conn)
     status = TargetStatus(
         target.name,
@@ -256,7 +316,7 @@ def _read_target(
         None if recorded is None else recorded.region,
         "step_state" in found,
     )
-    return _TargetRead(status, records, holders, approvals, accepted, copied)
+    return _TargetRead(status, records, holders, approvals, accepted, copied, captures, freezes)
 
 
 def read_status(
@@ -267,6 +327,7 @@ def read_status(
     *,
     with_flags: bool,
     regions: Sequence[str] | None = None,
+    with_slots: bool = True,
 ) -> Status:
     pb = loaded.playbook
     shown = [t.id for t in select_tenants(loaded, tenants)]
@@ -280,6 +341,8 @@ def read_status(
     approvals: dict[str, dict[str, Approval]] = {}
     accepted_in: list[tuple[str, datetime, str]] = []
     copied: dict[str, int] = {}
+    captures: dict[str, Capture] = {}
+    freezes: dict[str, Freeze] = {}
     targets: list[TargetStatus] = []
     for name, target in pb.targets_by_name().items():  # every target: each holds its tenants' state
         mine = [t.id for t in loaded.tenants if pb.target_name_of(t) == name]
@@ -289,6 +352,8 @@ def read_status(
         approvals[name] = read.approvals
         accepted_in += [read.accepted] if read.accepted else []
         copied.update(read.copied)
+        captures.update(read.captures)
+        freezes.update(read.freezes)
         targets.append(read.status)
     by_tenant: dict[str, dict[str, StepRecord]] = {}
     for rec in records:
@@ -296,8 +361,13 @@ def read_status(
     progress = {(r.tenant, r.step_key): r.status for r in records}
     the_plan = build_plan(loaded, progress)
     states = {
-        tp.tenant.id: _tenant_status(
-            tp, by_tenant.get(tp.tenant.id, {}), holders.get(tp.tenant.id), copied.get(tp.tenant.id)
+        tp.tenant.id: _with_replication(
+            _tenant_status(
+                tp, by_tenant.get(tp.tenant.id, {}), holders.get(tp.tenant.id), copied.get(tp.tenant.id)
+            ),
+            captures.get(tp.tenant.id),
+            freezes.get(tp.tenant.id),
+            by_tenant.get(tp.tenant.id, {}),
         )
         for tp in the_plan.tenants
     }
@@ -349,7 +419,54 @@ def read_status(
         flags_error=flags_error,
         next=_next_command(path, loaded.digest, [states[t] for t in ordered], waves, version),
         targets=tuple(targets),
+        slots=_slots(loaded, environ, {t: c for t, c in captures.items() if t in shown})
+        if with_slots
+        else (),
     )
+
+
+def _with_replication(
+    status: TenantStatus, capture: Capture | None, freeze: Freeze | None, recs: Mapping[str, StepRecord]
+) -> TenantStatus:
+    done = [r for r in recs.values() if r.status is StepStatus.DONE and "freeze_seconds" in r.details]
+    return replace(
+        status,
+        capture=None
+        if capture is None or capture.status != "capturing"
+        else CaptureNow(
+            capture.slot,
+            capture.online,
+            capture.applied_at,
+            capture.changes_applied,
+            capture.lag_changes,
+            capture.lag_bytes,
+            capture.lag_seconds,
+            capture.lag_at,
+        ),
+        frozen=None if freeze is None else FrozenNow(freeze.frozen_at, freeze.roles, freeze.step),
+        freeze_seconds=float(done[0].details["freeze_seconds"]) if done else None,
+    )
+
+
+def _slots(loaded: LoadedPlaybook, environ: Environ, captures: Mapping[str, Capture]) -> tuple[SlotNow, ...]:
+    """Each captured tenant's slot as its source server sees it now: how much WAL it holds back.
+
+    The only reads of a source that status makes, and only for tenants with a slot: a source that
+    does not answer is shown as such, never an error of the whole command.
+    """
+    out = []
+    for tenant, capture in sorted(captures.items()):
+        try:
+            with connect_source(loaded, by_id(loaded, tenant), environ) as conn:
+                info = slot_info(conn, capture.slot)
+        except (MigrateError, psycopg.Error) as exc:
+            out.append(SlotNow(tenant, capture.slot, None, None, None, error=str(exc).splitlines()[0]))
+            continue
+        if info is None:
+            out.append(SlotNow(tenant, capture.slot, None, None, None, error="the slot does not exist"))
+        else:
+            out.append(SlotNow(tenant, capture.slot, info.retained_bytes, info.wal_status, info.active))
+    return tuple(out)
 
 
 def _tenant_status(
@@ -435,6 +552,10 @@ def _next_command(
         if t.state != "failed" or t.current is None:
             continue
         rerun = f"migrate run {book} --tenant {shlex.quote(t.tenant)}"
+        if t.frozen is not None:
+            return NextCommand(
+                rerun, _frozen_why(book, t) + f" It failed at {t.current.key}: {t.current.error}"
+            )
         differ = [name for name, f in sorted(t.figures.items()) if not f.get("match")]
         if differ:
             return NextCommand(
@@ -465,7 +586,9 @@ def _next_command(
                 f"wave {wave.name} is under way ({held}); check again when it finishes",
             )
         notes = [
-            f"{t} was interrupted at {c.key} (its runner is gone; the run redoes it)"
+            _frozen_why(book, by_id[t])
+            if by_id[t].frozen is not None
+            else f"{t} was interrupted at {c.key} (its runner is gone; the run redoes it)"
             for t in free
             if (c := by_id[t].current) and c.status == "interrupted"
         ] + [
@@ -483,13 +606,24 @@ def _next_command(
     return None
 
 
+def _frozen_why(book: str, t: TenantStatus) -> str:
+    assert t.frozen is not None
+    return (
+        f"{t.tenant}'s source is frozen since {t.frozen.since:%Y-%m-%d %H:%M:%S %Z} (roles "
+        f"{', '.join(t.frozen.roles)} cannot write it) and its cut-over did not finish: "
+        f"'migrate run {book} --tenant {shlex.quote(t.tenant)}' finishes it (it freezes, drains and "
+        f"validates again before it flips); 'migrate rollback {book} --tenant {shlex.quote(t.tenant)} "
+        "--to pre-cutover' gives the writes back instead."
+    )
+
+
 def flags_status(
     playbook: Path | str, tenants: Sequence[str] | None = None, *, environ: Environ | None = None
 ) -> FlagsStatus:
     """Per tenant, each flag as the application sees it, next to the tenant's phase."""
     environ = os.environ if environ is None else environ
     loaded = load_playbook(playbook)
-    where = read_status(loaded, str(playbook), tenants, environ, with_flags=False)
+    where = read_status(loaded, str(playbook), tenants, environ, with_flags=False, with_slots=False)
     read = read_flags(loaded, environ, [t.tenant for t in where.tenants])
     rows = tuple(
         TenantFlags(

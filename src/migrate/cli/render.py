@@ -67,6 +67,9 @@ def run(console: Console, result: RunResult, playbook: Path | None = None) -> No
                 + (f"; flags: {', '.join(flips)}" if flips else ""),
                 markup=False,
             )
+            for step in worked:
+                if "freeze_seconds" in step.details and step.summary:
+                    console.print(f"  {step.key}: {step.summary}", markup=False)
             continue
         console.print(f"{tenant.tenant}: {tenant.outcome.upper()}", markup=False)
         if tenant.note:
@@ -173,6 +176,10 @@ def status(console: Console, result: api.Status) -> None:
             parts.append(f"held by {t.holder.describe()}")
         if parts:
             console.print(f"{t.tenant}: {'; '.join(parts)}", markup=False)
+        for line in _replication_lines(t):
+            console.print(f"{t.tenant}: {line}", markup=False)
+    for slot in result.slots:
+        console.print(_slot_line(slot), markup=False)
     if result.flags_error is not None:
         console.print(f"flags unavailable: {result.flags_error}", markup=False)
     if any(t.figures for t in result.tenants):
@@ -192,6 +199,47 @@ def _target_line(t: api.TargetStatus) -> str:
     )
     mark = "" if t.residency_ok else " (!)"
     return f"{t.name} (${t.dsn_env}, database {t.database}: {carries}){mark}"
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "?"
+    for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("kB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def _replication_lines(t: api.TenantStatus) -> list[str]:
+    """The tenant's change capture (its lag) and its freeze, one line each."""
+    lines = []
+    c = t.capture
+    if c is not None and c.online:
+        lag = (
+            f"lag {c.lag_changes or 0:,} changes, {_size(c.lag_bytes)} of WAL, {c.lag_seconds or 0:.2f} s"
+            f" (at {_when(c.lag_at)})"
+            if c.lag_at is not None
+            else "no catch-up yet"
+        )
+        lines.append(f"capturing changes (slot {c.slot}): {lag}; {c.changes_applied:,} changes applied")
+    if t.frozen is not None:
+        lines.append(
+            f"source FROZEN since {_when(t.frozen.since)}: {', '.join(t.frozen.roles)} cannot write it "
+            f"(by {t.frozen.step})"
+            + (f"; cut over after a {t.freeze_seconds:.3f} s freeze" if t.freeze_seconds is not None else "")
+        )
+    elif t.freeze_seconds is not None:
+        lines.append(f"cut over after a {t.freeze_seconds:.3f} s freeze")
+    return lines
+
+
+def _slot_line(slot: api.SlotNow) -> str:
+    if slot.error is not None:
+        return f"slot {slot.slot} ({slot.tenant}'s source): unknown, {slot.error}"
+    return (
+        f"slot {slot.slot} ({slot.tenant}'s source) holds {_size(slot.retained_bytes)} of WAL"
+        f" ({slot.wal_status}{', in use' if slot.active else ''}); 'finalise' drops it after the cut-over"
+    )
 
 
 def _holder_json(h: Holder) -> dict[str, Any]:
@@ -276,8 +324,37 @@ def status_json(result: api.Status) -> dict[str, Any]:
                 "error": t.error,
                 "flags": dict(t.flags),
                 "held_by": None if t.holder is None else t.holder.describe(),
+                "capture": None
+                if t.capture is None
+                else {
+                    "slot": t.capture.slot,
+                    "online": t.capture.online,
+                    "changes_applied": t.capture.changes_applied,
+                    "applied_at": _iso(t.capture.applied_at),
+                    "lag": {
+                        "changes": t.capture.lag_changes,
+                        "bytes": t.capture.lag_bytes,
+                        "seconds": t.capture.lag_seconds,
+                        "at": _iso(t.capture.lag_at),
+                    },
+                },
+                "frozen": None
+                if t.frozen is None
+                else {"since": _iso(t.frozen.since), "roles": list(t.frozen.roles), "step": t.frozen.step},
+                "freeze_seconds": t.freeze_seconds,
             }
             for t in result.tenants
+        ],
+        "slots": [
+            {
+                "tenant": s.tenant,
+                "slot": s.slot,
+                "retained_bytes": s.retained_bytes,
+                "wal_status": s.wal_status,
+                "active": s.active,
+                "error": s.error,
+            }
+            for s in result.slots
         ],
         "holders": [_holder_json(h) for h in result.holders],
         "flags": {
@@ -906,6 +983,12 @@ class CopyProgress:
                     self._tasks[event.tenant], advance=event.rows, description=f"{event.tenant} {event.table}"
                 )
                 self._bars.update(self._overall, advance=event.rows)
+            elif event.kind == "changes_applied" and event.tenant in self._tasks:
+                self._bars.update(
+                    self._tasks[event.tenant],
+                    description=f"{event.tenant} catch-up: {event.rows:,} changes, lag {_size(event.bytes)}"
+                    f" / {event.seconds:.2f} s",
+                )
             elif event.kind == "tenant_finished" and event.tenant in self._tasks:
                 self._finished += 1
                 self._bars.remove_task(self._tasks.pop(event.tenant))

@@ -172,12 +172,16 @@ def what_to_revert(plans: Sequence[TenantPlan], point: str, records: Sequence[St
         flags = tuple(s for s in todo if s.spec is not None and s.spec.moves == "traffic")
         cutover = None
         for step in flags:  # newest first: the last one seen is the earliest cut-over
-            if step.spec is not None and step.spec.cuts_over:
+            if (
+                step.spec is not None
+                and step.spec.cuts_over
+                and recs[step.key].details.get("flipped") is not False
+            ):
                 flipped = recs[step.key]
                 cutover = Cutover(
                     plan.tenant.id,
                     step.key,
-                    str(getattr(step.spec, "flag", step.step_id)),
+                    step.spec.flips or step.step_id,
                     flipped.status,
                     flipped.finished_at,
                 )

@@ -7,7 +7,11 @@ walk its planned steps in order. A step already ``done`` is skipped; any other
 is marked ``running``, applied, verified, and marked ``done`` together with its
 ledger entry in one transaction. A step found ``running`` under our lock was
 left by a runner that died (its lock died with it): it is ledgered as
-``resumed`` and applied again, which is safe because apply is idempotent. A
+``resumed`` and applied again, which is safe because apply is idempotent.
+**No cut-over on a stale validation**: before a step that cuts over, every
+validation step before it that an earlier run did is done again, unless the
+source was frozen when it ran (its details say ``frozen``) — whatever stopped the
+run in between (a failure, Ctrl-C, ``kill -9``), the source may have changed. A
 passing fault (engine/retry.py) reconnects and runs apply and verify again;
 any other failure marks the step ``failed``, writes a ``failed`` ledger entry
 and stops that tenant only. ``--max-failures K`` stops starting tenants after K
@@ -188,6 +192,7 @@ def _run_step(
         raise stop from exc
     except Exception as exc:
         error = from_driver(exc, where)
+        details = {**details, **error.details}
         seconds = time.monotonic() - started
         results.append(
             StepResult(step.key, step.kind, "failed", seconds, details, error=str(error), moves=moves)
@@ -271,9 +276,15 @@ def run_tenant(
         ctx = session.open()
         # Progress is read again under the lock: another runner may have moved on.
         records = {r.step_key: r for r in env.control.steps(ctx.target, [tenant.id])}
+        validated_now: set[str] = set()
         with record.tenant_transaction(ctx.target):
-            for step in plan.steps:
+            for index, step in enumerate(plan.steps):
                 was = records.get(step.key)
+                if step.spec is not None and step.spec.cuts_over and not _done(was):
+                    for stale in _stale_validations(plan.steps[:index], records, validated_now):
+                        ctx.log.warning("validation_stale", step=stale.key, before=step.key)
+                        _run_step(session, env, stale, sink, record, None, result.steps)
+                        validated_now.add(stale.key)
                 if was is not None and was.status is StepStatus.DONE:
                     result.steps.append(StepResult(step.key, step.kind, "skipped"))
                     continue
@@ -282,6 +293,7 @@ def run_tenant(
                         "stopped on request before " + step.key, where=f"{tenant.id}/{step.key}"
                     )
                 _run_step(session, env, step, sink, record, was, result.steps)
+                validated_now.add(step.key)
     except Interrupted as exc:
         result.outcome, result.error = "stopped", exc
     except ResidencyRefused as exc:
@@ -314,6 +326,27 @@ def _refuse_changed(env: Environment, conn: psycopg.Connection[Any], options: Ru
     accepted = env.control.accepted_digest(conn)
     if accepted is not None and accepted[0] != env.loaded.digest and not options.replan:
         _check_version(env, conn, uuid4(), options)  # raises in a real run, warns in a rehearsal
+
+
+def _done(record: StepRecord | None) -> bool:
+    return record is not None and record.status is StepStatus.DONE
+
+
+def _stale_validations(
+    earlier: Sequence[PlannedStep], records: Mapping[str, StepRecord], fresh: set[str]
+) -> list[PlannedStep]:
+    """Validation steps (they check, they move nothing) done by an earlier run while the source could
+    still be written: a cut-over after them must not trust them."""
+    return [
+        s
+        for s in earlier
+        if s.spec is not None
+        and s.spec.reports == "validation"
+        and s.spec.moves == "nothing"
+        and s.key not in fresh
+        and _done(records.get(s.key))
+        and not records[s.key].details.get("frozen")
+    ]
 
 
 def _check_version(

@@ -194,6 +194,7 @@ def step_context(
         connect_replication=(
             None if env.connect_replication is None else _bind(env.connect_replication, tenant)
         ),
+        connect_source=_bind(env.connect_source, tenant),
     )
 
 

@@ -27,7 +27,7 @@ dropped.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final
@@ -136,17 +136,33 @@ class SchemaChanged(StepFailed):
     """A table's columns in the stream differ from what the migration expects (DDL on the source)."""
 
 
-def _describe_change(expected: TableMap, seen: Relation) -> str:
-    names = seen.column_names
-    added = [c for c in names if c not in expected.columns]
-    dropped = [c for c in expected.columns if c not in names]
+def schema_changed(schema: str, table: str, what: str) -> SchemaChanged:
+    """The error for DDL on a source mid-migration: nothing of the batch that showed it is applied."""
+    return SchemaChanged(
+        f"the schema of {schema}.{table} changed on the tenant's source during the migration ({what}): "
+        "catch-up stopped before applying any change of that batch",
+        hint="migrate the schema change deliberately: roll the tenant back to before its copy "
+        "('migrate rollback … --to pre-copy'), change the shared table to match, and run again",
+    )
+
+
+def describe_columns(expected: Sequence[str], seen: Sequence[str]) -> str:
+    """What differs between two column lists, in words."""
+    added = [c for c in seen if c not in expected]
+    dropped = [c for c in expected if c not in seen]
     parts = []
     if added:
         parts.append("column(s) added: " + ", ".join(added))
     if dropped:
         parts.append("column(s) dropped: " + ", ".join(dropped))
-    if not parts and names != expected.columns:
-        parts.append("columns reordered or renamed: now " + ", ".join(names))
+    if not parts and list(seen) != list(expected):
+        parts.append("columns reordered or renamed: now " + ", ".join(seen))
+    return "; ".join(parts)
+
+
+def _describe_change(expected: TableMap, seen: Relation) -> str:
+    text = describe_columns(expected.columns, seen.column_names)
+    parts = [text] if text else []
     if not parts and expected.types is not None:
         for col, was in zip(seen.columns, expected.types, strict=True):
             if (col.type_oid, col.type_modifier) != was:
@@ -277,13 +293,7 @@ class Fold:
             )
         seen_types = tuple((c.type_oid, c.type_modifier) for c in msg.columns)
         if msg.column_names != table.columns or (table.types is not None and seen_types != table.types):
-            raise SchemaChanged(
-                f"the schema of {msg.namespace}.{msg.name} changed on the tenant's source during the "
-                f"migration ({_describe_change(table, msg)}): catch-up stopped before applying any change "
-                "of that batch",
-                hint="migrate the schema change deliberately: roll the tenant back to before its copy "
-                "('migrate rollback … --to pre-copy'), change the shared table to match, and run again",
-            )
+            raise schema_changed(msg.namespace, msg.name, _describe_change(table, msg))
         self._relations[msg.oid] = table
 
     def ordered(self) -> list[TableEffect]:

@@ -83,7 +83,10 @@ def capture_problems(
                 f"ALTER ROLE {user} REPLICATION (as a superuser)",
             )
         )
-    libraries = _one(conn, "SELECT current_setting('output_plugin_libraries', true)")
+    try:
+        libraries = _one(conn, "SELECT current_setting('output_plugin_libraries', true)")
+    except psycopg.errors.InsufficientPrivilege:
+        libraries = None  # readable by superusers and pg_read_all_settings only: slot creation will say
     if libraries is not None and "pgoutput" not in [p.strip().strip('"') for p in str(libraries).split(",")]:
         out.append(
             Problem(

@@ -82,7 +82,8 @@ class StepContext:
     Online migrations: ``playbook`` names the slots, ``cutover`` and ``app_roles``
     are the playbook's settings, ``connect_target`` opens another target connection
     (a snapshot kept across the flip), ``connect_replication`` a ``replication=database``
-    connection to the tenant's source (its slot's exported snapshot), and
+    connection to the tenant's source (its slot's exported snapshot), ``connect_source`` a
+    source connection for a step reverted without one (a rollback's traffic steps), and
     ``rehearsal`` tells steps with effects outside the target's transaction (a
     slot, a freeze) to report them instead.
     """
@@ -108,6 +109,7 @@ class StepContext:
     rehearsal: bool = False
     connect_target: Callable[[], psycopg.Connection[Any]] | None = None
     connect_replication: Callable[[], psycopg.Connection[Any]] | None = None
+    connect_source: Callable[[], psycopg.Connection[Any]] | None = None
 
 
 class StepKind(Protocol):

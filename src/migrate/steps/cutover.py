@@ -209,17 +209,20 @@ class CutoverStep:
                 f"cut-over of tenant '{ctx.tenant.id}' given up, nothing flipped: {exc}",
                 hint="the source is writable again and the tenant stays on its old database; nothing is "
                 "lost. Run again when writes are calmer, or raise cutover.max_freeze",
+                details=_given_up(timings, started, drained, terminated),
             ) from None
-        except BaseException:
+        except BaseException as exc:
             _close(ctx, snapshots)
             with suppress(MigrateError, psycopg.Error):
                 online.thaw_source(ctx)
+            if isinstance(exc, MigrateError):
+                exc.details.update(_given_up(timings, started, drained, terminated))
             raise
         try:
             flipped = self.flag.apply(ctx)
-        except BaseException:
+        except BaseException as exc:
             _close(ctx, snapshots)
-            raise
+            raise self._flip_failed(ctx, exc, _given_up(timings, started, drained, terminated)) from exc
         lap("flip")
         freeze_seconds = round(time.monotonic() - started, 3)
         online.store(ctx).set_online(ctx.target, ctx.tenant.id, False)
@@ -250,6 +253,30 @@ class CutoverStep:
             "snapshot": flipped.get("snapshot"),
             "flipped": True,
         }
+
+    def _flip_failed(self, ctx: StepContext, exc: BaseException, details: dict[str, Any]) -> BaseException:
+        """The flag provider failed at the flip: unfreeze only when the flag surely stayed off."""
+        if not isinstance(exc, Exception):
+            return exc  # Ctrl-C, exit: the source stays frozen, the next run finishes or rollback unfreezes
+        try:
+            on = ctx.flags.is_enabled(self.spec.flag, ctx.tenant.id)
+        except Exception:  # the provider is down: we cannot know, so the source stays frozen
+            on = None
+        if on is False:
+            online.thaw_source(ctx)
+            return StepFailed(
+                f"the flip of flag '{self.spec.flag}' failed ({exc}); the flag is still off, so the source "
+                "was unfrozen and the tenant stays on its old database",
+                hint="fix the flag provider, then run again",
+                details=details,
+            )
+        return StepFailed(
+            f"the flip of flag '{self.spec.flag}' failed ({exc}) and whether it took effect is unknown: "
+            "the source stays frozen, so no write can go to the old database",
+            hint="once the flag provider answers, 'migrate run' finishes the cut-over; or "
+            f"'migrate rollback PLAYBOOK --tenant {ctx.tenant.id} --to pre-cutover' unfreezes the source",
+            details={**details, "flipped": None},
+        )
 
     def _checksums(self, ctx: StepContext, target: psycopg.Connection[Any] | None = None) -> dict[str, Any]:
         mode, figures = compare_tenant(
@@ -336,6 +363,19 @@ class CutoverStep:
                 f"checksums {'match' if details.get('match') else 'DIFFER'} ({details.get('checksummed')})"
             )
         return self.flag.summary(details, reverted=False)
+
+
+def _given_up(
+    timings: Mapping[str, float], started: float, drained: online.Caught, terminated: list[str]
+) -> dict[str, Any]:
+    """What a cut-over that stopped before the flip records: nothing flipped, and where the time went."""
+    return {
+        "flipped": False,
+        "frozen_seconds": round(time.monotonic() - started, 3),
+        "timings": dict(timings),
+        "drained_changes": drained.changes,
+        "stragglers_terminated": terminated,
+    }
 
 
 def _took(timings: Mapping[str, float]) -> str:

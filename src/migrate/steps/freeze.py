@@ -77,9 +77,9 @@ class FreezeStep:
 
     def verify_reverted(self, ctx: StepContext, details: Mapping[str, Any]) -> None:
         wanted = {freezing.Grant.from_json(g) for g in details.get("grants", [])}
-        have = set(
-            freezing.write_grants(ctx.source, ctx.source_schema, online.source_tables(ctx), ctx.app_roles)
-        )
+        tables = sorted({g.table for g in wanted})
+        with online.source_connection(ctx) as source:
+            have = set(freezing.write_grants(source, ctx.source_schema, tables, ctx.app_roles))
         if online.frozen(ctx) is not None or not wanted <= have:
             raise CheckFailed(
                 f"tenant '{ctx.tenant.id}''s source is still frozen after the revert",

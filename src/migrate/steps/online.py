@@ -9,7 +9,8 @@ REVOKE and given back from that record.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +22,7 @@ from migrate.control.capture import Capture, CaptureStore, Freeze
 from migrate.errors import Interrupted, StepFailed
 from migrate.replication import freeze as freezing
 from migrate.replication import slots
-from migrate.replication.changes import TableMap
+from migrate.replication.changes import TableMap, describe_columns, schema_changed
 from migrate.replication.pgoutput import lsn_int, lsn_text
 from migrate.replication.stream import PollResult, Stream
 from migrate.steps.context import ProgressEvent, StepContext
@@ -72,6 +73,11 @@ def table_maps(ctx: StepContext, tables: Sequence[SourceTable] | None = None) ->
     maps = []
     for order, table in enumerate(tables):
         columns = types.get(table.name, [])
+        expected = [c.name for c in table.columns if c.generated is None]
+        if [c for c, _o, _m, _i in columns] != expected:
+            raise schema_changed(
+                ctx.source_schema, table.name, describe_columns(expected, [c for c, _o, _m, _i in columns])
+            )
         key = table.primary_key or tuple(c for c, _o, _m, ident in columns if ident)
         if not key:
             raise StepFailed(
@@ -264,14 +270,31 @@ def freeze_source(ctx: StepContext, step_key: str) -> Frozen:
     return Frozen(record, revoked_now=True, seconds=time.monotonic() - started)
 
 
+@contextmanager
+def source_connection(ctx: StepContext) -> Iterator[psycopg.Connection[Any]]:
+    """The tenant's source: the context's own, or — for a step reverted without one (a rollback's
+    traffic steps go first, on the target alone) — a connection of its own, closed afterwards."""
+    if ctx.source is not ctx.target:
+        yield ctx.source
+        return
+    if ctx.connect_source is None:
+        raise StepFailed("no source connection is wired for this step", hint="this is a bug: report it")
+    conn = ctx.connect_source()
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
 def thaw_source(ctx: StepContext) -> bool:
-    """Give back exactly what the freeze took; True when there was a freeze to undo."""
+    """Give back exactly what the freeze took (from its record); True when there was a freeze to undo."""
     captures = store(ctx)
     record = captures.freeze(ctx.target, ctx.tenant.id)
     if record is None:
         return False
     grants = [freezing.Grant.from_json(g) for g in record.grants]
-    freezing.restore(ctx.source, ctx.source_schema, grants)
+    with source_connection(ctx) as source:
+        freezing.restore(source, ctx.source_schema, grants)
     captures.thawed(ctx.target, ctx.tenant.id)
     ctx.log.info("source_thawed", grants=len(grants))
     return True

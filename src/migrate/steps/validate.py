@@ -19,6 +19,7 @@ from migrate.catalog.reflect import SourceTable
 from migrate.checks.checksum import Mode, Side, TableFigures, choose_mode, compare, table_shapes
 from migrate.errors import CheckFailed
 from migrate.playbook.model import Step
+from migrate.steps import online
 from migrate.steps.context import Details, StepContext
 
 
@@ -83,6 +84,8 @@ class ValidateStep:
             "rows": rows,
             "checksum": mode,
             "match": all(f.match for f in figures),
+            # Frozen: nobody could write the source since, so a later cut-over may trust this validation.
+            "frozen": not ctx.rehearsal and online.frozen(ctx) is not None,
         }
 
     def verify(self, ctx: StepContext, details: Mapping[str, Any]) -> None:
