@@ -329,7 +329,11 @@ class Writer:
                 except psycopg.OperationalError as exc:  # terminated by the barrier: reconnect
                     self.errors.append(str(exc))
                     conn.close()
-                    conn = psycopg.connect(self.dsn, autocommit=True)
+                    try:
+                        conn = psycopg.connect(self.dsn, autocommit=True)
+                    except psycopg.OperationalError as gone:  # the test is over: its database went
+                        self.errors.append(str(gone))
+                        return
                 pause = 1.0 / self.rate - (time.monotonic() - started)
                 if pause > 0:
                     time.sleep(pause)

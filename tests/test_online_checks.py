@@ -14,7 +14,7 @@ import pytest
 from psycopg import sql
 
 from conftest import DatabaseFactory
-from live import APP_ROLE, LiveWorld, dsn_for, drop_databases, make_live_world
+from live import APP_ROLE, LiveWorld, drop_databases, dsn_for, make_live_world
 from migrate import api
 from migrate.adapters.embedded import start_server
 from migrate.api.demo import create_source
@@ -179,7 +179,7 @@ def test_wal_level_replica_is_refused_on_a_server_without_logical_decoding(
 
 
 @pytest.fixture
-def cramped(server_root: Path) -> Iterator[str]:
+def cramped(server_root: Path) -> str:
     """A logical server with one slot, one WAL sender, only test_decoding allowed and no WAL cap."""
     server = start_server(
         server_root,
@@ -190,7 +190,7 @@ def cramped(server_root: Path) -> Iterator[str]:
             "output_plugin_libraries": "test_decoding",
         },
     )
-    yield server.dsn()
+    return server.dsn()
 
 
 def test_a_server_without_free_slots_senders_pgoutput_or_wal_cap_is_refused(

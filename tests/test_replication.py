@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,6 +37,13 @@ from migrate.replication.stream import PollResult, Stream
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 DOCS = TableMap("public", "docs", "app", "docs", ("id", "n", "body"), ("id",), (("tenant_id", "t1"),))
+RELATION = Relation(
+    16384,
+    "public",
+    "docs",
+    "d",
+    (Column("id", 23, -1, True), Column("n", 23, -1, False), Column("body", 25, -1, False)),
+)
 
 
 @pytest.fixture
@@ -124,16 +132,9 @@ def test_decoder_refuses_an_unknown_message_instead_of_guessing() -> None:
 # ----------------------------------------------------------------------------- net effect
 def fold(*changes: object, skip_before: int = 0) -> Fold:
     folded = Fold({("public", "docs"): DOCS}, skip_before=skip_before)
-    relation = Relation(
-        16384,
-        "public",
-        "docs",
-        "d",
-        (Column("id", 23, -1, True), Column("n", 23, -1, False), Column("body", 25, -1, False)),
-    )
     for lsn, change in enumerate(changes, start=1):
         folded.add_decoded(Begin(lsn * 100, NOW, lsn))
-        folded.add_decoded(relation)
+        folded.add_decoded(RELATION)
         folded.add_decoded(change)  # type: ignore[arg-type]
         folded.add_decoded(Commit(lsn * 100, lsn * 100 + 50, NOW))
     return folded
@@ -180,6 +181,17 @@ def test_transactions_before_the_applied_position_are_skipped() -> None:
     folded = fold(Insert(16384, ("1", "1", "a")), Insert(16384, ("2", "2", "b")), skip_before=150)
     assert folded.skipped == 1 and folded.transactions == 1
     assert list(folded.effects[("public", "docs")].rows) == [("2",)]
+
+
+def test_changes_a_tables_copy_already_holds_are_skipped_for_that_table() -> None:
+    """A table copied at a later snapshot (a resumed copy) takes only changes that commit at or after it."""
+    late = Fold({("public", "docs"): replace(DOCS, since_lsn=250)})
+    for lsn, change in enumerate((Insert(16384, ("1", "1", "a")), Insert(16384, ("3", "3", "c"))), start=2):
+        late.add_decoded(Begin(lsn * 100, NOW, lsn))
+        late.add_decoded(RELATION)
+        late.add_decoded(change)
+        late.add_decoded(Commit(lsn * 100, lsn * 100 + 50, NOW))
+    assert list(late.effects[("public", "docs")].rows) == [("3",)] and late.copied_before == 1
 
 
 def test_a_schema_change_in_the_stream_stops_the_fold() -> None:

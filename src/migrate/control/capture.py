@@ -28,7 +28,7 @@ class Capture:
     status: str  # creating (the slot may not exist yet) | capturing
     online: bool  # capture open and the tenant not cut over
     consistent_lsn: str | None
-    overlap_lsn: str | None
+    table_lsns: Mapping[str, str]  # tables copied at a later snapshot: their changes count from there
     applied_lsn: str | None
     applied_at: datetime | None
     changes_applied: int
@@ -49,7 +49,7 @@ class Freeze:
 
 
 _CAPTURE_COLUMNS = (
-    "tenant, slot, publication, status, online, consistent_lsn::text, overlap_lsn::text, applied_lsn::text,"
+    "tenant, slot, publication, status, online, consistent_lsn::text, table_lsns, applied_lsn::text,"
     " applied_at, changes_applied, lag_changes, lag_bytes, lag_seconds, lag_at, created_at"
 )
 
@@ -95,21 +95,21 @@ class CaptureStore:
         """The slot exists and the copy reads its snapshot: changes count from ``consistent_lsn``."""
         conn.execute(
             sql.SQL(
-                "UPDATE {} SET status = 'capturing', consistent_lsn = %s::pg_lsn, overlap_lsn = %s::pg_lsn,"
+                "UPDATE {} SET status = 'capturing', consistent_lsn = %s::pg_lsn, table_lsns = '{{}}',"
                 " applied_lsn = %s::pg_lsn, applied_at = clock_timestamp(), changes_applied = 0"
                 " WHERE playbook = %s AND tenant = %s"
             ).format(self._t("captures")),
-            (consistent_lsn, consistent_lsn, consistent_lsn, self.playbook, tenant),
+            (consistent_lsn, consistent_lsn, self.playbook, tenant),
         )
 
-    def overlap(self, conn: psycopg.Connection[Any], tenant: str, lsn: str) -> None:
-        """A copy resumed with a later snapshot: the first batch must reach ``lsn`` in one transaction."""
+    def copied_at(self, conn: psycopg.Connection[Any], tenant: str, tables: Sequence[str], lsn: str) -> None:
+        """``tables`` are (re)copied at the exact snapshot of ``lsn``: their changes count from there."""
         conn.execute(
             sql.SQL(
-                "UPDATE {} SET overlap_lsn = greatest(overlap_lsn, %s::pg_lsn)"
-                " WHERE playbook = %s AND tenant = %s"
+                "UPDATE {} SET table_lsns = table_lsns || (SELECT jsonb_object_agg(t, %s::text)"
+                " FROM unnest(%s::text[]) AS t) WHERE playbook = %s AND tenant = %s"
             ).format(self._t("captures")),
-            (lsn, self.playbook, tenant),
+            (lsn, list(tables), self.playbook, tenant),
         )
 
     def save_progress(

@@ -58,7 +58,11 @@ class TableMap:
     ``types`` their (type oid, type modifier) on the source, to notice a changed
     type; ``fixed`` the target columns that hold one value for every row (the
     tenant: ``(("tenant_id", "acme"),)``), which lead the target's keys;
-    ``order`` the load order (parents first) in which upserts go.
+    ``order`` the load order (parents first) in which upserts go; ``since_lsn`` where
+    the table's copy was taken: a transaction that committed before it is in the copy
+    already, so its changes of this table are skipped (PostgreSQL's table
+    synchronisation does the same), which lets tables copied at different exact
+    snapshots meet one stream with no gap and no overlap.
     """
 
     source_schema: str
@@ -70,6 +74,7 @@ class TableMap:
     fixed: tuple[tuple[str, str], ...] = ()
     types: tuple[tuple[int, int], ...] | None = None
     order: int = 0
+    since_lsn: int = 0  # only transactions that commit at or after this count (the table's copy has the rest)
 
     @property
     def source_name(self) -> tuple[str, str]:
@@ -185,6 +190,7 @@ class Fold:
     transactions: int = 0
     skipped: int = 0
     changes: int = 0
+    copied_before: int = 0  # changes of tables copied after they committed: in the copy already
     end_lsn: int | None = None  # the last whole transaction's end: where the slot may advance to
     first_commit: datetime | None = None  # the oldest transaction folded: the lag in seconds
     last_commit: datetime | None = None
@@ -224,15 +230,23 @@ class Fold:
             return
         if self._skipping or not isinstance(msg, Insert | Update | Delete | Truncate):
             return  # origins, types, messages: nothing to apply
-        self.changes += 1
+        assert self._open is not None
+        commit = self._open.final_lsn
         if isinstance(msg, Truncate):
             for oid in msg.relations:
                 table = self._table(oid)
+                if commit < table.since_lsn:
+                    continue  # in the table's copy already
                 effect = self._effect(table)
                 effect.truncated = True
                 effect.rows.clear()
+            self.changes += 1
             return
         table = self._table(msg.relation)
+        if commit < table.since_lsn:
+            self.copied_before += 1
+            return
+        self.changes += 1
         effect = self._effect(table)
         if isinstance(msg, Insert):
             key = table.key_of(msg.new)

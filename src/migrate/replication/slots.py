@@ -142,10 +142,17 @@ def blockers(conn: psycopg.Connection[Any]) -> list[str]:
 
 
 def create_slot(
-    replication: psycopg.Connection[Any], probe: psycopg.Connection[Any], name: str, *, wait_seconds: float
+    replication: psycopg.Connection[Any],
+    probe: psycopg.Connection[Any],
+    name: str,
+    *,
+    wait_seconds: float,
+    temporary: bool = False,
 ) -> CreatedSlot:
-    """A persistent pgoutput slot with an exported snapshot, on a ``replication=database`` connection.
+    """A pgoutput slot with an exported snapshot, on a ``replication=database`` connection.
 
+    Persistent, or ``temporary`` (gone with the connection: it only exports an exact
+    snapshot and its position, for a copy resumed after the first snapshot was lost).
     ``probe`` (a normal connection to the same database) names the transactions the
     slot waited for when it times out.
     """
@@ -154,8 +161,9 @@ def create_slot(
     try:
         # Identifiers cannot be parameters of a replication command; the name is [a-z0-9_] only.
         assert re.fullmatch(r"[a-z0-9_]{1,63}", name)
+        kind = "TEMPORARY LOGICAL" if temporary else "LOGICAL"
         row = replication.execute(
-            f"CREATE_REPLICATION_SLOT {name} LOGICAL pgoutput (SNAPSHOT 'export')"
+            f"CREATE_REPLICATION_SLOT {name} {kind} pgoutput (SNAPSHOT 'export')"
         ).fetchone()
     except psycopg.errors.LockNotAvailable as exc:
         held = blockers(probe)

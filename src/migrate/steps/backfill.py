@@ -37,12 +37,14 @@ and a replication slot are made on the source, and the copy reads the slot's
 exported snapshot, so the changes the slot keeps begin exactly where the copy
 ends (``steps/online.py``, ``replication/slots.py``). A resume after the runner
 died cannot have that snapshot back (it lived in the dead runner's
-transaction): it reads a new one, records up to where it may overlap the slot's
-changes (the first catch-up batch reaches past that point in one transaction,
-which makes the mixed copy exact), starts again the table it was in when that
-table has unique constraints besides its key (two snapshots in one table could
-collide on them), and loads what remains with foreign-key triggers off (rows of
-the new snapshot may point at rows the old one lacks, until catch-up).
+transaction). It never mixes two points in time within a table: a temporary slot
+exports a new exact snapshot and its position; the tables not finished — the one
+under way starts again — are copied in it, and their changes count only from
+that position (``captures.table_lsns``), as PostgreSQL's own table
+synchronisation does. The slot still holds every change since the first
+snapshot, so finished tables go on from there. What remains loads with
+foreign-key triggers off: its rows may point at rows the finished tables only
+get from catch-up.
 
 **Statistics.** A parent table is ANALYZEd when its load is done and the rows
 it got are a large share of what the planner believes it holds: its children's
@@ -211,9 +213,10 @@ class BackfillStep:
         with ctx.source.transaction():
             ctx.source.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             if opening is not None:
-                snapshot = _take_snapshot(ctx, opening)
+                snapshot = _take_snapshot(ctx, opening, todo)
                 if opening.resumed:
-                    plans = _resume_plans(ctx, plans, todo)
+                    # Rows of the new snapshot may point at rows the finished tables get from catch-up.
+                    plans = [replace(p, deferred=True) if p.name in todo else p for p in plans]
             # Key ranges go through the key's index; JIT off, or the cost penalty of a sequential
             # scan (a table read whole) would buy a ~100 ms compilation per chunk.
             ctx.source.execute(
@@ -342,9 +345,9 @@ class BackfillStep:
         capture = (
             online.store(ctx).capture(ctx.target, ctx.tenant.id) if ctx.cutover.mode == "online" else None
         )
-        if capture is not None and capture.overlap_lsn != capture.consistent_lsn:
-            # A copy from two snapshots may break foreign keys until catch-up mends it: the cut-over's
-            # comparison under the freeze proves the end state instead.
+        if capture is not None and capture.table_lsns:
+            # Tables copied at two snapshots may break foreign keys until catch-up mends them: the
+            # cut-over's comparison under the freeze proves the end state instead.
             return
         deferred = deferred_tables(ctx.tables)
         for table in ctx.tables:
@@ -459,17 +462,32 @@ class _Opening:
     replication: Any = None  # the replication connection that keeps the exported snapshot alive
     snapshot: str | None = None  # the exported snapshot's name (new capture)
     consistent_lsn: int | None = None
-    resumed: bool = False  # a capture a dead runner opened: a new snapshot, and its overlap
+    resumed: bool = False  # a capture a dead runner opened: a new exact snapshot for what remains
 
 
 def _open_capture(
     ctx: StepContext, checkpoints: Mapping[str, Checkpoint], todo: Mapping[str, Checkpoint | None]
 ) -> _Opening:
-    """Before the copy's transaction: take up the tenant's capture, or make its publication and slot."""
+    """Before the copy's transaction: make the publication and slot, or take up a capture a dead
+    runner opened (a temporary slot then exports the exact snapshot the rest is copied in)."""
     store = online.store(ctx)
     capture = store.capture(ctx.target, ctx.tenant.id)
     if capture is not None and capture.status == "capturing":
-        return _Opening(capture.slot, resumed=bool(todo))
+        if not todo:
+            return _Opening(capture.slot)
+        replication = _replication(ctx)
+        try:
+            made = slots.create_slot(
+                replication,
+                ctx.source,
+                f"{capture.slot[:61]}_r",
+                wait_seconds=ctx.cutover.slot_wait,
+                temporary=True,
+            )
+        except BaseException:
+            replication.close()
+            raise
+        return _Opening(capture.slot, replication, made.snapshot, made.consistent_lsn, resumed=True)
     copied = sorted(
         name for name, cp in checkpoints.items() if cp.rows_copied and not name.startswith("flag:")
     )
@@ -481,12 +499,10 @@ def _open_capture(
         )
     name = online.names(ctx)
     _join_online(ctx, name)
-    if ctx.connect_replication is None:
-        raise StepFailed("no replication connection is wired for this run", hint="this is a bug: report it")
     # Our own 'creating' intent left a slot behind (a runner killed after making it): start afresh.
     slots.drop_slot(ctx.source, name)
     slots.ensure_publication(ctx.source, name, ctx.source_schema, [t.name for t in ctx.tables])
-    replication = ctx.connect_replication()
+    replication = _replication(ctx)
     try:
         made = slots.create_slot(replication, ctx.source, name, wait_seconds=ctx.cutover.slot_wait)
     except BaseException:
@@ -495,29 +511,56 @@ def _open_capture(
     return _Opening(name, replication, made.snapshot, made.consistent_lsn)
 
 
-def _take_snapshot(ctx: StepContext, opening: _Opening) -> dict[str, Any]:
-    """First in the copy's REPEATABLE READ transaction: its snapshot, recorded with the capture."""
+def _replication(ctx: StepContext) -> Any:
+    if ctx.connect_replication is None:
+        raise StepFailed("no replication connection is wired for this run", hint="this is a bug: report it")
+    return ctx.connect_replication()
+
+
+def _take_snapshot(ctx: StepContext, opening: _Opening, todo: dict[str, Checkpoint | None]) -> dict[str, Any]:
+    """First in the copy's REPEATABLE READ transaction: its snapshot, recorded with the capture.
+
+    On a resume, the tables still to copy — the one under way starts again, its rows and
+    checkpoint gone — count their changes from the new snapshot's position, recorded in the
+    same target transaction that empties that table.
+    """
     store = online.store(ctx)
-    if opening.snapshot is not None:
-        assert opening.consistent_lsn is not None
-        try:
-            ctx.source.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(opening.snapshot)))
-            with ctx.target.transaction():
-                store.started(ctx.target, ctx.tenant.id, lsn_text(opening.consistent_lsn))
-        finally:
-            opening.replication.close()  # the copy's transaction holds the snapshot now
-        ctx.log.info("capture_opened", slot=opening.slot, consistent_lsn=lsn_text(opening.consistent_lsn))
-        return {"slot": opening.slot, "resumed": False, "consistent_lsn": lsn_text(opening.consistent_lsn)}
-    if not opening.resumed:
+    if opening.snapshot is None:
         return {"slot": opening.slot, "resumed": False}
-    # The snapshot is the first query's: the position that same query reads is at or after every
-    # commit the snapshot sees.
-    row = ctx.source.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
-    assert row is not None
-    with ctx.target.transaction():
-        store.overlap(ctx.target, ctx.tenant.id, str(row[0]))
-    ctx.log.warning("copy_resumed_with_new_snapshot", overlap_lsn=str(row[0]), slot=opening.slot)
-    return {"slot": opening.slot, "resumed": True, "overlap_lsn": str(row[0])}
+    assert opening.consistent_lsn is not None
+    lsn = lsn_text(opening.consistent_lsn)
+    try:
+        ctx.source.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(opening.snapshot)))
+        if not opening.resumed:
+            with ctx.target.transaction():
+                store.started(ctx.target, ctx.tenant.id, lsn)
+            ctx.log.info("capture_opened", slot=opening.slot, consistent_lsn=lsn)
+            return {"slot": opening.slot, "resumed": False, "consistent_lsn": lsn}
+        restarted = [name for name, cp in todo.items() if cp is not None and cp.rows_copied]
+        with local_transaction(ctx.target, _CHUNK_DEFERRED):
+            for name in restarted:
+                ctx.target.execute(
+                    sql.SQL("DELETE FROM {} WHERE {} = %s").format(
+                        sql.Identifier(ctx.target_schema, name), sql.Identifier(TENANT_COLUMN)
+                    ),
+                    (ctx.tenant.id,),
+                )
+            ctx.control.clear_checkpoints(ctx.target, ctx.tenant.id, restarted)
+            store.copied_at(ctx.target, ctx.tenant.id, list(todo), lsn)
+            ctx.target.execute("SELECT set_config('synchronous_commit', 'on', true)")
+    finally:
+        opening.replication.close()  # the copy's transaction holds the snapshot now; a temporary slot goes
+    for name in restarted:
+        todo[name] = None
+    ctx.log.warning(
+        "copy_resumed_at_new_snapshot", slot=opening.slot, lsn=lsn, tables=list(todo), restarted=restarted
+    )
+    return {
+        "slot": opening.slot,
+        "resumed": True,
+        "tables_from": {name: lsn for name in todo},
+        "restarted": restarted,
+    }
 
 
 def _join_online(ctx: StepContext, name: str) -> None:
@@ -546,36 +589,6 @@ def _join_online(ctx: StepContext, name: str) -> None:
         if ctx.stopping():
             raise Interrupted("stopped on request while waiting for the online phase")
         time.sleep(1.0)
-
-
-def _resume_plans(
-    ctx: StepContext, plans: list[TablePlan], todo: dict[str, Checkpoint | None]
-) -> list[TablePlan]:
-    """Plans for a copy resumed with a new snapshot: foreign-key checks off for what remains, and a
-    table begun with the old snapshot copied again when it has unique constraints besides its key."""
-    out = []
-    for plan in plans:
-        cp = todo.get(plan.name) if plan.name in todo else None
-        if (
-            cp is not None
-            and cp.rows_copied
-            and (plan.table.uniques or any(i.unique for i in plan.table.indexes))
-        ):
-            _delete_batch(
-                ctx,
-                sql.SQL("DELETE FROM {} WHERE {} = %s").format(
-                    sql.Identifier(ctx.target_schema, plan.name), sql.Identifier(TENANT_COLUMN)
-                ),
-                (ctx.tenant.id,),
-                unchecked=True,
-            )
-            ctx.control.clear_checkpoints(ctx.target, ctx.tenant.id, [plan.name])
-            todo[plan.name] = None
-            ctx.log.warning(
-                "table_copy_restarted", table=plan.name, why="unique constraints across two snapshots"
-            )
-        out.append(replace(plan, deferred=True) if plan.name in todo else plan)
-    return out
 
 
 def _drop_capture(ctx: StepContext) -> str | None:

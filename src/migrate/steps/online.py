@@ -61,8 +61,11 @@ _IDENTITY = (
 )
 
 
-def table_maps(ctx: StepContext, tables: Sequence[SourceTable] | None = None) -> list[TableMap]:
-    """The tenant's source tables as maps into the shared tables, with the source's column types now."""
+def table_maps(
+    ctx: StepContext, capture: Capture | None = None, tables: Sequence[SourceTable] | None = None
+) -> list[TableMap]:
+    """The tenant's source tables as maps into the shared tables, with the source's column types now,
+    and where each table's changes count from (a table a resumed copy read later: from its snapshot)."""
     tables = list(tables if tables is not None else ctx.tables)
     types: dict[str, list[tuple[str, int, int, bool]]] = {}
     with ctx.source.transaction():
@@ -96,6 +99,9 @@ def table_maps(ctx: StepContext, tables: Sequence[SourceTable] | None = None) ->
                 fixed=((TENANT_COLUMN, ctx.tenant.id),),
                 types=tuple((o, m) for _c, o, m, _i in columns),
                 order=order,
+                since_lsn=lsn_int(capture.table_lsns[table.name])
+                if capture is not None and table.name in capture.table_lsns
+                else 0,
             )
         )
     return maps
@@ -130,7 +136,7 @@ def open_stream(ctx: StepContext, capture: Capture) -> Stream:
         target=ctx.target,
         slot=capture.slot,
         publication=capture.publication,
-        maps=table_maps(ctx),
+        maps=table_maps(ctx, capture),
         progress=TenantProgress(ctx, capture),
     )
 
@@ -168,10 +174,6 @@ class Caught:
 
 def poll_once(ctx: StepContext, stream: Stream, capture: Capture, caught: Caught, **kw: Any) -> PollResult:
     """One poll, its figures added to ``caught``, its lag recorded and reported."""
-    overlap = lsn_int(capture.overlap_lsn) if capture.overlap_lsn else 0
-    if stream.progress.applied() < overlap:
-        # The copy resumed with a later snapshot: reach past it in ONE transaction (changes.py, apply.py).
-        kw["max_changes"] = None
     poll = stream.poll(**kw)
     caught.polls += 1
     caught.transactions += poll.transactions

@@ -20,6 +20,7 @@ from migrate.errors import StepFailed
 FlagLock = Callable[[str], AbstractContextManager[None]]
 """Holds the lock for one key (a flag in one environment) while the block runs."""
 
+
 def advisory_lock(connect: Callable[[], psycopg.Connection[Any]], *, wait_seconds: float = 60.0) -> FlagLock:
     """A lock per key, shared by every runner that reaches the database ``connect`` opens."""
 

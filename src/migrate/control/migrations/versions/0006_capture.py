@@ -6,9 +6,9 @@ Create Date: 2026-12-04
 
 - ``captures``: per playbook and tenant, the replication slot and publication on
   the tenant's source (named ``tm_<playbook>_<tenant>``), where its changes
-  begin (``consistent_lsn``: the exported snapshot the copy read), up to where a
-  copy resumed with a later snapshot may overlap them (``overlap_lsn``: the first
-  batch must reach past it in one transaction), how far they are applied
+  begin (``consistent_lsn``: the exported snapshot the copy read), the tables a
+  resumed copy read at a later exact snapshot and from where their changes count
+  (``table_lsns``, as PostgreSQL's own table synchronisation does), how far they are applied
   (``applied_lsn``, committed in the same transaction as the rows), the lag the
   last poll measured, and whether the tenant is in the online phase (capture
   open and not cut over: ``online``, what the playbook's limit counts). The row
@@ -45,7 +45,7 @@ def upgrade() -> None:
             status          text NOT NULL CHECK (status IN ('creating', 'capturing')),
             online          boolean NOT NULL DEFAULT true,
             consistent_lsn  pg_lsn,
-            overlap_lsn     pg_lsn,
+            table_lsns      jsonb NOT NULL DEFAULT '{{}}',
             applied_lsn     pg_lsn,
             applied_at      timestamptz,
             changes_applied bigint NOT NULL DEFAULT 0,
