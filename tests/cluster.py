@@ -41,6 +41,9 @@ SETTINGS = {
     "wal_level": "logical",
     "max_replication_slots": "20",
     "max_wal_senders": "20",
+    # The online migration's up-front checks refuse a server where an orphaned slot could keep WAL
+    # until the disk is full (the default -1).
+    "max_slot_wal_keep_size": "'4GB'",
     # Concurrent runners, kill -9 leftovers and the ledger's eight writers at once.
     "max_connections": "200",
     "listen_addresses": "'127.0.0.1'",

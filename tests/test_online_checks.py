@@ -13,11 +13,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from conftest import DatabaseFactory
 from live import APP_ROLE, LiveWorld, drop_databases, dsn_for, make_live_world
 from migrate import api
 from migrate.adapters.embedded import start_server
-from migrate.api.demo import create_source
 from migrate.cli.app import main
 from migrate.errors import SettingsError
 
@@ -156,35 +154,13 @@ def test_each_up_front_check_refuses_naming_the_setting_and_the_fix(name: str, l
     assert setting in message and fix in message, message
 
 
-def test_wal_level_replica_is_refused_on_a_server_without_logical_decoding(
-    database_factory: DatabaseFactory, tmp_path: Path
-) -> None:
-    """On the shared server (wal_level = replica) the run stops with the setting and the restart it needs."""
-    with psycopg.connect(database_factory.admin_dsn) as conn:
-        level = conn.execute("SHOW wal_level").fetchone()
-    if level == ("logical",):
-        pytest.skip("the test server has wal_level = logical")
-    prefix = f"tm_test_wl{uuid.uuid4().hex[:6]}_"
-    create_source(database_factory.admin_dsn, f"{prefix}acme", "acme", 1)
-    database_factory.created.append(f"{prefix}acme")
-    target = database_factory.create("target")
-    world = LiveWorld(
-        database_factory.admin_dsn, prefix, target, tmp_path / "flags.json", tmp_path / "p.yaml", {"acme": 1}
-    )
-    world.write_playbook()
-    with pytest.raises(SettingsError) as caught:
-        api.run(world.playbook, environ=world.environ)
-    assert "wal_level: is 'replica'" in caught.value.message
-    assert "ALTER SYSTEM SET wal_level = logical, then restart" in caught.value.message
-
-
 @pytest.fixture
 def cramped(server_root: Path) -> str:
-    """A logical server with one slot, one WAL sender, only test_decoding allowed and no WAL cap."""
+    """A server without logical decoding, one slot, one WAL sender, only test_decoding allowed, no WAL cap."""
     server = start_server(
         server_root,
         settings={
-            "wal_level": "logical",
+            "wal_level": "replica",
             "max_replication_slots": "1",
             "max_wal_senders": "1",
             "output_plugin_libraries": "test_decoding",
@@ -193,21 +169,22 @@ def cramped(server_root: Path) -> str:
     return server.dsn()
 
 
-def test_a_server_without_free_slots_senders_pgoutput_or_wal_cap_is_refused(
+def test_a_server_without_logical_decoding_free_slots_senders_pgoutput_or_wal_cap_is_refused(
     cramped: str, tmp_path: Path
 ) -> None:
-    """Slots and WAL senders all taken, pgoutput not allowed, max_slot_wal_keep_size -1: all four named."""
+    """wal_level replica, slots and WAL senders all taken, pgoutput not allowed, max_slot_wal_keep_size -1:
+    each named with its fix."""
     with psycopg.connect(cramped, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(APP_ROLE)))
+        conn.execute("SELECT pg_create_physical_replication_slot('someone_else')")
     world = make_live_world(cramped, tmp_path, {"acme": 1}, [])
-    with psycopg.connect(cramped, autocommit=True) as conn:
-        conn.execute("SELECT pg_create_logical_replication_slot('someone_else', 'test_decoding')")
     sender = psycopg.connect(dsn_for(cramped, "postgres", replication="database"), autocommit=True)
     try:
         message = refused(world)
     finally:
         sender.close()
     for setting, fix in (
+        ("wal_level: is 'replica'", "ALTER SYSTEM SET wal_level = logical, then restart"),
         ("max_replication_slots: every replication slot is in use", "raise max_replication_slots"),
         ("max_wal_senders: no WAL sender is free", "raise max_wal_senders"),
         (

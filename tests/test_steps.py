@@ -125,7 +125,9 @@ def online_id(spec: Step) -> str:
 
 
 @pytest.mark.parametrize("spec", ONLINE, ids=online_id)
-def test_online_step_conformance_apply_is_idempotent_and_revert_undoes_it(spec: Step, live: LiveWorld) -> None:
+def test_online_step_conformance_apply_is_idempotent_and_revert_undoes_it(
+    spec: Step, live: LiveWorld
+) -> None:
     """Every kind that captures changes or freezes the source (and the online backfill), on a live world."""
     from migrate.control import schema
 
