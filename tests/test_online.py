@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from live import APP_ROLE, FLAG, LiveWorld, Writer, drop_databases, make_live_world
@@ -26,6 +27,7 @@ def live(logical_admin_dsn: str, tmp_path: Path) -> Iterator[LiveWorld]:
 def test_online_migration_with_a_writer_loses_nothing_and_freezes_briefly(live: LiveWorld) -> None:
     """Writes during the copy and catch-up all arrive; the freeze stays under max_freeze; the source stays
     frozen."""
+    live.write_playbook(cutover="batch_changes: 100")  # capped polls: more waits behind each batch
     writer = Writer(live.source_dsn("acme", APP_ROLE), rate=150).start()
     writer.wait_for(20)
     try:
@@ -218,3 +220,76 @@ def test_a_run_stopped_between_validation_and_the_flip_validates_again_before_fl
     assert "differ in comments" in tenant.error.message
     assert [s.kind for s in tenant.steps if s.outcome == "failed"] == ["validate"]
     assert api.status(live.playbook, environ=live.environ).tenants[0].flags == {FLAG: False}
+
+
+def test_a_write_begun_before_the_freeze_and_committed_after_it_reaches_the_target(live: LiveWorld) -> None:
+    """The barrier waits for a transaction that wrote before the REVOKE; the fence then covers its commit."""
+    app = psycopg.connect(live.source_dsn("acme", APP_ROLE), autocommit=True)
+    late: list[threading.Thread] = []
+
+    def commit_after_the_revoke() -> None:
+        deadline = time.monotonic() + 30
+        while app_can_write(live) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        time.sleep(0.15)  # well inside the barrier's bound (a quarter of max_freeze)
+        app.commit()
+
+    def progress(event: api.ProgressEvent) -> None:
+        if event.kind == "changes_applied" and not late:  # capture is open: the slot waits for no one now
+            app.execute("BEGIN")
+            app.execute(
+                "INSERT INTO comments (task_id, author_id, body, created_at) SELECT 1, 1, 'in flight', now()"
+            )
+            late.append(threading.Thread(target=commit_after_the_revoke))
+            late[0].start()
+
+    try:
+        result = api.run(live.playbook, environ=live.environ, progress=progress)
+    finally:
+        for thread in late:
+            thread.join(timeout=30)
+        app.close()
+    assert late and result.ok, [t.error for t in result.tenants]
+    with live.target() as conn:
+        assert conn.execute("SELECT count(*) FROM app.comments WHERE body = 'in flight'").fetchone() == (1,)
+    live.assert_equal("acme")
+
+
+@pytest.fixture
+def two(logical_admin_dsn: str, tmp_path: Path) -> Iterator[LiveWorld]:
+    created: list[str] = []
+    try:
+        yield make_live_world(logical_admin_dsn, tmp_path, {"acme": 2, "globex": 2}, created)
+    finally:
+        drop_databases(logical_admin_dsn, created)
+
+
+def test_the_online_phase_admits_at_most_max_online_tenants(two: LiveWorld) -> None:
+    """Two tenants on two workers with max_online_tenants 1: never two captures open at once, both finish."""
+    two.write_playbook(cutover="max_online_tenants: 1")
+    seen: list[int] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        with two.target() as conn:
+            while not done.is_set():
+                try:
+                    row = conn.execute(
+                        "SELECT count(*) FROM migrate_control.captures WHERE online"
+                    ).fetchone()
+                    seen.append(int(row[0]) if row else 0)
+                except psycopg.errors.UndefinedTable:
+                    pass
+                time.sleep(0.005)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        result = api.run(two.playbook, environ=two.environ, jobs=2)
+    finally:
+        done.set()
+        watcher.join()
+    assert result.ok, [t.error for t in result.tenants]
+    assert max(seen) == 1
+    two.assert_equal("acme")
+    two.assert_equal("globex")
