@@ -542,6 +542,25 @@ def demo(console: Console, result: Any) -> None:
         f"{'match' if ok else 'DO NOT match'} ({result.seconds:.1f} s)",
         markup=False,
     )
+    frozen = [
+        f"{t.tenant} {t.freeze_seconds:.3f} s" for t in result.status.tenants if t.freeze_seconds is not None
+    ]
+    if frozen:
+        console.print(
+            f"writes frozen for: {', '.join(frozen)} (max_freeze {result.max_freeze:g} s)", markup=False
+        )
+    app = result.application
+    if app is not None:
+        console.print(
+            f"the application wrote {app.committed:,} transactions to acme during its migration; "
+            + (
+                "every one arrived (acme's frozen source and the target match)"
+                if result.arrived
+                else "NOT all arrived: 'migrate verify' and 'migrate diff' show where"
+            )
+            + f"; {app.refused:,} later writes were refused by the freeze",
+            markup=False,
+        )
     if result.kept:
         console.print(
             "\nThe server and databases stay in " + str(result.root) + ". Go on by hand:", markup=False
