@@ -82,9 +82,9 @@ if TYPE_CHECKING:
 _HOME = {
     "AcceptedVersion": "migrate.api.state",
     "Approved": "migrate.engine.gates",
-    "CaptureNow": "migrate.api.status",
-    "FrozenNow": "migrate.api.status",
-    "SlotNow": "migrate.api.status",
+    "CaptureNow": "migrate.api.state",
+    "FrozenNow": "migrate.api.state",
+    "SlotNow": "migrate.api.state",
     "DiffResult": "migrate.checks.diff",
     "Environ": "migrate.api.settings",
     "Finding": "migrate.checks.isolation",

@@ -613,7 +613,12 @@ def _frozen_why(book: str, t: TenantStatus) -> str:
         f"{', '.join(t.frozen.roles)} cannot write it) and its cut-over did not finish: "
         f"'migrate run {book} --tenant {shlex.quote(t.tenant)}' finishes it (it freezes, drains and "
         f"validates again before it flips); 'migrate rollback {book} --tenant {shlex.quote(t.tenant)} "
-        "--to pre-cutover' gives the writes back instead."
+        "--to pre-cutover --discard-writes-since-cutover' gives the writes back instead"
+        + (
+            " (its flag is still off: nothing is discarded)."
+            if t.flags and not any(t.flags.values())
+            else "."
+        )
     )
 
 
