@@ -43,7 +43,7 @@ SETTINGS = {
     "max_wal_senders": "20",
     # The online migration's up-front checks refuse a server where an orphaned slot could keep WAL
     # until the disk is full (the default -1).
-    "max_slot_wal_keep_size": "'4GB'",
+    "max_slot_wal_keep_size": "4096",  # MB: pg_settings shows it so
     # Concurrent runners, kill -9 leftovers and the ledger's eight writers at once.
     "max_connections": "200",
     "listen_addresses": "'127.0.0.1'",

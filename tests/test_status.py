@@ -52,6 +52,7 @@ TOP_KEYS = {
     "waves",
     "tenants",
     "holders",
+    "slots",
     "flags",
     "next",
     "targets",
@@ -76,6 +77,9 @@ TENANT_KEYS = {
     "error",
     "flags",
     "held_by",
+    "capture",
+    "frozen",
+    "freeze_seconds",
 }
 HOLDER_KEYS = {
     "tenant",
