@@ -293,3 +293,19 @@ def test_the_online_phase_admits_at_most_max_online_tenants(two: LiveWorld) -> N
     assert max(seen) == 1
     two.assert_equal("acme")
     two.assert_equal("globex")
+
+
+def test_a_rehearsal_of_an_online_playbook_changes_nothing_on_the_source(live: LiveWorld) -> None:
+    """--dry-run: no publication, no slot, no REVOKE, no rows on the target; the flip is only reported."""
+    result = api.run(live.playbook, environ=live.environ, dry_run=True)
+    assert result.ok, [t.error for t in result.tenants]
+    cutover = next(s for s in result.tenants[0].steps if s.kind == "cutover")
+    assert (
+        "would freeze tm_app" in cutover.details["rehearsal"]
+        and cutover.summary == "tenant-shared-db: off -> on"
+    )
+    assert slots_of(live) == [] and app_can_write(live)
+    with live.source("acme") as conn:
+        assert conn.execute("SELECT count(*) FROM pg_publication").fetchone() == (0,)
+    with live.target() as conn:  # the shared tables, created in the rehearsal's transaction, rolled back
+        assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'app'").fetchone() == (0,)

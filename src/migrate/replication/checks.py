@@ -24,11 +24,16 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from importlib.resources import files
 from typing import Any
 
 import psycopg
 
 from migrate.replication.freeze import WRITES
+
+
+def _sql(name: str) -> str:
+    return (files("migrate.replication") / f"{name}.sql").read_text()
 
 
 @dataclass(frozen=True)
@@ -236,14 +241,7 @@ def freeze_problems(
                 )
             )
     writers = conn.execute(
-        "SELECT DISTINCT c.relname, CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE r.rolname END"
-        " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-        " CROSS JOIN LATERAL aclexplode(coalesce(c.relacl, acldefault('r', c.relowner))) AS a"
-        " LEFT JOIN pg_roles r ON r.oid = a.grantee"
-        " WHERE n.nspname = %s AND c.relname = ANY(%s) AND a.privilege_type = ANY(%s)"
-        " AND (a.grantee = 0 OR (NOT r.rolsuper AND r.rolname <> current_user"
-        "      AND (r.rolcanlogin OR EXISTS (SELECT 1 FROM pg_auth_members m WHERE m.roleid = r.oid))))"
-        " ORDER BY 1, 2",
+        _sql("writers"),
         (schema, list(tables), list(WRITES)),
     ).fetchall()
     for table, grantee in writers:
@@ -263,12 +261,7 @@ def freeze_problems(
             )
         )
     columns = conn.execute(
-        "SELECT DISTINCT c.relname, att.attname, CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE r.rolname END"
-        " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-        " JOIN pg_attribute att ON att.attrelid = c.oid AND att.attacl IS NOT NULL"
-        " CROSS JOIN LATERAL aclexplode(att.attacl) AS a LEFT JOIN pg_roles r ON r.oid = a.grantee"
-        " WHERE n.nspname = %s AND c.relname = ANY(%s) AND a.privilege_type IN ('INSERT', 'UPDATE')"
-        " ORDER BY 1, 2, 3",
+        _sql("column_writers"),
         (schema, list(tables)),
     ).fetchall()
     for table, column, grantee in columns:

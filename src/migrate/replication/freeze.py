@@ -26,6 +26,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib.resources import files
 from typing import Any
 
 import psycopg
@@ -34,6 +35,12 @@ from psycopg import sql
 from migrate.errors import StepFailed
 
 WRITES = ("INSERT", "UPDATE", "DELETE", "TRUNCATE")
+
+
+def _sql(name: str) -> str:
+    return (files("migrate.replication") / f"{name}.sql").read_text()
+
+
 # Lock modes that conflict with SHARE: what a writer (or DDL, or VACUUM) holds.
 _CONFLICTING = (
     "RowExclusiveLock",
@@ -71,13 +78,7 @@ def write_grants(
 ) -> list[Grant]:
     """The write privileges ``roles`` hold directly on ``tables`` (the owner's implicit ones too)."""
     rows = conn.execute(
-        "SELECT c.relname, r.rolname, a.privilege_type, a.is_grantable"
-        " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-        " CROSS JOIN LATERAL aclexplode(coalesce(c.relacl, acldefault('r', c.relowner))) AS a"
-        " JOIN pg_roles r ON r.oid = a.grantee"
-        " WHERE n.nspname = %s AND c.relname = ANY(%s) AND r.rolname = ANY(%s)"
-        " AND a.privilege_type = ANY(%s)"
-        " ORDER BY 1, 2, 3",
+        _sql("grants"),
         (schema, list(tables), list(roles), list(WRITES)),
     ).fetchall()
     return [Grant(t, r, p, bool(g)) for t, r, p, g in rows]
@@ -125,12 +126,7 @@ def still_writable(
     """(role, table) pairs where a role can still write, by any path: a direct, inherited,
     ``PUBLIC`` or column grant."""
     rows = conn.execute(
-        "SELECT r.rolname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-        " CROSS JOIN pg_roles r"
-        " WHERE n.nspname = %s AND c.relname = ANY(%s) AND r.rolname = ANY(%s)"
-        " AND (has_table_privilege(r.oid, c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE')"
-        "      OR has_any_column_privilege(r.oid, c.oid, 'INSERT, UPDATE'))"
-        " ORDER BY 1, 2",
+        _sql("still_writable"),
         (schema, list(tables), list(roles)),
     ).fetchall()
     return [(r, t) for r, t in rows]
@@ -147,13 +143,7 @@ class Barrier:
 
 def _holders(conn: psycopg.Connection[Any], schema: str, tables: Sequence[str]) -> list[tuple[int, str]]:
     rows = conn.execute(
-        "SELECT DISTINCT l.pid, format('pid %%s (%%s, %%s, %%s s in its transaction: %%s)', l.pid,"
-        "  coalesce(a.usename, a.backend_type), a.state,"
-        "  round(extract(epoch FROM clock_timestamp() - a.xact_start))::int, left(a.query, 60))"
-        " FROM pg_locks l JOIN pg_class c ON c.oid = l.relation"
-        " JOIN pg_namespace n ON n.oid = c.relnamespace LEFT JOIN pg_stat_activity a ON a.pid = l.pid"
-        " WHERE l.granted AND l.pid <> pg_backend_pid() AND l.mode = ANY(%s)"
-        " AND n.nspname = %s AND c.relname = ANY(%s)",
+        _sql("lock_holders"),
         (list(_CONFLICTING), schema, list(tables)),
     ).fetchall()
     return [(int(pid), str(text)) for pid, text in rows]

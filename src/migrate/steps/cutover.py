@@ -33,6 +33,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from contextlib import suppress
+from importlib.resources import files
 from typing import Any, ClassVar
 
 import psycopg
@@ -52,13 +53,7 @@ from migrate.steps.flag import FlagStep
 from migrate.steps.freeze import barrier
 from migrate.steps.validate import compare_tenant, mismatch_summary
 
-_SEQUENCES = (
-    "SELECT c.relname, a.attname, pg_get_serial_sequence(format('%%I.%%I', n.nspname, c.relname), a.attname)"
-    " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-    " JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped"
-    " WHERE n.nspname = %s AND c.relname = ANY(%s)"
-    " AND pg_get_serial_sequence(format('%%I.%%I', n.nspname, c.relname), a.attname) IS NOT NULL"
-)
+_SEQUENCES = (files("migrate.steps") / "sequences.sql").read_text()
 
 
 class _Abort(Exception):

@@ -11,7 +11,8 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from importlib.resources import files
 from typing import Any
 
 import psycopg
@@ -50,15 +51,7 @@ def capture_of(ctx: StepContext) -> Capture:
 
 
 # ----------------------------------------------------------------------------- maps
-_IDENTITY = (
-    "SELECT c.relname, a.attname, a.atttypid::int, a.atttypmod,"
-    " coalesce(a.attnum = ANY((SELECT i.indkey FROM pg_index i WHERE i.indrelid = c.oid"
-    "   AND i.indisreplident LIMIT 1)::int2[]), false)"
-    " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-    " JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped"
-    " AND a.attgenerated = ''"
-    " WHERE n.nspname = %s AND c.relname = ANY(%s) ORDER BY c.relname, a.attnum"
-)
+_IDENTITY = (files("migrate.steps") / "capture_columns.sql").read_text()
 
 
 def table_maps(
@@ -151,7 +144,6 @@ class Caught:
     seconds: float = 0.0
     last: PollResult | None = None
     replayed: int = 0  # batches a unique violation made delete-then-insert
-    figures: dict[str, float] = field(default_factory=dict)
 
     def details(self) -> dict[str, Any]:
         last = self.last
@@ -235,7 +227,6 @@ def catch_up(ctx: StepContext, stream: Stream, capture: Capture, *, ready_second
 @dataclass
 class Frozen:
     record: Freeze
-    revoked_now: bool  # False: it was frozen already (a run killed inside the freeze)
     seconds: float
 
 
@@ -269,7 +260,7 @@ def freeze_source(ctx: StepContext, step_key: str) -> Frozen:
             "so it was undone",
             hint="grant the application's write privileges directly to the roles in source.app_roles",
         )
-    return Frozen(record, revoked_now=True, seconds=time.monotonic() - started)
+    return Frozen(record, seconds=time.monotonic() - started)
 
 
 @contextmanager
