@@ -393,8 +393,8 @@ def test_kill_9_at_a_position_then_run_again_finishes_validated_with_the_flag_on
     actions = Counter((r.entry.action, r.entry.step) for r in report.entries)
     # A run that died before its flag step was done validates again before it flips (issue 13): the
     # source may have changed since (nothing froze it).
-    revalidated = (
-        pos.running == "cutover/flag" or ("cutover/flag" not in pos.done and "copy/validate" in pos.done)
+    revalidated = pos.running == "cutover/flag" or (
+        "cutover/flag" not in pos.done and "copy/validate" in pos.done
     )
     assert {s: actions["applied", s] for s in STEPS} == {
         s: 2 if s == "copy/validate" and revalidated else 1 for s in STEPS
