@@ -29,6 +29,7 @@ from migrate.errors import PlaybookError
 from migrate.playbook.model import (
     STEP_KINDS,
     STEP_SPECS,
+    Cutover,
     Inventory,
     LedgerSettings,
     Playbook,
@@ -527,6 +528,8 @@ _LATER_FIELDS: tuple[tuple[tuple[str, ...], object], ...] = (
     (("target", "region"), None),
     (("target", "tenant_context"), "session"),
     (("ledger",), LedgerSettings().model_dump(mode="json", by_alias=True)),
+    (("source", "app_roles"), []),
+    (("cutover",), Cutover().model_dump(mode="json", by_alias=True)),
 )
 """Fields added after playbooks were in use, with the default that leaves a playbook's version as it was."""
 
