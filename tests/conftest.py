@@ -147,3 +147,14 @@ def server_root() -> Iterator[Path]:
         yield root
     finally:
         stop_server(root, remove=True)
+
+
+@pytest.fixture(autouse=True)
+def _structlog_defaults() -> Iterator[None]:
+    """Each test starts with structlog unconfigured: a CLI call in an earlier test (``main`` sets the
+    log level, warning by default) must not filter the events a later test captures."""
+    import structlog
+
+    structlog.reset_defaults()
+    yield
+    structlog.reset_defaults()

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, ProgressColumn, Task, TaskID, TextColumn, TimeRemainingColumn
-from rich.table import Table
-from rich.text import Text
 
 from migrate import api
+from migrate.cli.grid import Grid
 from migrate.errors import MigrateError
+
+_ROW_COLUMNS = frozenset({"source rows", "target rows"})
 
 if TYPE_CHECKING:
     from migrate.api import (
@@ -22,7 +21,6 @@ if TYPE_CHECKING:
         Holder,
         IsolationReport,
         Plan,
-        ProgressEvent,
         Reverted,
         RollbackPreview,
         RollbackResult,
@@ -138,7 +136,6 @@ def status(console: Console, result: api.Status) -> None:
     for w in result.waves:
         console.print(_wave_line(w), markup=False)
     names = [f.flag for f in result.flags] if result.flags_error is None else []
-    table = Table(title_justify="left")
     cols = (
         "tenant",
         "region",
@@ -151,8 +148,7 @@ def status(console: Console, result: api.Status) -> None:
         "validated",
         *names,
     )
-    for col in cols:
-        table.add_column(col, justify="right" if col == "rows" else "left")
+    table = Grid(cols, right=frozenset({"rows"}))
     for t in result.tenants:
         table.add_row(
             t.tenant,
@@ -166,7 +162,7 @@ def status(console: Console, result: api.Status) -> None:
             _yes_no(t.validated),
             *(_on_off(t.flags.get(name)) for name in names),
         )
-    console.print(table)
+    table.print(console)
     for t in result.tenants:
         parts = [_step_now(t.current)] if t.current is not None else []
         if t.holder is not None:
@@ -422,9 +418,11 @@ def ledger_exported(exported: api.LedgerExport, path: Path | None) -> str:
 
 def figures(console: Console, result: api.Status) -> None:
     """Validation figures per tenant and table: rows and checksum on each side."""
-    table = Table(title="validation: source vs target, per tenant and table", title_justify="left")
-    for col in ("tenant", "table", "source rows", "target rows", "checksum", "match"):
-        table.add_column(col, justify="right" if "rows" in col else "left", no_wrap=True)
+    table = Grid(
+        ("tenant", "table", "source rows", "target rows", "checksum", "match"),
+        title="validation: source vs target, per tenant and table",
+        right=_ROW_COLUMNS,
+    )
     for t in result.tenants:
         for name, f in sorted(t.figures.items()):
             table.add_row(
@@ -432,10 +430,10 @@ def figures(console: Console, result: api.Status) -> None:
                 name,
                 f"{f['source_rows']:,}",
                 f"{f['target_rows']:,}",
-                str(f["source_checksum"])[:12],
+                str(f["source_checksum"]),
                 _yes_no(f["match"]),
             )
-    console.print(table)
+    table.print(console)
 
 
 def _shown(path: Path) -> str:
@@ -496,9 +494,11 @@ _MODES = {
 
 def verification(console: Console, result: api.VerifyResult) -> None:
     """Counts and checksums per tenant and table, then what matches and what to run next."""
-    table = Table(title="verify: source vs target, per tenant and table", title_justify="left")
-    for col in ("tenant", "table", "source rows", "target rows", "checksum", "match"):
-        table.add_column(col, justify="right" if "rows" in col else "left", no_wrap=True)
+    table = Grid(
+        ("tenant", "table", "source rows", "target rows", "checksum", "match"),
+        title="verify: source vs target, per tenant and table",
+        right=_ROW_COLUMNS,
+    )
     for t in result.tenants:
         for f in t.tables:
             table.add_row(
@@ -506,10 +506,10 @@ def verification(console: Console, result: api.VerifyResult) -> None:
                 f.table,
                 f"{f.source.rows:,}",
                 f"{f.target.rows:,}",
-                f.source.checksum[:12],
+                f.source.checksum,
                 _yes_no(f.match),
             )
-    console.print(table)
+    table.print(console)
     modes = sorted({t.mode for t in result.tenants})
     for mode in modes:
         console.print(f"checksum: {_MODES.get(mode, mode)}", markup=False)
@@ -591,13 +591,11 @@ def _on_off(value: bool | None) -> str:
 def flags_status(console: Console, result: api.FlagsStatus) -> None:
     """Per tenant: phase and state, then each flag as the application sees it."""
     title = f"playbook {result.playbook} ({result.digest[:12]}), flags: {result.provider}"
-    table = Table(title=title, title_justify="left")
-    for col in ("tenant", "wave", "phase", "state", *(f.flag for f in result.flags)):
-        table.add_column(col)
+    table = Grid(("tenant", "wave", "phase", "state", *(f.flag for f in result.flags)), title=title)
     for t in result.tenants:
         seen = (_on_off(t.flags[f.flag]) for f in result.flags)
         table.add_row(t.tenant, t.wave, t.phase or "-", t.state, *seen)
-    console.print(table)
+    table.print(console)
     for f in result.flags:
         listed = ", ".join(f.tenants) if f.tenants else "none"
         parts = [f"{f.flag} in {f.where}"]
@@ -773,9 +771,8 @@ def residency_report(console: Console, report: api.ResidencyReport) -> None:
             markup=False,
         )
     others = [t.name for t in report.targets]
-    table = Table(title_justify="left")
-    for col in ("tenant", "region", "target", "rows there", *(f"rows on {n}" for n in others)):
-        table.add_column(col, justify="left" if col in ("tenant", "region", "target") else "right")
+    cols = ("tenant", "region", "target", "rows there", *(f"rows on {n}" for n in others))
+    table = Grid(cols, right=frozenset(c for c in cols if c not in ("tenant", "region", "target")))
     for r in report.tenants:
         table.add_row(
             r.tenant,
@@ -784,7 +781,7 @@ def residency_report(console: Console, report: api.ResidencyReport) -> None:
             f"{r.rows:,}",
             *("(its own)" if n == r.target else f"{r.elsewhere[n]:,}" for n in others),
         )
-    console.print(table)
+    table.print(console)
     for finding in report.findings:
         console.print(f"FOUND {finding}", markup=False)
     if report.ok:
@@ -832,85 +829,3 @@ def residency_report_json(report: api.ResidencyReport) -> dict[str, Any]:
         ],
         "findings": list(report.findings),
     }
-
-
-class _RowRate(ProgressColumn):
-    """Rows per second of a task (rich's own speed columns count bytes)."""
-
-    def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text("" if speed is None else f"{speed:,.0f} rows/s", style="progress.data.speed")
-
-
-class _Rows(ProgressColumn):
-    def render(self, task: Task) -> Text:
-        total = "?" if task.total is None else f"{int(task.total):,}"
-        return Text(f"{int(task.completed):,}/{total} rows", style="progress.download")
-
-
-class CopyProgress:
-    """The copy's progress on a terminal: a bar per tenant at work (rows, rows/s, ETA) and one overall.
-
-    A ``ProgressSink`` for ``api.run``; called from the run's worker threads (rich
-    locks its own state, ours is under a lock). Tenants not sized yet count as the
-    mean of those that are, so the overall ETA covers the whole run from the start.
-    """
-
-    def __init__(self, console: Console) -> None:
-        self._lock = threading.Lock()
-        self._bars = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            _Rows(),
-            _RowRate(),
-            TimeRemainingColumn(),
-            console=console,
-            redirect_stderr=True,
-            redirect_stdout=False,
-        )
-        self._overall = self._bars.add_task("all tenants", total=None)
-        self._tasks: dict[str, TaskID] = {}
-        self._sized: dict[str, int] = {}
-        self._copied: dict[str, int] = {}
-        self._tenants = 0
-        self._finished = 0
-
-    def __enter__(self) -> CopyProgress:
-        self._bars.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._bars.stop()
-
-    def _overall_total(self) -> float | None:
-        if not self._sized:
-            return None
-        known = sum(self._sized.values())
-        unsized = max(0, self._tenants - len(self._sized))
-        return known + unsized * known / len(self._sized)
-
-    def __call__(self, event: ProgressEvent) -> None:
-        with self._lock:
-            if event.kind == "run_started":
-                self._tenants = event.tenants
-            elif event.kind == "tenant_started":
-                self._tasks[event.tenant] = self._bars.add_task(event.tenant, total=None)
-            elif event.kind == "tenant_sized" and event.tenant in self._tasks:
-                # Sized again after a retry: what is left, on top of what this run copied already.
-                total = self._copied.get(event.tenant, 0) + event.rows
-                self._sized[event.tenant] = total
-                self._bars.update(self._tasks[event.tenant], total=max(total, 1))
-            elif event.kind == "chunk_copied" and event.tenant in self._tasks:
-                self._copied[event.tenant] = self._copied.get(event.tenant, 0) + event.rows
-                self._bars.update(
-                    self._tasks[event.tenant], advance=event.rows, description=f"{event.tenant} {event.table}"
-                )
-                self._bars.update(self._overall, advance=event.rows)
-            elif event.kind == "tenant_finished" and event.tenant in self._tasks:
-                self._finished += 1
-                self._bars.remove_task(self._tasks.pop(event.tenant))
-            self._bars.update(
-                self._overall,
-                total=self._overall_total(),
-                description=f"all tenants ({self._finished}/{self._tenants} done)",
-            )
