@@ -30,11 +30,13 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from migrate.engine import residency
+from migrate.engine.retry import RetryPolicy
 from migrate.engine.session import Environment, Regions
 from migrate.errors import (
     ArgumentError,
     PlaybookError,
     SettingsError,
+    Unreachable,
 )
 from migrate.log import redact
 from migrate.plan import StepStatus
@@ -73,6 +75,23 @@ _KEEPALIVES = {
 _CHECK_CLIENT = "SELECT set_config('client_connection_check_interval', '1s', false)"
 
 
+# Server-sent SQLSTATEs of a server that is going away or coming back (not a wrong setting).
+_PASSING_STATES = frozenset({"57P01", "57P02", "57P03", "53300"})
+# libpq's own words when no server answered at all (these carry no SQLSTATE).
+_NO_ANSWER = re.compile(
+    r"(?i)connection refused|timeout expired|timed out|no route to host|network is unreachable"
+    r"|server closed the connection|connection reset|no such file or directory"
+    r"|the database system is (?:starting up|shutting down|in recovery mode|not yet accepting)"
+)
+
+
+def does_not_answer(exc: psycopg.OperationalError) -> bool:
+    """Whether a failed connection means the server did not answer (not that a setting is wrong)."""
+    if exc.sqlstate is not None:
+        return exc.sqlstate in _PASSING_STATES
+    return bool(_NO_ANSWER.search(str(exc)))
+
+
 def connect(dsn: str, *, what: str, var: str) -> psycopg.Connection[Any]:
     """An autocommit connection, or a SettingsError that never shows the password."""
     try:
@@ -88,10 +107,18 @@ def connect(dsn: str, *, what: str, var: str) -> psycopg.Connection[Any]:
             conn.execute(_CHECK_CLIENT)
         return conn
     except psycopg.OperationalError as exc:
+        reason = redact(str(exc).strip().splitlines()[0]) if str(exc).strip() else type(exc).__name__
+        if does_not_answer(exc):
+            raise Unreachable(
+                f"{what} does not answer: {reason}",
+                where=var,
+                hint="the server is down, restarting or out of reach (the settings may well be right); "
+                "nothing was changed by this attempt: run the same command again once it answers",
+            ) from exc
         raise SettingsError(
-            f"cannot connect to {what}: {redact(str(exc).strip().splitlines()[0])}",
+            f"cannot connect to {what}: {reason}",
             where=var,
-            hint=f"check {var} and that the server answers",
+            hint=f"check {var}: its host, port, database, user and password",
         ) from exc
     except psycopg.ProgrammingError as exc:
         # libpq quotes the piece of the DSN it could not parse, and that piece may be the password:
@@ -265,6 +292,27 @@ def connect_source(loaded: LoadedPlaybook, tenant: Tenant, environ: Environ) -> 
     return conn
 
 
+RETRY_VAR = "MIGRATE_RETRY_SECONDS"
+
+
+def retry_policy(environ: Environ) -> RetryPolicy:
+    """How long a passing outage is retried: ``MIGRATE_RETRY_SECONDS`` (default 60)."""
+    raw = environ.get(RETRY_VAR, "").strip()
+    if not raw:
+        return RetryPolicy()
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= 86_400:
+        raise SettingsError(
+            f"{RETRY_VAR}={raw!r} is not a number of seconds",
+            where=RETRY_VAR,
+            hint=f"export {RETRY_VAR}=60 (0 tries once; the default, 60, outlasts a database restart)",
+        )
+    return RetryPolicy(seconds=seconds)
+
+
 def environment(
     loaded: LoadedPlaybook,
     environ: Environ,
@@ -302,6 +350,7 @@ def environments(
             source_dsn(loaded, tenant, environ)
     flags = flag_provider(loaded, environ) if with_flags else _NoFlags()
     who = actor or environ.get("MIGRATE_ACTOR") or getpass.getuser()
+    retry = retry_policy(environ)
 
     def opener(target: Target) -> Callable[[], psycopg.Connection[Any]]:
         return lambda: connect_target(loaded, environ, target)
@@ -317,6 +366,7 @@ def environments(
                 actor=who,
                 host=socket.gethostname(),
                 pid=os.getpid(),
+                retry=retry,
             )
             for name, target in targets.items()
         }

@@ -28,16 +28,27 @@ from rich.console import Console
 from migrate import api
 from migrate.cli import render
 from migrate.cli import report as reports
+from migrate.cli.progress import CopyProgress, PlainProgress
 from migrate.errors import ArgumentError, MigrateError
 from migrate.log import configure, redact
 
 if TYPE_CHECKING:
     from migrate.api import ProgressSink, RunResult
 
+EXIT_CODES = (
+    "Exit codes, the same for every command and for source and target alike: "
+    "0 success; "
+    "1 a step or check failed, or a server did not answer at run time; "
+    "2 bad input or settings (playbook, arguments, environment variables, a password or "
+    "database the server refuses), or a state that needs a person first; "
+    "130 stopped on request (Ctrl-C, SIGTERM) at a safe point, with the command that resumes; "
+    "70 a bug (internal error)."
+)
+
 app = typer.Typer(
     name="migrate",
     help="Move SaaS tenants from one PostgreSQL database each into one shared schema "
-    "with tenant_id and Row-Level Security: phased, validated, reversible, audited.",
+    "with tenant_id and Row-Level Security: phased, validated, reversible, audited.\n\n" + EXIT_CODES,
     pretty_exceptions_enable=False,
     no_args_is_help=True,
     add_completion=False,
@@ -63,13 +74,16 @@ def _main(
         str | None,
         typer.Option(
             "--log-level",
-            help="debug, info, warning or error "
-            "(default: warning on a terminal, info otherwise; logs go to stderr).",
+            help="debug, info, warning or error (default: $MIGRATE_LOG_LEVEL, else warning). Logs go "
+            "to stderr, JSON lines when it is no terminal; what a person needs (progress, retries, "
+            "results) is printed whatever the level.",
         ),
     ] = None,
 ) -> None:
     _state["debug"] = debug
-    level = log_level or os.environ.get("MIGRATE_LOG_LEVEL") or ("warning" if sys.stderr.isatty() else "info")
+    # Quiet by default, on a terminal and in CI alike: the output says what happened, and the
+    # structured events are there for whoever asks for them (--log-level info).
+    level = log_level or os.environ.get("MIGRATE_LOG_LEVEL") or "warning"
     if level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ArgumentError(
             f"unknown log level {level!r}", where="--log-level", hint="write debug, info, warning or error"
@@ -125,30 +139,60 @@ ActorOpt = Annotated[
 ]
 
 
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C; an orchestrator's or a CI job's cancel
+
+
+def _signal_name(signum: int) -> str:
+    return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+
+
+def _stopped_at_once(signum: int, frame: object) -> None:
+    """Outside run and rollback: a stop signal ends the command at once (exit 130), saying so."""
+    err.print(f"interrupted ({_signal_name(signum)})", markup=False)
+    raise KeyboardInterrupt
+
+
 @contextmanager
-def _stop_on_interrupt() -> Iterator[threading.Event]:
-    """Ctrl-C asks the run to stop at its next safe point; a second Ctrl-C stops at once."""
+def _stop_signals() -> Iterator[None]:
+    """SIGTERM ends a command like Ctrl-C does (exit 130, a message), not silently with 143."""
+    try:
+        previous = {signum: signal.signal(signum, _stopped_at_once) for signum in _STOP_SIGNALS}
+    except ValueError:  # not the main thread (the CLI called from a library): leave them
+        yield
+        return
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+@contextmanager
+def _stop_on_interrupt(what: str) -> Iterator[threading.Event]:
+    """Ctrl-C or SIGTERM asks ``what`` to stop at its next safe point; a second one stops at once."""
     stop = threading.Event()
 
     def asked(signum: int, frame: object) -> None:
         if stop.is_set():
+            err.print(f"{_signal_name(signum)} again: stopping at once", markup=False)
             raise KeyboardInterrupt
         stop.set()
         err.print(
-            "stopping at the next safe point (every tenant finishes its current chunk or step); "
-            "Ctrl-C again to stop at once",
+            f"{_signal_name(signum)}: stopping the {what} at the next safe point "
+            "(after the current chunk, batch or step); send it again to stop at once",
             markup=False,
         )
 
     try:
-        previous = signal.signal(signal.SIGINT, asked)
+        previous = {signum: signal.signal(signum, asked) for signum in _STOP_SIGNALS}
     except ValueError:  # not the main thread (the CLI called from a library): no handler
         yield stop
         return
     try:
         yield stop
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 @app.command()
@@ -192,12 +236,13 @@ def run(
 ) -> None:
     """Run the playbook's phases, wave by wave; done steps are skipped, so re-running is safe.
 
-    Exit 0: every tenant done (or rehearsed). 1: a step or check failed, a tenant was
-    locked, or a wave waits (for approval or an earlier wave). 2: bad input, or a target
-    that does not carry the tenant's region (nothing of that tenant is written).
-    130: stopped by Ctrl-C at a safe point — run the same command again to resume.
+    Exit 0: every tenant done (or rehearsed). 1: a step or check failed, a server did not
+    answer, a tenant was locked, or a wave waits (for approval or an earlier wave). 2: bad
+    input or settings, or a tenant refused until a person acts (a target that does not carry
+    its region, an unfinished rollback, flag settings that point elsewhere than its cut-over).
+    130: stopped by Ctrl-C or SIGTERM at a safe point — run the same command again to resume.
     """
-    with _stop_on_interrupt() as stop:
+    with _stop_on_interrupt("run") as stop:
 
         def call(progress: ProgressSink | None = None) -> RunResult:
             return api.run(
@@ -214,22 +259,18 @@ def run(
                 outputs=[(o, p) for o, p in (("--report", report), ("--junit", junit)) if p is not None],
             )
 
-        if err.is_terminal:  # bars on a terminal; elsewhere the log's chunk_copied/table_copied events
-            with render.CopyProgress(err) as bars:
+        if err.is_terminal:  # bars on a terminal; elsewhere a line now and then
+            with CopyProgress(err) as bars:
                 result = call(bars)
         else:
-            result = call()
+            result = call(PlainProgress(err))
     render.run(out, result, playbook)
     if report is not None:
         reports.write_json(report, result, str(playbook))
     if junit is not None:
         reports.write_junit(junit, result, str(playbook))
-    if result.stopped:
-        raise typer.Exit(130)
-    if result.refused:
-        raise typer.Exit(2)  # a target that does not carry the tenant's region: bad settings, not a failure
-    if not result.ok:
-        raise typer.Exit(1)
+    if result.exit_code:
+        raise typer.Exit(result.exit_code)
 
 
 @app.command()
@@ -781,8 +822,10 @@ def main(argv: list[str] | None = None) -> int:
     """Console entry point: run the app, render errors once, return the exit code."""
     try:
         # Standalone mode: click renders usage errors (exit 2), --help and aborts itself,
-        # and ends with SystemExit; our own errors and bugs come through as exceptions.
-        app(args=argv, prog_name="migrate")
+        # and ends with SystemExit (typer turns KeyboardInterrupt into 130); our own errors
+        # and bugs come through as exceptions.
+        with _stop_signals():
+            app(args=argv, prog_name="migrate")
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except MigrateError as exc:

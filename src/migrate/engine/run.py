@@ -49,10 +49,18 @@ from uuid import UUID, uuid4
 import psycopg
 
 from migrate.control.store import StepRecord
-from migrate.engine.retry import retrying
+from migrate.engine.retry import Outage, gave_up, retrying
 from migrate.engine.session import Environment, Regions, TargetConnections, TenantSession
 from migrate.engine.sinks import RunRecord, Sink
-from migrate.errors import Interrupted, MigrateError, ResidencyRefused, TenantLocked, from_driver
+from migrate.errors import (
+    FlagStateUnknown,
+    InputError,
+    Interrupted,
+    MigrateError,
+    ResidencyRefused,
+    TenantLocked,
+    from_driver,
+)
 from migrate.log import get_logger
 from migrate.plan.model import Plan, PlannedStep, StepStatus, TenantPlan, WavePlan
 from migrate.plan.waves import WaveStage, approved_waves, gate_targets, wave_states
@@ -85,7 +93,8 @@ class StepResult:
 @dataclass
 class TenantResult:
     tenant: str
-    outcome: str  # done | failed | refused (residency) | locked | stopped | waiting | not started
+    # done | failed | unknown (a flag's state) | refused (residency) | locked | stopped | waiting | not started
+    outcome: str
     steps: list[StepResult] = field(default_factory=list)
     error: MigrateError | None = None
     wave: str = ""
@@ -131,6 +140,18 @@ class RunResult:
         return tuple(t for t in self.tenants if t.outcome == "refused")
 
     @property
+    def exit_code(self) -> int:
+        """The CLI's exit code (README, 'Exit codes'): 130 stopped on request; 0 every tenant done;
+        2 a tenant refused for its input, settings or state (a person must act first); else 1."""
+        if self.stopped:
+            return 130
+        if self.ok:
+            return 0
+        if self.refused or any(isinstance(t.error, InputError) for t in self.tenants):
+            return 2
+        return 1
+
+    @property
     def outcome(self) -> str:
         if self.ok:
             return "ok"
@@ -165,14 +186,25 @@ def _run_step(
     started = time.monotonic()
     details: Details = {}
     where = f"{ctx.tenant.id}/{step.key}"
+    outage = Outage()
+    carry: Details = {}  # the same for every attempt of this step (StepContext.carry)
+
+    def progressed(event: ProgressEvent) -> None:
+        if event.kind == "chunk_copied":
+            outage.progressed()  # the server answers: a later fault starts a new outage
+        session.progress(event)
+
+    def tell(line: str) -> None:
+        session.progress(ProgressEvent("retrying", ctx.tenant.id, note=line))
+
     try:
         # apply and verify are idempotent: after a passing fault they run again on new
         # connections, and the backfill resumes after its last committed checkpoint.
-        for attempt in retrying(env.retry, log):
+        for attempt in retrying(env.retry, log, outage, what=where, tell=tell):
             with attempt:
                 if attempt.retry_state.attempt_number > 1:
                     session.reconnect()
-                step_ctx = replace(session.ctx, log=log)
+                step_ctx = replace(session.ctx, log=log, progress=progressed, carry=carry)
                 with record.step_transaction(step_ctx.target):
                     details = impl.apply(step_ctx)
                     impl.verify(step_ctx, details)
@@ -187,7 +219,9 @@ def _run_step(
             raise
         raise stop from exc
     except Exception as exc:
-        error = from_driver(exc, where)
+        error = gave_up(exc, outage, env.retry, where=where) or from_driver(exc, where)
+        if isinstance(error, FlagStateUnknown):
+            details = {**details, **error.details}
         seconds = time.monotonic() - started
         results.append(
             StepResult(step.key, step.kind, "failed", seconds, details, error=str(error), moves=moves)
@@ -286,7 +320,13 @@ def run_tenant(
     except ResidencyRefused as exc:
         result.outcome, result.error = "refused", exc
     except MigrateError as exc:
-        result.outcome = "locked" if isinstance(exc, TenantLocked) else "failed"
+        result.outcome = (
+            "locked"
+            if isinstance(exc, TenantLocked)
+            else "unknown"
+            if isinstance(exc, FlagStateUnknown)
+            else "failed"
+        )
         result.error = exc
     except psycopg.Error as exc:
         result.outcome, result.error = "failed", from_driver(exc, tenant.id)
@@ -381,7 +421,7 @@ def run(
     tenant's failure is its own."""
     options = options or RunOptions()
     regions = env if isinstance(env, Regions) else Regions.single(env)
-    regions = regions.replace_all(retry=options.record.retry)
+    regions = regions.replace_all(retry=options.record.retry_policy(regions.first.retry))
     run_id = uuid4()
     pools = {name: TargetConnections(e.connect_target) for name, e in regions.envs.items()}
     try:
@@ -467,9 +507,16 @@ def _run(
     for name, theirs in writes.items():  # each target's entry: its own tenants' outcome only
         mine = {t.id for t in theirs}
         here = RunResult(run_id, [r for r in result.tenants if r.tenant in mine])
-        with _taken(pools[name]) as conn:
-            outcomes = {r.tenant: r.outcome for r in here.tenants}
-            record.finished(regions.envs[name], conn, run_id, here.outcome, outcomes)
+        try:
+            with _taken(pools[name]) as conn:
+                outcomes = {r.tenant: r.outcome for r in here.tenants}
+                record.finished(regions.envs[name], conn, run_id, here.outcome, outcomes)
+        except (MigrateError, psycopg.Error) as exc:
+            # Every tenant's state is recorded already; only the run's own end is missing (its row
+            # stays open). Said, not raised: the tenants' outcomes are the result.
+            why = from_driver(exc, "run")
+            result.warnings.append(f"the run's end could not be recorded on target {name}: {why.message}")
+            log.warning("run_end_not_recorded", target=name, error=why.message)
     log.info("run_finished", outcome=result.outcome, rehearsal=record.rehearsal)
     return result
 

@@ -219,7 +219,10 @@ class RunRecord:
 
     rehearsal = False
     applied = "applied"  # the outcome word of a step that did its work
-    retry = RetryPolicy()
+
+    def retry_policy(self, configured: RetryPolicy) -> RetryPolicy:
+        """How passing faults are retried: as configured (MIGRATE_RETRY_SECONDS)."""
+        return configured
 
     def state_run(self, run_id: UUID, tenant: str) -> UUID:
         """The run id the tenant's state rows carry."""
@@ -287,7 +290,9 @@ class RehearsalRecord(RunRecord):
 
     rehearsal = True
     applied = "rehearsed"
-    retry = RetryPolicy(attempts=1)  # a reconnect would lose the rehearsal's transaction
+
+    def retry_policy(self, configured: RetryPolicy) -> RetryPolicy:
+        return RetryPolicy(seconds=0)  # a reconnect would lose the rehearsal's transaction
 
     def state_run(self, run_id: UUID, tenant: str) -> UUID:
         # A rehearsal's own rows in the control schema vanish with its transaction; a run id per

@@ -19,7 +19,13 @@ from migrate.ports import FlagProvider
 Details = dict[str, Any]
 
 ProgressKind = Literal[
-    "run_started", "tenant_started", "tenant_sized", "chunk_copied", "table_copied", "tenant_finished"
+    "run_started",
+    "tenant_started",
+    "tenant_sized",
+    "chunk_copied",
+    "table_copied",
+    "tenant_finished",
+    "retrying",
 ]
 
 
@@ -28,9 +34,11 @@ class ProgressEvent:
     """One fact about a tenant's copy, for whoever shows progress (the CLI on a terminal).
 
     ``run_started`` says how many ``tenants`` have work to do; ``tenant_sized``
-    carries the estimated rows still to copy (``rows``); ``chunk_copied`` the rows
-    and bytes one committed chunk added; ``table_copied`` the table's rows in all;
-    ``tenant_finished`` the tenant's outcome in ``outcome``.
+    carries the rows still to copy (``rows``), counted exactly in the snapshot the copy
+    reads (again after a retry: what is left then); ``chunk_copied`` the rows and bytes
+    one committed chunk added; ``table_copied`` the table's rows in all;
+    ``tenant_finished`` the tenant's outcome in ``outcome``; ``retrying`` a passing
+    fault that will be tried again, said in ``note``.
     """
 
     kind: ProgressKind
@@ -40,6 +48,7 @@ class ProgressEvent:
     bytes: int = 0
     outcome: str | None = None
     tenants: int = 0
+    note: str | None = None
 
 
 ProgressSink = Callable[[ProgressEvent], None]
@@ -86,6 +95,9 @@ class StepContext:
     stopping: Callable[[], bool] = never
     # How the shared schema's policies take the tenant (playbook target.tenant_context).
     tenant_context: Literal["session", "transaction"] = "session"
+    carry: Details = field(default_factory=dict)
+    """What one run of a step keeps across its attempts: the engine gives every attempt after a
+    passing fault the same dict (the backfill keeps its rows before the first attempt there)."""
 
 
 class StepKind(Protocol):
