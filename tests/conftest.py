@@ -150,11 +150,9 @@ def server_root() -> Iterator[Path]:
 
 
 @pytest.fixture(autouse=True)
-def _structlog_defaults() -> Iterator[None]:
-    """Each test starts with structlog unconfigured: a CLI call in an earlier test (``main`` sets the
-    log level, warning by default) must not filter the events a later test captures."""
-    import structlog
+def _structlog_per_test() -> None:
+    """Each test starts with the logs at info, on stderr: a CLI call in an earlier test (``main`` sets
+    the level, warning by default) must not filter the events a later test captures."""
+    from migrate.log import configure
 
-    structlog.reset_defaults()
-    yield
-    structlog.reset_defaults()
+    configure(level="info")

@@ -76,6 +76,7 @@ TENANT_KEYS = {
     "error",
     "flags",
     "held_by",
+    "rollback",
 }
 HOLDER_KEYS = {
     "tenant",

@@ -68,6 +68,7 @@ if TYPE_CHECKING:
     )
     from migrate.checks.diff import DiffResult
     from migrate.checks.isolation import Finding, IsolationReport
+    from migrate.control.rollbacks import UnfinishedRollback
     from migrate.control.store import Holder
     from migrate.engine.gates import Approved
     from migrate.engine.rollback import Reverted, RollbackPreview, RollbackResult
@@ -114,6 +115,7 @@ _HOME = {
     "TenantResidency": "migrate.api.residency",
     "TenantResult": "migrate.engine.run",
     "TenantStatus": "migrate.api.state",
+    "UnfinishedRollback": "migrate.control.rollbacks",
     "VerifyResult": "migrate.api.checks",
     "WaveStatus": "migrate.api.state",
     "approve": "migrate.api.runs",
@@ -190,6 +192,7 @@ __all__ = [
     "TenantResidency",
     "TenantResult",
     "TenantStatus",
+    "UnfinishedRollback",
     "VerifyResult",
     "WaveStatus",
     "approve",

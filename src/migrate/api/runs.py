@@ -22,12 +22,14 @@ from migrate.api.settings import (
     prepare_control,
     progress_of,
 )
+from migrate.control.rollbacks import UnfinishedRollback
 from migrate.control.store import StepRecord
 from migrate.engine.gates import Approved
 from migrate.engine.gates import approve as engine_approve
 from migrate.engine.rollback import (
     RollbackPreview,
     RollbackResult,
+    refuse_a_later_point,
     refuse_across_cutover,
     steps_after,
     what_to_revert,
@@ -211,6 +213,7 @@ def rollback(
     started: float | None = None,
     actor: str | None = None,
     environ: Environ | None = None,
+    stop: threading.Event | None = None,
 ) -> RollbackResult:
     """Revert every step after rollback point ``to``: every selected tenant's flags first, then data.
 
@@ -219,6 +222,8 @@ def rollback(
     (ArgumentError) unless ``discard_writes_since_cutover``; a tenant another runner holds
     refuses the whole rollback (TenantLocked) before anything changes. ``started``
     (``time.monotonic()`` at the command's start) is where the result's times count from.
+    ``stop``, once set (the CLI sets it on Ctrl-C and SIGTERM), ends the rollback at its next
+    safe point; the result then names the unfinished tenants and the command that finishes them.
     """
     started = time.monotonic() if started is None else started
     req = _rollback_request(playbook, tenants, to, wave, all_tenants, discard_writes_since_cutover, environ)
@@ -235,6 +240,7 @@ def rollback(
             discard_writes_since_cutover=discard_writes_since_cutover,
             started=started,
             command=req.command,
+            stop=stop,
         )
 
 
@@ -256,11 +262,15 @@ def rollback_preview(
     req = _rollback_request(playbook, tenants, to, wave, all_tenants, discard_writes_since_cutover, environ)
     regions = environments(req.loaded, req.environ, need=write_targets(req.plan), with_flags=False)
     records: list[StepRecord] = []
+    pending: dict[str, UnfinishedRollback] = {}
     for name, theirs in regions.holding(tp.tenant for tp in req.plan.tenants).items():
         env = regions.envs[name]
         with env.connect_target() as conn:
             if control_exists(conn, env.target.control_schema):
-                records += env.control.steps(conn, [t.id for t in theirs])
+                ids = [t.id for t in theirs]
+                records += env.control.steps(conn, ids)
+                pending |= env.rollbacks.unfinished(conn, ids) if env.rollbacks.exists(conn) else {}
+    refuse_a_later_point(req.plan.tenants, to, pending, str(req.loaded.path))
     preview = what_to_revert(req.plan.tenants, to, records)
     if not discard_writes_since_cutover:
         refuse_across_cutover(preview)

@@ -17,7 +17,9 @@ from migrate.api.settings import (
     connect_target,
 )
 from migrate.control.residency import ResidencyStore
+from migrate.control.rollbacks import Rollbacks, UnfinishedRollback
 from migrate.control.store import Approval, ControlStore, Holder, StepRecord
+from migrate.engine.rollback import rollback_command
 from migrate.errors import ArgumentError, MigrateError
 from migrate.plan import (
     Plan,
@@ -64,6 +66,21 @@ class StepNow:
     error: str | None = None
 
 
+STATES = (
+    "not started",
+    "in progress",
+    "running",  # a runner (run or rollback) holds it now
+    "interrupted",  # its runner is gone mid-step; the next run redoes the step
+    "failed",
+    "flag state unknown",  # a flip could not be confirmed in time; the next run reads it first
+    "rollback interrupted",  # a rollback stopped (on request, or killed) before its end
+    "rollback failed",  # a revert failed; the rollback did not finish
+    "rolled back",
+    "done",
+)
+"""A tenant's state in ``status``, for ``--state`` and scripts."""
+
+
 @dataclass(frozen=True)
 class TargetStatus:
     """A target of the playbook, as status read it."""
@@ -87,7 +104,7 @@ class TenantStatus:
     wave: str
     phase: str | None  # phase of the last finished step
     last_step: str | None
-    state: str  # not started | in progress | running | interrupted | failed | rolled back | done
+    state: str  # one of STATES
     rows: int | None  # rows copied: the backfill's figure, or its checkpoints' while it is under way
     validated: bool | None
     error: str | None
@@ -100,6 +117,7 @@ class TenantStatus:
     holder: Holder | None = None  # the runner that holds the tenant's lock now
     region: str = "default"  # the tenant's region
     target: str = "default"  # the target it goes to (its region's, or the one target)
+    rollback: UnfinishedRollback | None = None  # a rollback that started and has not finished
 
 
 @dataclass(frozen=True)
@@ -175,7 +193,15 @@ def status(
     return read_status(loaded, str(playbook), tenants, environ, with_flags=True, regions=regions)
 
 
-_CONTROL_TABLES = ("step_state", "checkpoints", "approvals", "playbook_versions", "holders", "residency")
+_CONTROL_TABLES = (
+    "step_state",
+    "checkpoints",
+    "approvals",
+    "playbook_versions",
+    "holders",
+    "residency",
+    "rollbacks",
+)
 
 
 def by_id(loaded: LoadedPlaybook, tenant: str) -> Tenant:
@@ -214,6 +240,7 @@ class _TargetRead:
     approvals: dict[str, Approval]
     accepted: tuple[str, datetime, str] | None
     copied: dict[str, int]
+    unfinished: dict[str, UnfinishedRollback]
 
 
 def _read_target(
@@ -247,6 +274,8 @@ def _read_target(
             for t in copying
             if "checkpoints" in found
         }
+        rollbacks = Rollbacks(target.control_schema, loaded.playbook.name)
+        unfinished = rollbacks.unfinished(conn, mine) if "rollbacks" in found and mine else {}
         here, recorded = ResidencyStore(target.control_schema).read(conn)
     status = TargetStatus(
         target.name,
@@ -256,7 +285,7 @@ def _read_target(
         None if recorded is None else recorded.region,
         "step_state" in found,
     )
-    return _TargetRead(status, records, holders, approvals, accepted, copied)
+    return _TargetRead(status, records, holders, approvals, accepted, copied, unfinished)
 
 
 def read_status(
@@ -280,6 +309,7 @@ def read_status(
     approvals: dict[str, dict[str, Approval]] = {}
     accepted_in: list[tuple[str, datetime, str]] = []
     copied: dict[str, int] = {}
+    unfinished: dict[str, UnfinishedRollback] = {}
     targets: list[TargetStatus] = []
     for name, target in pb.targets_by_name().items():  # every target: each holds its tenants' state
         mine = [t.id for t in loaded.tenants if pb.target_name_of(t) == name]
@@ -289,6 +319,7 @@ def read_status(
         approvals[name] = read.approvals
         accepted_in += [read.accepted] if read.accepted else []
         copied.update(read.copied)
+        unfinished.update(read.unfinished)
         targets.append(read.status)
     by_tenant: dict[str, dict[str, StepRecord]] = {}
     for rec in records:
@@ -297,7 +328,11 @@ def read_status(
     the_plan = build_plan(loaded, progress)
     states = {
         tp.tenant.id: _tenant_status(
-            tp, by_tenant.get(tp.tenant.id, {}), holders.get(tp.tenant.id), copied.get(tp.tenant.id)
+            tp,
+            by_tenant.get(tp.tenant.id, {}),
+            holders.get(tp.tenant.id),
+            copied.get(tp.tenant.id),
+            unfinished.get(tp.tenant.id),
         )
         for tp in the_plan.tenants
     }
@@ -353,7 +388,11 @@ def read_status(
 
 
 def _tenant_status(
-    tp: TenantPlan, recs: Mapping[str, StepRecord], holder: Holder | None, copied: int | None
+    tp: TenantPlan,
+    recs: Mapping[str, StepRecord],
+    holder: Holder | None,
+    copied: int | None,
+    rollback: UnfinishedRollback | None = None,
 ) -> TenantStatus:
     def state_of(step: PlannedStep) -> StepStatus:
         record = recs.get(step.key)
@@ -383,8 +422,12 @@ def _tenant_status(
                 validated = bool(details.get("match"))
                 figures = details["tables"]
     reverted = any(r.status is StepStatus.REVERTED for r in recs.values())
-    if holder is not None and len(done) < len(real):
+    if rollback is not None:
+        rows = None  # whatever the backfill's record says, part of its rows may be gone
+    if holder is not None and (len(done) < len(real) or rollback is not None):
         state = "running"
+    elif rollback is not None:
+        state = "rollback failed" if rollback.outcome == "failed" else "rollback interrupted"
     elif current is not None and current.status != "running":
         state = current.status
     elif len(done) == len(real):
@@ -412,6 +455,7 @@ def _tenant_status(
         steps_done=len(done),
         steps_total=len(real),
         holder=holder,
+        rollback=rollback,
     )
 
 
@@ -424,6 +468,34 @@ def _next_command(
 ) -> NextCommand | None:
     """The one command that moves the playbook on from here, and why; None when all is done."""
     book = shlex.quote(path)
+    # An unfinished rollback first: an incident is under way, and nothing else may run on those tenants.
+    left = [t for t in tenants if t.rollback is not None and t.holder is None]
+    if left:
+        head = left[0].rollback
+        assert head is not None
+        same = [
+            t.tenant
+            for t in left
+            if t.rollback is not None
+            and (t.rollback.point, t.rollback.discard_writes) == (head.point, head.discard_writes)
+        ]
+        how = "; ".join(
+            f"{t.tenant}'s rollback to '{t.rollback.point}' "
+            + (
+                "failed: " + (t.rollback.error or "no error recorded")
+                if t.rollback.outcome == "failed"
+                else "was stopped"
+                if t.rollback.outcome == "stopped"
+                else "was interrupted (its process is gone)"
+            )
+            for t in left
+            if t.rollback is not None
+        )
+        return NextCommand(
+            rollback_command(path, same, head.point, discard=head.discard_writes),
+            f"{how}; the same rollback finishes it (it goes on where it stopped), and 'migrate run' "
+            "refuses these tenants until it has",
+        )
     if accepted is not None and accepted.digest != digest:
         return NextCommand(
             f"migrate run {book} --replan",

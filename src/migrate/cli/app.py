@@ -387,7 +387,12 @@ def rollback(
         str | None, typer.Option(help="Who rolls back, for the ledger.", show_default=False)
     ] = None,
 ) -> None:
-    """Revert every step after a rollback point: all flags first, then data, each ledgered."""
+    """Revert every step after a rollback point: all flags first, then data, each ledgered.
+
+    Ctrl-C or SIGTERM stops it at the next safe point (between steps or batches, exit 130);
+    the tenants left are recorded as unfinished, 'migrate status' names them, 'run' refuses
+    them, and the same command finishes the job.
+    """
     started = time.monotonic()
     if not yes:
         if not sys.stdin.isatty():
@@ -408,17 +413,21 @@ def rollback(
         if not preview.nothing:
             typer.confirm(render.rollback_question(preview), abort=True)
             started = time.monotonic()  # the time a person takes to read is not the rollback's
-    result = api.rollback(
-        playbook,
-        tenant,
-        to,
-        wave=wave,
-        all_tenants=all_tenants,
-        discard_writes_since_cutover=discard_writes_since_cutover,
-        started=started,
-        actor=actor,
-    )
+    with _stop_on_interrupt("rollback") as stop:
+        result = api.rollback(
+            playbook,
+            tenant,
+            to,
+            wave=wave,
+            all_tenants=all_tenants,
+            discard_writes_since_cutover=discard_writes_since_cutover,
+            started=started,
+            actor=actor,
+            stop=stop,
+        )
     render.rollback(out, result)
+    if result.stopped is not None:
+        raise typer.Exit(130)
 
 
 flags_app = typer.Typer(help="Show and create the playbook's feature flags.", no_args_is_help=True)

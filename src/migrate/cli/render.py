@@ -118,6 +118,17 @@ def _step_now(now: api.StepNow) -> str:
     return f"{now.key} {now.status}" + (f": {now.error}" if now.error else "")
 
 
+def _rollback_now(left: api.UnfinishedRollback, held: bool) -> str:
+    since = _when(left.since)
+    if held:
+        return f"rolling back to '{left.point}' since {since}"
+    if left.outcome == "failed":
+        why = left.error or "no error recorded"
+        return f"rollback to '{left.point}' FAILED ({why}); unfinished since {since}"
+    how = "stopped on request" if left.outcome == "stopped" else "interrupted (its process is gone)"
+    return f"rollback to '{left.point}' {how}; unfinished since {since}"
+
+
 def status(console: Console, result: api.Status) -> None:
     """The playbook's version, its waves, a row per tenant, who holds what, figures and the next command."""
     where = f" ({result.path})" if result.path else ""
@@ -165,6 +176,8 @@ def status(console: Console, result: api.Status) -> None:
     table.print(console)
     for t in result.tenants:
         parts = [_step_now(t.current)] if t.current is not None else []
+        if t.rollback is not None:
+            parts.insert(0, _rollback_now(t.rollback, t.holder is not None))
         if t.holder is not None:
             parts.append(f"held by {t.holder.describe()}")
         if parts:
@@ -272,6 +285,15 @@ def status_json(result: api.Status) -> dict[str, Any]:
                 "error": t.error,
                 "flags": dict(t.flags),
                 "held_by": None if t.holder is None else t.holder.describe(),
+                "rollback": None
+                if t.rollback is None
+                else {
+                    "to": t.rollback.point,
+                    "outcome": t.rollback.outcome or ("running" if t.holder else "interrupted"),
+                    "since": _iso(t.rollback.since),
+                    "error": t.rollback.error,
+                    "discard_writes_since_cutover": t.rollback.discard_writes,
+                },
             }
             for t in result.tenants
         ],
@@ -302,6 +324,22 @@ def rollback(console: Console, result: RollbackResult) -> None:
         return
     for step in result.steps:
         console.print(_reverted(step), markup=False)
+    if result.stopped is not None:
+        done = [t for t in result.tenants if t not in result.unfinished]
+        flags = (
+            f"traffic back on the old databases after {result.seconds_to_flags:.2f} s (flags restored); "
+            if result.seconds_to_flags is not None
+            else ""
+        )
+        console.print(
+            f"rollback STOPPED at a safe point ({result.stopped}): {flags}"
+            + (f"{', '.join(done)} done; " if done else "")
+            + f"unfinished: {', '.join(result.unfinished)} "
+            "(recorded; 'migrate run' refuses them until it is done)",
+            markup=False,
+        )
+        console.print(f"finish it with: {result.resume}", markup=False)
+        return
     for cut in result.discarded:
         console.print(f"{cut.describe()}: its writes since then were discarded, as accepted", markup=False)
     timing = (

@@ -43,16 +43,20 @@ from collections.abc import Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from datetime import UTC
 from typing import Any
 from uuid import UUID, uuid4
 
 import psycopg
 
+from migrate.control.rollbacks import UnfinishedRollback
 from migrate.control.store import StepRecord
 from migrate.engine.retry import Outage, gave_up, retrying
+from migrate.engine.rollback import rollback_command
 from migrate.engine.session import Environment, Regions, TargetConnections, TenantSession
 from migrate.engine.sinks import RunRecord, Sink
 from migrate.errors import (
+    ArgumentError,
     FlagStateUnknown,
     InputError,
     Interrupted,
@@ -93,7 +97,8 @@ class StepResult:
 @dataclass
 class TenantResult:
     tenant: str
-    # done | failed | unknown (a flag's state) | refused (residency) | locked | stopped | waiting | not started
+    # done | failed | unknown (a flag's state) | refused (residency, an unfinished rollback) | locked |
+    # stopped | waiting | not started
     outcome: str
     steps: list[StepResult] = field(default_factory=list)
     error: MigrateError | None = None
@@ -267,6 +272,20 @@ class _Budget:
             return self.limit is not None and self.failures >= self.limit
 
 
+def unfinished_rollback(env: Environment, left: UnfinishedRollback) -> ArgumentError:
+    """Why a run refuses a tenant whose rollback did not finish, with the command that finishes it."""
+    how = {"stopped": "was stopped", "failed": "failed"}.get(left.outcome or "", "was interrupted")
+    return ArgumentError(
+        f"tenant '{left.tenant}''s rollback to '{left.point}' {how} before its end "
+        f"(started {left.since.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC): its shared rows and flags may be "
+        "half reverted while its steps still read done, so a run now would build on them",
+        where=f"tenant {left.tenant}",
+        hint="finish the rollback first: "
+        + rollback_command(str(env.loaded.path), [left.tenant], left.point, discard=left.discard_writes)
+        + "; then run again",
+    )
+
+
 def run_tenant(
     env: Environment,
     plan: TenantPlan,
@@ -302,6 +321,10 @@ def run_tenant(
     sink = record.sink(session, env, run_id)
     try:
         ctx = session.open()
+        # Read again under the lock: a rollback may have been stopped or killed since the run began.
+        unfinished = env.rollbacks.unfinished(ctx.target, [tenant.id]).get(tenant.id)
+        if unfinished is not None:
+            raise unfinished_rollback(env, unfinished)
         # Progress is read again under the lock: another runner may have moved on.
         records = {r.step_key: r for r in env.control.steps(ctx.target, [tenant.id])}
         with record.tenant_transaction(ctx.target):
@@ -325,6 +348,8 @@ def run_tenant(
             if isinstance(exc, TenantLocked)
             else "unknown"
             if isinstance(exc, FlagStateUnknown)
+            else "refused"
+            if isinstance(exc, ArgumentError)
             else "failed"
         )
         result.error = exc
@@ -446,6 +471,7 @@ def _run(
     writes = regions.holding(tp.tenant for tp in plan.tenants)  # the targets this run writes to
     gates = gate_targets(plan)
     approvals: dict[str, Collection[str]] = {}
+    unfinished: dict[str, UnfinishedRollback] = {}  # tenants whose rollback did not finish: refused
     # Every target refuses a changed playbook before any of them records anything.
     for name in writes:
         with _taken(pools[name]) as conn:
@@ -458,6 +484,8 @@ def _run(
                 result.warnings += [w for w in warnings if w not in result.warnings]
                 result.replanned = result.replanned or replanned
                 record.started(env, conn, run_id, options.command)
+                ids = [t.id for t in writes[name]]
+                unfinished |= env.rollbacks.unfinished(conn, ids)
             ready = control_ready(conn, env.target.control_schema)
             approvals[name] = set(env.control.approvals(conn)) if ready else set()
     approved = approved_waves(plan, approvals)
@@ -474,6 +502,9 @@ def _run(
     rehearsed: set[str] = set()
 
     def one(tp: TenantPlan) -> TenantResult:
+        if tp.tenant.id in unfinished:  # refused even with nothing left to run: status says why
+            error = unfinished_rollback(regions.of(tp.tenant), unfinished[tp.tenant.id])
+            return TenantResult(tp.tenant.id, "refused", error=error, wave=tp.tenant.wave)
         if budget.spent:
             return TenantResult(
                 tp.tenant.id,

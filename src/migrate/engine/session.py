@@ -24,6 +24,7 @@ from psycopg import pq
 from migrate.catalog.order import select_in_load_order
 from migrate.catalog.reflect import SourceTable, reflect
 from migrate.control.ledger import Entry, Ledger
+from migrate.control.rollbacks import Rollbacks
 from migrate.control.signing import Signer
 from migrate.control.store import ControlStore
 from migrate.engine import residency
@@ -61,6 +62,10 @@ class Environment:
     @property
     def control(self) -> ControlStore:
         return ControlStore(self.target.control_schema, self.loaded.playbook.name)
+
+    @property
+    def rollbacks(self) -> Rollbacks:
+        return Rollbacks(self.target.control_schema, self.loaded.playbook.name)
 
     @property
     def ledger(self) -> Ledger:

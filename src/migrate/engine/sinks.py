@@ -34,7 +34,7 @@ from migrate.control.store import StepRecord
 from migrate.engine.retry import RetryPolicy
 from migrate.engine.session import Environment, TenantSession
 from migrate.errors import ArgumentError, MigrateError
-from migrate.log import redact
+from migrate.log import get_logger, redact
 from migrate.plan.model import PlannedStep, StepStatus
 from migrate.playbook.model import Tenant
 from migrate.steps.context import Details, StepContext
@@ -350,6 +350,8 @@ class RollbackRecord:
             _start_run(env, conn, run_id, command)
             for todo in tenants:
                 tenant = todo.tenant
+                # Unfinished until the tenant's last revert says otherwise (control/rollbacks.py).
+                env.rollbacks.begin(conn, tenant.id, point=point, discard_writes=discard, run_id=run_id)
                 env.ledger.append(
                     conn,
                     env.entry(
@@ -385,20 +387,39 @@ class RollbackRecord:
                         ),
                     )
 
-    def points_reverted(self, tenant: str, points: Sequence[PlannedStep]) -> None:
-        """Rollback points after the target point are no longer passed."""
-        records = self.env.control.steps(self.conn, [tenant])
-        passed = {r.step_key for r in records if r.status is StepStatus.DONE}
-        for step in points:
-            if step.key in passed:
-                self.env.control.set_status(self.conn, tenant, step, StepStatus.REVERTED, run_id=self.run_id)
+    def tenant_done(self, tenant: str, points: Sequence[PlannedStep]) -> None:
+        """Every step after the point is reverted for ``tenant``: the rollback points after it are
+        no longer passed, and its rollback is no longer unfinished — one transaction."""
+        with self.conn.transaction():
+            records = self.env.control.steps(self.conn, [tenant])
+            passed = {r.step_key for r in records if r.status is StepStatus.DONE}
+            for step in points:
+                if step.key in passed:
+                    self.env.control.set_status(
+                        self.conn, tenant, step, StepStatus.REVERTED, run_id=self.run_id
+                    )
+            self.env.rollbacks.finish(self.conn, tenant)
+
+    def unfinished(self, tenants: Sequence[str], outcome: str, error: str | None) -> None:
+        """The rollback of ``tenants`` stops before their end (``stopped`` or ``failed``), when the
+        connection still lets us say so; a row left open says "interrupted" all the same."""
+        if not tenants:
+            return
+        try:
+            self.env.rollbacks.end(self.conn, tenants, outcome, None if error is None else redact(error))
+        except psycopg.Error as exc:
+            get_logger(run_id=str(self.run_id)).error("rollback_end_not_recorded", error=redact(str(exc)))
 
     def finished(self, outcome: str, details: dict[str, Any]) -> None:
+        """``outcome``: ok, stopped or failed."""
         with self.conn.transaction():
             self.env.control.finish_run(self.conn, self.run_id, outcome)
             self.env.ledger.append(
                 self.conn,
                 self.env.entry(
-                    self.run_id, "rollback_finished", "ok" if outcome == "ok" else "error", details=details
+                    self.run_id,
+                    "rollback_finished",
+                    {"ok": "ok", "stopped": "stopped"}.get(outcome, "error"),
+                    details=details,
                 ),
             )

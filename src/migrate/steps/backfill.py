@@ -453,6 +453,13 @@ def _batch_key(table: SourceTable, declared: Sequence[str] | None) -> tuple[str,
 def _delete_batch(
     ctx: StepContext, statement: sql.Composed, params: Sequence[Any], *, unchecked: bool
 ) -> int:
+    # A safe point: every batch so far is committed; the step stays 'done' and the rollback's
+    # own record says it is unfinished, so the same rollback later deletes the rest.
+    if ctx.stopping():
+        raise Interrupted(
+            f"stopped on request while deleting tenant '{ctx.tenant.id}''s rows (whole batches only)",
+            hint="run the same rollback again to delete the rest",
+        )
     # Asynchronous commit, as for the copy's chunks: a server crash can only bring the last
     # batches back, for the next rollback to delete; the engine's synchronous commit of the
     # step's 'reverted' state comes after every batch.
