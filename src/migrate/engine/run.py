@@ -319,8 +319,16 @@ def run_tenant(
         stopping=options.stop.is_set,
     )
     sink = record.sink(session, env, run_id)
+    first = next((s for s in plan.remaining if not s.is_point), None)  # the step that could not start
+
+    def open_failed(conn: psycopg.Connection[Any], exc: BaseException) -> None:
+        # A residency refusal writes nothing to a target outside the tenant's region, not even this.
+        if first is not None and not isinstance(exc, ResidencyRefused):
+            error = from_driver(exc, f"{tenant.id}/{first.key}")
+            record.open_failed(env, conn, session.run_id, tenant, first, error)
+
     try:
-        ctx = session.open()
+        ctx = session.open(open_failed)
         # Read again under the lock: a rollback may have been stopped or killed since the run began.
         unfinished = env.rollbacks.unfinished(ctx.target, [tenant.id]).get(tenant.id)
         if unfinished is not None:

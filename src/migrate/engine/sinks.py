@@ -239,6 +239,36 @@ class RunRecord:
         """Around one step's apply and verify: nothing in a real run."""
         return nullcontext()
 
+    def open_failed(
+        self,
+        env: Environment,
+        conn: psycopg.Connection[Any],
+        run_id: UUID,
+        tenant: Tenant,
+        step: PlannedStep,
+        error: MigrateError,
+    ) -> None:
+        """The tenant failed before ``step`` (its first to run) could start — its source does not
+        answer, a table is missing: that step is ``failed`` with the error, and ledgered, so
+        status shows the failure instead of "not started"."""
+        try:
+            with conn.transaction():
+                env.control.set_status(
+                    conn, tenant.id, step, StepStatus.FAILED, run_id=run_id, error=redact(str(error))
+                )
+                env.ledger.append(
+                    conn,
+                    env.entry(
+                        run_id,
+                        "failed",
+                        "error",
+                        details={"error": redact(str(error)), "before_start": True},
+                        **_ids(tenant, step),
+                    ),
+                )
+        except (MigrateError, psycopg.Error) as exc:
+            get_logger(run_id=str(run_id)).error("failure_not_recorded", step=step.key, error=redact(str(exc)))
+
     def changed_playbook(self, env: Environment, changed: str, replan: bool) -> list[str]:
         """The playbook changed in substance: refused without ``--replan``, else accepted (by the caller)."""
         if not replan:
@@ -308,6 +338,17 @@ class RehearsalRecord(RunRecord):
     def step_transaction(self, conn: psycopg.Connection[Any]) -> AbstractContextManager[Any]:
         # A savepoint: a failing step leaves the tenant's transaction usable.
         return conn.transaction()
+
+    def open_failed(
+        self,
+        env: Environment,
+        conn: psycopg.Connection[Any],
+        run_id: UUID,
+        tenant: Tenant,
+        step: PlannedStep,
+        error: MigrateError,
+    ) -> None:
+        pass  # the rehearsal's report says it; the run state stays as it was
 
     def changed_playbook(self, env: Environment, changed: str, replan: bool) -> list[str]:
         return [f"{changed}: the real run needs --replan"]
