@@ -65,6 +65,9 @@ def configure(*, level: str = "info", stream: TextIO | None = None, json: bool |
     renderer: Any = (
         structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer(colors=True)
     )
+    # psycopg says "error ignored …" on stderr while a lost connection is cleaned up: noise beside
+    # our own line for the fault (the retry line, the step's error); shown with --log-level debug.
+    logging.getLogger("psycopg").setLevel(logging.DEBUG if level.upper() == "DEBUG" else logging.ERROR)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -96,8 +96,16 @@ class Outage:
 
 
 def _first_line(exc: BaseException | None) -> str:
-    text = str(exc).strip() if exc is not None else ""
+    text = (exc.message if isinstance(exc, MigrateError) else str(exc)).strip() if exc is not None else ""
     return redact(text.splitlines()[0]) if text else type(exc).__name__
+
+
+def _said(exc: BaseException | None) -> str:
+    """A passing fault in a few words: 'the target database does not answer (…)', 'lost connection (…)'."""
+    if isinstance(exc, Unreachable):
+        server, _, why = exc.message.partition(" does not answer: ")
+        return f"{server} does not answer ({redact(why.splitlines()[0]) if why else 'no answer'})"
+    return f"{condition(exc) if exc else 'a passing fault'} ({_first_line(exc)})"
 
 
 def retrying(
@@ -139,7 +147,7 @@ def retrying(
             error=_first_line(exc),
         )
         tell(
-            f"{what}: {why} ({_first_line(exc)}); trying again in {pause:.1f} s "
+            f"{what}: {_said(exc)}; trying again in {pause:.1f} s "
             f"(attempt {state.attempt_number + 1}, {outage.seconds:.0f} s of at most {policy.seconds:.0f} s)"
         )
 
@@ -159,14 +167,15 @@ def gave_up(exc: BaseException, outage: Outage, policy: RetryPolicy, *, where: s
     if why is None or policy.seconds <= 0 or outage.seconds <= 0:
         return None  # no passing fault, or no retries asked for (a rehearsal): the fault as it is
     seen: BaseException | None = exc
-    server = "the database"
+    server, reason = "the database", f"{why}: {_first_line(exc)}"
     while seen is not None:
         if isinstance(seen, Unreachable):
-            server = seen.message.split(" does not answer", 1)[0]
+            server, _, said = seen.message.partition(" does not answer: ")
+            reason = redact(said.splitlines()[0]) if said else "no answer"
             break
         seen = seen.__cause__
     return Unreachable(
-        f"{server} was unreachable for {outage.seconds:.0f} s ({why}: {_first_line(exc)}); "
+        f"{server} was unreachable for {outage.seconds:.0f} s ({reason}); "
         f"gave up after the {policy.seconds:.0f} s retry budget",
         where=where,
         hint="nothing is lost: every committed chunk and step is recorded. Once the server answers, "
