@@ -36,7 +36,9 @@ def copied_rows(server: EmbeddedServer) -> int:
     """Rows the checkpoints account for (0 while the control schema does not exist yet)."""
     try:
         with psycopg.connect(server.dsn("shared"), connect_timeout=2) as conn:
-            row = conn.execute("SELECT coalesce(sum(rows_copied), 0) FROM migrate_control.checkpoints").fetchone()
+            row = conn.execute(
+                "SELECT coalesce(sum(rows_copied), 0) FROM migrate_control.checkpoints"
+            ).fetchone()
     except psycopg.Error:
         return 0
     return int(row[0]) if row else 0

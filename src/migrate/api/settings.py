@@ -25,7 +25,7 @@ import shlex
 import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import psycopg
 
@@ -42,7 +42,7 @@ from migrate.log import redact
 from migrate.plan import StepStatus
 from migrate.playbook import LoadedPlaybook, Tenant
 from migrate.playbook.model import FlagStep, Target, UnleashFlags
-from migrate.ports import FlagChange, FlagProvider, FlagSnapshot
+from migrate.ports import FlagChange, FlagProvider, FlagSnapshot, FlagTarget
 
 if TYPE_CHECKING:
     from migrate.adapters.flagfile import FileFlagProvider
@@ -185,6 +185,9 @@ def source_dsn(loaded: LoadedPlaybook, tenant: Tenant, environ: Environ) -> tupl
 class _NoFlags:
     """Stands in when a playbook has no flag step: any use is a bug, said plainly."""
 
+    def target(self) -> FlagTarget:
+        raise SettingsError("this playbook configures no flags")
+
     def is_enabled(self, flag: str, tenant: str) -> bool:
         raise SettingsError("this playbook configures no flags")
 
@@ -263,7 +266,12 @@ def flag_file_provider(loaded: LoadedPlaybook, environ: Environ, *, create: bool
     return FileFlagProvider(path, definitions=definitions)
 
 
-def flag_provider(loaded: LoadedPlaybook, environ: Environ) -> FlagProvider:
+FlagFileUse = Literal["create", "extend", "read"]
+"""What a command may do to the flag file: create it (``flags sync``, a first run), add missing
+flags to it (a later run), or only read and flip it (a rehearsal, a rollback) — never create it."""
+
+
+def flag_provider(loaded: LoadedPlaybook, environ: Environ, file_use: FlagFileUse = "read") -> FlagProvider:
     flags = step_flags(loaded)
     if not flags:
         return _NoFlags()
@@ -271,9 +279,47 @@ def flag_provider(loaded: LoadedPlaybook, environ: Environ) -> FlagProvider:
         provider = unleash_provider(loaded, environ)
         provider.check(flags)  # a wrong token or environment, or a flag not synced: before any step
         return provider
-    file_provider = flag_file_provider(loaded, environ, create=True)
-    assert file_provider is not None
-    return file_provider
+    if file_use == "create":
+        created = flag_file_provider(loaded, environ, create=True)
+        assert created is not None
+        return created
+    existing = flag_file_provider(loaded, environ, create=False)
+    if existing is None:
+        from migrate.adapters.flagfile import MissingFlagFile
+
+        return MissingFlagFile(flag_file_path(loaded, environ), flags)
+    if file_use == "extend":
+        extended = flag_file_provider(loaded, environ, create=True)  # the file exists: adds flags only
+        assert extended is not None
+        return extended
+    return existing
+
+
+def flag_file_path(loaded: LoadedPlaybook, environ: Environ) -> Path:
+    cfg = loaded.playbook.flags
+    assert not isinstance(cfg, UnleashFlags)
+    return Path(require_env(loaded, environ, cfg.file_env, "flags", "file_env", what="the flag state file"))
+
+
+def flag_target(loaded: LoadedPlaybook, environ: Environ) -> FlagTarget | None:
+    """Where the flags of the current settings are read by the application; None without flag steps.
+
+    Computed from the settings alone: nothing is created, no server is asked.
+    """
+    if not step_flags(loaded):
+        return None
+    cfg = loaded.playbook.flags
+    if isinstance(cfg, UnleashFlags):
+        from migrate.adapters.unleash import unleash_target
+
+        url = require_env(loaded, environ, cfg.url_env, "flags", "url_env", what="the Unleash server's URL")
+        environment = cfg.environment or require_env(
+            loaded, environ, cfg.environment_env, "flags", "environment_env", what="the Unleash environment"
+        )
+        return unleash_target(url, cfg.project, environment)
+    from migrate.adapters.flagfile import file_target
+
+    return file_target(flag_file_path(loaded, environ))
 
 
 def connect_source(loaded: LoadedPlaybook, tenant: Tenant, environ: Environ) -> psycopg.Connection[Any]:
@@ -321,11 +367,18 @@ def environment(
     region: str | None = None,
     with_flags: bool = True,
     with_sources: bool = True,
+    flag_file: FlagFileUse = "read",
 ) -> Environment:
     """The Environment of one target: the playbook's only one, or the target of ``region``."""
     target = the_target(loaded, region)
     return environments(
-        loaded, environ, actor, need=[target.name], with_flags=with_flags, with_sources=with_sources
+        loaded,
+        environ,
+        actor,
+        need=[target.name],
+        with_flags=with_flags,
+        with_sources=with_sources,
+        flag_file=flag_file,
     ).envs[target.name]
 
 
@@ -338,6 +391,7 @@ def environments(
     tenants: Iterable[Tenant] | None = None,
     with_flags: bool = True,
     with_sources: bool = True,
+    flag_file: FlagFileUse = "read",
 ) -> Regions:
     """The Environment of every target, by name (its region). The DSN variables of the targets in
     ``need`` (all by default) must be set now; another target's is read when it is first connected.
@@ -348,7 +402,7 @@ def environments(
     if with_sources:
         for tenant in loaded.tenants if tenants is None else tenants:
             source_dsn(loaded, tenant, environ)
-    flags = flag_provider(loaded, environ) if with_flags else _NoFlags()
+    flags = flag_provider(loaded, environ, flag_file) if with_flags else _NoFlags()
     who = actor or environ.get("MIGRATE_ACTOR") or getpass.getuser()
     retry = retry_policy(environ)
 

@@ -130,6 +130,15 @@ WaveOpt = Annotated[
     str | None,
     typer.Option("--wave", "-w", help="Only the tenants of this wave.", show_default=False),
 ]
+FlagsMovedOpt = Annotated[
+    bool,
+    typer.Option(
+        "--flags-moved",
+        help="The flags live elsewhere now than where the tenants were flipped (another flag file, "
+        "Unleash server, project or environment) and the application reads them there: act on the "
+        "current settings (ledgered). Without it, such a difference refuses the command (exit 2).",
+    ),
+]
 ActorOpt = Annotated[
     str | None,
     typer.Option(
@@ -233,6 +242,7 @@ def run(
         typer.Option("--junit", help="Write the same as JUnit XML, for CI.", show_default=False),
     ] = None,
     actor: ActorOpt = None,
+    flags_moved: FlagsMovedOpt = False,
 ) -> None:
     """Run the playbook's phases, wave by wave; done steps are skipped, so re-running is safe.
 
@@ -257,6 +267,7 @@ def run(
                 actor=actor,
                 progress=progress,
                 outputs=[(o, p) for o, p in (("--report", report), ("--junit", junit)) if p is not None],
+                flags_moved=flags_moved,
             )
 
         if err.is_terminal:  # bars on a terminal; elsewhere a line now and then
@@ -386,6 +397,7 @@ def rollback(
     actor: Annotated[
         str | None, typer.Option(help="Who rolls back, for the ledger.", show_default=False)
     ] = None,
+    flags_moved: FlagsMovedOpt = False,
 ) -> None:
     """Revert every step after a rollback point: all flags first, then data, each ledgered.
 
@@ -424,6 +436,7 @@ def rollback(
             started=started,
             actor=actor,
             stop=stop,
+            flags_moved=flags_moved,
         )
     render.rollback(out, result)
     if result.stopped is not None:

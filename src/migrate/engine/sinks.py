@@ -267,7 +267,8 @@ class RunRecord:
                     ),
                 )
         except (MigrateError, psycopg.Error) as exc:
-            get_logger(run_id=str(run_id)).error("failure_not_recorded", step=step.key, error=redact(str(exc)))
+            log = get_logger(run_id=str(run_id))
+            log.error("failure_not_recorded", step=step.key, error=redact(str(exc)))
 
     def changed_playbook(self, env: Environment, changed: str, replan: bool) -> list[str]:
         """The playbook changed in substance: refused without ``--replan``, else accepted (by the caller)."""
