@@ -67,7 +67,10 @@ def configure(*, level: str = "info", stream: TextIO | None = None, json: bool |
     )
     # psycopg says "error ignored …" on stderr while a lost connection is cleaned up: noise beside
     # our own line for the fault (the retry line, the step's error); shown with --log-level debug.
-    logging.getLogger("psycopg").setLevel(logging.DEBUG if level.upper() == "DEBUG" else logging.ERROR)
+    # The Unleash SDK logs each failed fetch as an ERROR of its own; the step's error says it once.
+    debug = level.upper() == "DEBUG"
+    logging.getLogger("psycopg").setLevel(logging.DEBUG if debug else logging.ERROR)
+    logging.getLogger("UnleashClient").setLevel(logging.DEBUG if debug else logging.CRITICAL)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

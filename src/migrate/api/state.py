@@ -62,7 +62,8 @@ class StepNow:
     phase: str
     step: str
     kind: str
-    status: str  # running | interrupted (its runner is gone; the next run redoes it) | failed
+    # running | interrupted (its runner is gone; the next run redoes it) | failed | flag state unknown
+    status: str
     error: str | None = None
 
 
@@ -409,6 +410,8 @@ def _tenant_status(
         status_now = state_of(s)
         if current is None and status_now in (StepStatus.RUNNING, StepStatus.FAILED):
             word = "failed" if status_now is StepStatus.FAILED else "running" if holder else "interrupted"
+            if word == "failed" and recs[s.key].details.get("flag_state") == "unknown":
+                word = "flag state unknown"  # flipped, not confirmed: the next run reads it first
             current = StepNow(s.key, s.phase, s.step_id, s.kind, word, recs[s.key].error)
         reports = s.spec.reports if s.spec is not None else None
         if reports == "rows" and status_now is StepStatus.DONE:
@@ -446,7 +449,7 @@ def _tenant_status(
         state=state,
         rows=rows,
         validated=validated,
-        error=current.error if current and current.status == "failed" else None,
+        error=current.error if current and current.status in ("failed", "flag state unknown") else None,
         figures=figures,
         current=current,
         points=tuple(
@@ -502,6 +505,17 @@ def _next_command(
             f"the playbook changed since version {accepted.digest[:12]} "
             f"(accepted {accepted.since:%Y-%m-%d %H:%M} by {accepted.actor}); "
             f"review 'migrate plan {book}', then run with --replan to work to version {digest[:12]}",
+        )
+    unknown = [t for t in tenants if t.state == "flag state unknown" and t.current is not None]
+    if unknown:
+        t = unknown[0]
+        assert t.current is not None
+        return NextCommand(
+            f"migrate run {book} --tenant {shlex.quote(t.tenant)}",
+            f"tenant {t.tenant}'s {t.current.key} flipped its flag but could not confirm it in time "
+            f"({t.current.error or 'no error recorded'}): whether the application sees it is unknown; "
+            "the run reads the real state first, then finishes the flip and confirms it "
+            f"(or roll it back: migrate rollback {book} --tenant {shlex.quote(t.tenant)} --to POINT)",
         )
     for t in tenants:
         if t.state != "failed" or t.current is None:

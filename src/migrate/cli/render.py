@@ -66,7 +66,8 @@ def run(console: Console, result: RunResult, playbook: Path | None = None) -> No
                 markup=False,
             )
             continue
-        console.print(f"{tenant.tenant}: {tenant.outcome.upper()}", markup=False)
+        shout = "FLAG STATE UNKNOWN" if tenant.outcome == "unknown" else tenant.outcome.upper()
+        console.print(f"{tenant.tenant}: {shout}", markup=False)
         if tenant.note:
             console.print(f"  {tenant.note}", markup=False)
         if tenant.error is not None:
@@ -113,6 +114,8 @@ def _wave_line(w: api.WaveStatus) -> str:
 
 
 def _step_now(now: api.StepNow) -> str:
+    if now.status == "flag state unknown":
+        return f"{now.key}: flag state UNKNOWN (flipped, not confirmed; the next run reads it first)"
     if now.status == "interrupted":
         return f"{now.key} interrupted (its runner is gone; the next run redoes it)"
     return f"{now.key} {now.status}" + (f": {now.error}" if now.error else "")
