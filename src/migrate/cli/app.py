@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import IO, TYPE_CHECKING, Annotated, cast
 
 import typer
 from rich.console import Console
@@ -30,7 +30,7 @@ from migrate.cli import render
 from migrate.cli import report as reports
 from migrate.cli.progress import CopyProgress, PlainProgress
 from migrate.errors import ArgumentError, MigrateError
-from migrate.log import configure, redact
+from migrate.log import RedactingStream, configure, redact
 
 if TYPE_CHECKING:
     from migrate.api import ProgressSink, RunResult
@@ -54,8 +54,10 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode=None,
 )
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# Everything printed goes through log.redact: a DSN or URL with credentials never reaches a screen or a CI
+# log, whichever message, table or JSON it rode in.
+out = Console(file=cast("IO[str]", RedactingStream(lambda: sys.stdout)), highlight=False, soft_wrap=True)
+err = Console(file=cast("IO[str]", RedactingStream(lambda: sys.stderr)), highlight=False, soft_wrap=True)
 _state = {"debug": False}
 
 PlaybookArg = Annotated[

@@ -121,7 +121,7 @@ class Sink:
                     step,
                     StepStatus.FAILED,
                     run_id=session.run_id,
-                    error=str(error),
+                    error=redact(str(error)),
                     details=details or None,
                 )
                 self.env.ledger.append(
