@@ -172,26 +172,50 @@ class Status:
         return tuple(t.holder for t in self.tenants if t.holder is not None)
 
 
+def check_states(states: Sequence[str] | None) -> tuple[str, ...]:
+    """``--state`` values as states (``not-started`` for ``not started``), or an ArgumentError."""
+    out = []
+    for given in states or ():
+        state = given.strip().lower().replace("-", " ").replace("_", " ")
+        if state not in STATES:
+            close = difflib.get_close_matches(state, STATES, n=1)
+            raise ArgumentError(
+                f"unknown state '{given}'",
+                where="--state",
+                hint=(f"did you mean '{close[0].replace(' ', '-')}'? " if close else "")
+                + "write one of: "
+                + ", ".join(s.replace(" ", "-") for s in STATES),
+            )
+        out.append(state)
+    return tuple(out)
+
+
 def status(
     playbook: Path | str,
     tenants: Sequence[str] | None = None,
     *,
     regions: Sequence[str] | None = None,
     environ: Environ | None = None,
+    states: Sequence[str] | None = None,
 ) -> Status:
     """Waves, tenants, lock holders and flags, read from the control schema; and what to run next.
 
     Read-only: it needs the target's settings (and the flags' for flag states, which are
     otherwise "unavailable"), never a source's, and changes nothing, not even the control
-    schema's revision. ``next`` is for the whole playbook, whichever tenants are shown.
-    With a target per region it reads every one (each holds its own tenants' state);
-    ``regions`` shows the tenants of those regions only.
+    schema's revision. ``next`` is for the whole playbook, whichever tenants are shown: those of
+    ``tenants`` (all by default) in one of ``states`` (any by default). With a target per region it
+    reads every one (each holds its own tenants' state); ``regions`` shows the tenants of those
+    regions only.
     """
+    wanted = check_states(states)
     environ = os.environ if environ is None else environ
     loaded = load_playbook(playbook)
     if regions:
         _regions(loaded, regions)  # before any connection
-    return read_status(loaded, str(playbook), tenants, environ, with_flags=True, regions=regions)
+    found = read_status(loaded, str(playbook), tenants, environ, with_flags=True, regions=regions)
+    if not wanted:
+        return found
+    return replace(found, tenants=tuple(t for t in found.tenants if t.state in wanted))
 
 
 _CONTROL_TABLES = (

@@ -29,6 +29,7 @@ from migrate import api
 from migrate.cli import render
 from migrate.cli import report as reports
 from migrate.cli.progress import CopyProgress, PlainProgress
+from migrate.cli.summary import ROWS_UP_TO as STATUS_ROWS_UP_TO
 from migrate.errors import ArgumentError, MigrateError
 from migrate.log import RedactingStream, configure, redact
 
@@ -324,21 +325,42 @@ def status(
     playbook: PlaybookArg,
     tenant: TenantOpt = None,
     region: RegionFilterOpt = None,
+    state: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--state",
+            "-s",
+            help="Only tenants in this state (repeat for more): not-started, in-progress, running, "
+            "interrupted, failed, flag-state-unknown, rollback-interrupted, rollback-failed, "
+            "rolled-back, done.",
+            show_default=False,
+        ),
+    ] = None,
+    all_rows: Annotated[
+        bool,
+        typer.Option("--all", help="A row per tenant, however many (default: up to 20, else a summary)."),
+    ] = False,
     as_json: Annotated[
-        bool, typer.Option("--json", help="Machine-readable output, with the next command to run.")
+        bool,
+        typer.Option(
+            "--json", help="Machine-readable output, every tenant shown, with the next command to run."
+        ),
     ] = False,
 ) -> None:
     """Show waves, tenants (region, step, rollback points, rows, validation, flags, lock holder) and what to
     run next.
 
-    Read-only: needs the targets' settings (every region's: each holds its tenants' state) and the
-    flags', never a source's.
+    Up to 20 tenants get a row each; more are summed up by wave and state (one screen), with
+    the tenants that need attention: --tenant, --state, --region or --all show rows. Read-only:
+    needs the targets' settings (every region's: each holds its tenants' state) and the flags',
+    never a source's.
     """
-    result = api.status(playbook, tenant, regions=region)
+    result = api.status(playbook, tenant, regions=region, states=state)
     if as_json:
         out.print_json(data=render.status_json(result))
-    else:
-        render.status(out, result)
+        return
+    rows = bool(tenant or state or region or all_rows) or len(result.tenants) <= STATUS_ROWS_UP_TO
+    render.status(out, result, rows=rows)
 
 
 @app.command()

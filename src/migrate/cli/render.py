@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 
 from migrate import api
+from migrate.cli import summary
 from migrate.cli.grid import Grid
 from migrate.errors import MigrateError
 
@@ -132,8 +133,9 @@ def _rollback_now(left: api.UnfinishedRollback, held: bool) -> str:
     return f"rollback to '{left.point}' {how}; unfinished since {since}"
 
 
-def status(console: Console, result: api.Status) -> None:
-    """The playbook's version, its waves, a row per tenant, who holds what, figures and the next command."""
+def status(console: Console, result: api.Status, *, rows: bool = True) -> None:
+    """The playbook's version, its waves, a row per tenant (or, without ``rows``, a summary by wave and
+    state that fits on a screen), who holds what, figures and the next command."""
     where = f" ({result.path})" if result.path else ""
     console.print(f"playbook {result.playbook}, version {result.digest[:12]}{where}", markup=False)
     if result.accepted is not None and result.playbook_changed:
@@ -149,6 +151,10 @@ def status(console: Console, result: api.Status) -> None:
         console.print("targets: " + ", ".join(_target_line(t) for t in result.targets), markup=False)
     for w in result.waves:
         console.print(_wave_line(w), markup=False)
+    if not rows:
+        summary.status_summary(console, result, [_tenant_now(t) for t in result.tenants])
+        _next(console, result)
+        return
     names = [f.flag for f in result.flags] if result.flags_error is None else []
     cols = (
         "tenant",
@@ -178,17 +184,26 @@ def status(console: Console, result: api.Status) -> None:
         )
     table.print(console)
     for t in result.tenants:
-        parts = [_step_now(t.current)] if t.current is not None else []
-        if t.rollback is not None:
-            parts.insert(0, _rollback_now(t.rollback, t.holder is not None))
-        if t.holder is not None:
-            parts.append(f"held by {t.holder.describe()}")
-        if parts:
-            console.print(f"{t.tenant}: {'; '.join(parts)}", markup=False)
+        if now := _tenant_now(t):
+            console.print(f"{t.tenant}: {now}", markup=False)
     if result.flags_error is not None:
         console.print(f"flags unavailable: {result.flags_error}", markup=False)
     if any(t.figures for t in result.tenants):
         figures(console, result)
+    _next(console, result)
+
+
+def _tenant_now(t: api.TenantStatus) -> str:
+    """What a tenant is doing or where it stopped, with its holder: '' when nothing to say."""
+    parts = [_step_now(t.current)] if t.current is not None else []
+    if t.rollback is not None:
+        parts.insert(0, _rollback_now(t.rollback, t.holder is not None))
+    if t.holder is not None:
+        parts.append(f"held by {t.holder.describe()}")
+    return "; ".join(parts)
+
+
+def _next(console: Console, result: api.Status) -> None:
     if result.next is None:
         console.print("next: nothing, every tenant is done", markup=False)
     else:
