@@ -1,6 +1,6 @@
 """The library facade: one function per command, each returning a result; nothing prints or exits.
 
-By noun: ``runs`` (plan, run, approve, rollback), ``state`` (status, flags
+By noun: ``runs`` (plan, run, approve, rollback), ``runbooks`` (runbook), ``state`` (status, flags
 status), ``audit`` (ledger show, verify, export), ``checks`` (verify, diff,
 isolation-check), ``flags`` (sync), ``schema`` (schema generate), ``residency``
 (residency set and report), ``settings`` (environment variables to connections
@@ -51,6 +51,7 @@ if TYPE_CHECKING:
         residency_set,
     )
     from migrate.api.runs import approve, plan, rollback, rollback_preview, run
+    from migrate.api.runbooks import runbook
     from migrate.api.schema import schema_generate
     from migrate.api.settings import Environ, connect, environment, environments
     from migrate.api.state import (
@@ -138,6 +139,7 @@ _HOME = {
     "rollback": "migrate.api.runs",
     "rollback_preview": "migrate.api.runs",
     "run": "migrate.api.runs",
+    "runbook": "migrate.api.runbooks",
     "schema_generate": "migrate.api.schema",
     "status": "migrate.api.state",
     "verify": "migrate.api.checks",
@@ -215,6 +217,7 @@ __all__ = [
     "rollback",
     "rollback_preview",
     "run",
+    "runbook",
     "schema_generate",
     "status",
     "verify",

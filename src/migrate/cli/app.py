@@ -321,6 +321,36 @@ RegionOpt = Annotated[
 
 
 @app.command()
+def runbook(
+    playbook: PlaybookArg,
+    tenant: TenantOpt = None,
+    report: Annotated[
+        Path | None,
+        typer.Option(
+            "--report",
+            help="A rehearsal's report (migrate run --dry-run --report FILE): its times, rows and freeze "
+            "figures go in the runbook.",
+            show_default=False,
+        ),
+    ] = None,
+    out_file: Annotated[
+        Path | None,
+        typer.Option("--out", help="Write the runbook to this file (default: stdout).", show_default=False),
+    ] = None,
+) -> None:
+    """Write a Markdown runbook: per wave and tenant the commands in order, what each step checks, the
+    rollback command of each point and what it gives up, rehearsal figures, the status commands to watch.
+
+    Generated from the same plan 'migrate run' follows, so it cannot drift; reads no database.
+    """
+    text = api.runbook(playbook, tenant, report=report, out=out_file)
+    if out_file is None:
+        sys.stdout.write(redact(text))
+        return
+    err.print(f"runbook written to {out_file}", markup=False)
+
+
+@app.command()
 def status(
     playbook: PlaybookArg,
     tenant: TenantOpt = None,
