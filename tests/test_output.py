@@ -32,6 +32,7 @@ from test_status import TENANT_KEYS, TOP_KEYS
 from world import DEMO, ROOT, make_world
 
 SETTINGS = ("MIGRATE_TARGET_DSN", "MIGRATE_SOURCE_DSN_TEMPLATE", "MIGRATE_FLAG_FILE", "COLUMNS")
+DISCARD = "--discard-writes-since-cutover"
 LONG = "tenant-with-a-long-name-that-a-terminal-of-80-columns-would-cut"  # 63 characters
 
 
@@ -251,3 +252,30 @@ def test_plain_progress_says_a_line_every_ten_seconds_with_exact_totals_and_ever
     said = "progress: 0 of 1 tenant(s) done; 250 of 1,000 rows (25 %), 25 rows/s, about 0:00:30 left"
     assert lines[0] == said
     assert lines[1].startswith("acme/copy/backfill: lost connection")
+
+
+def test_json_wherever_a_person_scripts_parses_and_says_the_outcome(
+    database_factory: DatabaseFactory, tmp_path: Path, cli: Callable[..., Any]
+) -> None:
+    """plan, run, verify, diff, rollback and status with --json: one JSON document on stdout each (the
+    progress and notes stay on stderr), with the figures a script needs."""
+    world = make_world(database_factory, tmp_path, tenants=(("acme", 1), ("globex", 1), ("initech", 1)))
+    environ = world.environ
+
+    def document(*args: str) -> Any:
+        code, out, err = cli(environ, *args, "--json")
+        assert code == 0, (args, err)
+        return json.loads(out)
+
+    assert [t["tenant"] for t in document("plan", str(DEMO))["tenants"]] == ["acme", "globex", "initech"]
+    ran = document("run", str(DEMO), "--tenant", "acme")
+    copied = sum(world.source_counts("acme").values())
+    assert ran["outcome"] == "ok" and ran["tenants"][0]["rows_copied"] == copied
+    checked = document("verify", str(DEMO), "--tenant", "acme")
+    assert checked["match"] is True and len(checked["tenants"][0]["tables"]) == 6
+    assert document("diff", str(DEMO), "--tenant", "acme", "--table", "tasks")["equal"] is True
+    back = document(
+        "rollback", str(DEMO), "--tenant", "acme", "--to", "pre-cutover", "--yes", DISCARD
+    )
+    assert [s["step"] for s in back["steps"]] == ["cutover/flag"] and back["stopped"] is None
+    assert document("status", str(DEMO))["tenants"][0]["state"] == "rolled back"

@@ -26,7 +26,7 @@ import typer
 from rich.console import Console
 
 from migrate import api
-from migrate.cli import render
+from migrate.cli import machine, render
 from migrate.cli import report as reports
 from migrate.cli.progress import CopyProgress, PlainProgress
 from migrate.cli.summary import ROWS_UP_TO as STATUS_ROWS_UP_TO
@@ -124,15 +124,20 @@ def demo(
 
 
 @app.command()
-def plan(playbook: PlaybookArg, tenant: TenantOpt = None) -> None:
+def plan(playbook: PlaybookArg, tenant: TenantOpt = None, as_json: JsonOpt = False) -> None:
     """Validate the playbook and print, per tenant, the steps that would run."""
-    out.print(render.plan(api.plan(playbook, tenant)), markup=False)
+    the_plan = api.plan(playbook, tenant)
+    if as_json:
+        out.print_json(data=machine.plan_json(the_plan))
+        return
+    out.print(render.plan(the_plan), markup=False)
 
 
 WaveOpt = Annotated[
     str | None,
     typer.Option("--wave", "-w", help="Only the tenants of this wave.", show_default=False),
 ]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
 FlagsMovedOpt = Annotated[
     bool,
     typer.Option(
@@ -246,6 +251,9 @@ def run(
     ] = None,
     actor: ActorOpt = None,
     flags_moved: FlagsMovedOpt = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the --report document on stdout instead of the text.")
+    ] = False,
 ) -> None:
     """Run the playbook's phases, wave by wave; done steps are skipped, so re-running is safe.
 
@@ -278,7 +286,10 @@ def run(
                 result = call(bars)
         else:
             result = call(PlainProgress(err))
-    render.run(out, result, playbook)
+    if as_json:
+        out.print_json(data=reports.report_json(result, str(playbook)))
+    else:
+        render.run(out, result, playbook)
     if report is not None:
         reports.write_json(report, result, str(playbook))
     if junit is not None:
@@ -292,9 +303,13 @@ def approve(
     playbook: PlaybookArg,
     wave: Annotated[str, typer.Option("--wave", "-w", help="The wave whose gate to open.")],
     actor: ActorOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Open a wave's approval gate (the wave has 'approval: true'); ledgered with who approved."""
     result = api.approve(playbook, wave, actor=actor)
+    if as_json:
+        out.print_json(data=machine.approve_json(result))
+        return
     again = " again" if result.again else ""
     out.print(
         f"wave {result.wave} approved{again} by {result.actor} on {result.host} "
@@ -401,10 +416,14 @@ def verify(
         list[str] | None,
         typer.Option("--table", help="Only this table (repeat for more).", show_default=False),
     ] = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Compare row counts and checksums, source vs target, now; exit 1 on any mismatch."""
     result = api.verify(playbook, tenant, table)
-    render.verification(out, result)
+    if as_json:
+        out.print_json(data=machine.verify_json(result))
+    else:
+        render.verification(out, result)
     if not result.match:
         raise typer.Exit(1)
 
@@ -415,10 +434,14 @@ def diff(
     tenant: Annotated[str, typer.Option("--tenant", "-t", help="The tenant.")],
     table: Annotated[str, typer.Option("--table", help="The table whose checksums differ.")],
     sample: Annotated[int, typer.Option("--sample", help="Keys shown per kind of difference.")] = 10,
+    as_json: JsonOpt = False,
 ) -> None:
     """Find the keys that are missing, extra or changed in the target (bisection by key ranges)."""
     result = api.diff(playbook, tenant, table, sample=sample)
-    render.diff(out, tenant, result)
+    if as_json:
+        out.print_json(data=machine.diff_json(tenant, result))
+    else:
+        render.diff(out, tenant, result)
     if not result.equal:
         raise typer.Exit(1)
 
@@ -452,6 +475,7 @@ def rollback(
         str | None, typer.Option(help="Who rolls back, for the ledger.", show_default=False)
     ] = None,
     flags_moved: FlagsMovedOpt = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Revert every step after a rollback point: all flags first, then data, each ledgered.
 
@@ -460,6 +484,8 @@ def rollback(
     them, and the same command finishes the job.
     """
     started = time.monotonic()
+    if as_json and not yes:
+        raise ArgumentError("--json prints no preview and asks nothing", where="--json", hint="add --yes")
     if not yes:
         if not sys.stdin.isatty():
             raise ArgumentError(
@@ -492,7 +518,10 @@ def rollback(
             stop=stop,
             flags_moved=flags_moved,
         )
-    render.rollback(out, result)
+    if as_json:
+        out.print_json(data=machine.rollback_json(result))
+    else:
+        render.rollback(out, result)
     if result.stopped is not None:
         raise typer.Exit(130)
 
