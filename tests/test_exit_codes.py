@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from conftest import DatabaseFactory, dsn_for
+from databases import dsn_for
 from migrate import api
 from migrate.cli.app import EXIT_CODES, app, flags_app, ledger_app, main, schema_app
-from world import DEMO, World, make_world
+from world import DEMO, World
 
 SETTINGS = ("MIGRATE_TARGET_DSN", "MIGRATE_SOURCE_DSN_TEMPLATE", "MIGRATE_FLAG_FILE", "MIGRATE_ACTOR")
 
@@ -118,12 +118,12 @@ def test_bad_input_exits_2_and_an_unreachable_target_exits_1(
     assert "does not answer" in err and "internal error" not in err
 
 
+@pytest.mark.tenants("acme", "globex", "initech")
 def test_source_and_target_alike_unreachable_is_1_and_a_refused_setting_is_2(
-    database_factory: DatabaseFactory, tmp_path: Path, cli: Callable[..., Any]
+    world: World, tmp_path: Path, cli: Callable[..., Any]
 ) -> None:
     """An unreachable source exits 1 like an unreachable target; a database that does not exist exits 2
     on either side."""
-    world = make_world(database_factory, tmp_path, tenants=(("acme", 1), ("globex", 1), ("initech", 1)))
     port = closed_port()
     down = f"postgresql://postgres@127.0.0.1:{port}"
     cases = {
@@ -142,13 +142,13 @@ def test_source_and_target_alike_unreachable_is_1_and_a_refused_setting_is_2(
         assert ("does not answer" in said) == (expected == 1), (case, said)
 
 
+@pytest.mark.tenants("acme")
 @pytest.mark.parametrize("cause", ["source unreachable", "missing table"])
 def test_a_run_that_fails_before_its_first_step_shows_the_failure_and_the_fix_in_status(
-    cause: str, database_factory: DatabaseFactory, tmp_path: Path
+    cause: str, world: World, tmp_path: Path
 ) -> None:
     """Its source down, or a table the playbook names missing: the tenant is 'failed' at its first step
     with the error (not 'not started'), ledgered; once fixed, the next run finishes it."""
-    world = make_world(database_factory, tmp_path, tenants=(("acme", 1),))
     book = tmp_path / "book.yaml"
     text = DEMO.read_text().replace("../flags/demo.json", str(DEMO.parent.parent / "flags" / "demo.json"))
     environ: dict[str, str] = dict(world.environ)

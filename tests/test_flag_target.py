@@ -12,21 +12,16 @@ from typing import Any
 
 import pytest
 
-from conftest import DatabaseFactory
 from migrate import api
 from migrate.adapters.flagfile import FileFlagProvider
 from migrate.cli.app import main
-from test_unleash import playbook_flag, unleash_playbook
+from unleash_eyes import playbook_flag, unleash_playbook
 from unleash_server import UnleashEndpoint
-from world import DEMO, World, make_world
+from world import DEMO, World
 
 FLAG = "tenant-shared-db"
+pytestmark = pytest.mark.tenants("acme", "globex", "initech")
 SETTINGS = ("MIGRATE_TARGET_DSN", "MIGRATE_SOURCE_DSN_TEMPLATE", "MIGRATE_FLAG_FILE", "UNLEASH_ENVIRONMENT")
-
-
-@pytest.fixture
-def world(database_factory: DatabaseFactory, tmp_path: Path) -> World:
-    return make_world(database_factory, tmp_path, tenants=(("acme", 1), ("globex", 1), ("initech", 1)))
 
 
 @pytest.fixture

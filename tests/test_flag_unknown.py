@@ -15,12 +15,10 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import DatabaseFactory
 from migrate import api
-from test_flags_conformance import app_sees_on_server
-from test_unleash import playbook_flag, unleash_playbook
+from unleash_eyes import app_sees_on_server, playbook_flag, unleash_playbook
 from unleash_server import UnleashEndpoint
-from world import World, make_world
+from world import World
 
 _HOP = ("content-length", "transfer-encoding", "connection", "content-encoding")
 
@@ -78,18 +76,18 @@ def slow(unleash: UnleashEndpoint) -> Iterator[SlowAfterFlip]:
     proxy.close()
 
 
+@pytest.mark.tenants("acme")
 @pytest.mark.parametrize("next_command", ["run", "rollback"])
 def test_a_flip_unleash_is_too_slow_to_confirm_is_unknown_and_the_next_command_reads_it_first(
     next_command: str,
     slow: SlowAfterFlip,
     unleash: UnleashEndpoint,
-    database_factory: DatabaseFactory,
+    world: World,
     tmp_path: Path,
 ) -> None:
     """The write goes through, the client API is slower than confirm_seconds: the tenant is 'flag state
     unknown' (exit 1, not FAILED) while its flag is really on; status says so and what to run; with the
     server answering again, run confirms it (reading the real state first) or rollback turns it off."""
-    world: World = make_world(database_factory, tmp_path, tenants=(("acme", 1),))
     playbook = unleash_playbook(tmp_path, confirm_seconds=1.5)
     flag = playbook_flag(playbook)
     direct = {**world.environ, **unleash.environ()}

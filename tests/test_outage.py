@@ -16,9 +16,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from kill import chunked_playbook
 from migrate.adapters.embedded import EmbeddedServer, start_server, stop_server
 from migrate.api.demo import create_source
-from test_crash import chunked_playbook
 from world import ROOT, TABLES
 
 RESTART_SECONDS = 20

@@ -18,7 +18,7 @@ import psycopg
 import pytest
 from rich.console import Console
 
-from conftest import DatabaseFactory
+from kill import chunked_playbook
 from migrate import api
 from migrate.cli.app import main
 from migrate.cli.progress import PlainProgress
@@ -27,9 +27,8 @@ from migrate.control.store import ControlStore
 from migrate.plan import StepStatus, build_plan
 from migrate.playbook import load_playbook
 from migrate.steps.context import ProgressEvent
-from test_crash import chunked_playbook
-from test_status import TENANT_KEYS, TOP_KEYS
-from world import DEMO, ROOT, make_world
+from status_keys import TENANT_KEYS, TOP_KEYS
+from world import DEMO, ROOT, World
 
 SETTINGS = ("MIGRATE_TARGET_DSN", "MIGRATE_SOURCE_DSN_TEMPLATE", "MIGRATE_FLAG_FILE", "COLUMNS")
 DISCARD = "--discard-writes-since-cutover"
@@ -190,12 +189,12 @@ def planner_rows(dsn: str) -> float:
     return -1.0 if row[1] < 0 and not row[0] else float(row[0])
 
 
+@pytest.mark.tenants(acme=8, globex=8)
 def test_progress_totals_are_exact_on_fresh_and_stale_statistics_and_after_a_stop(
-    database_factory: DatabaseFactory, tmp_path: Path
+    world: World, tmp_path: Path
 ) -> None:
     """A source never analysed, and one analysed before it grew: each tenant is sized to the row, the
     copy adds up to it, and after a stop the next run is sized to exactly what is left."""
-    world = make_world(database_factory, tmp_path, tenants=(("acme", 8), ("globex", 8)))
     with world.source("globex") as conn:
         conn.execute("ANALYZE")
         conn.execute(
@@ -254,12 +253,12 @@ def test_plain_progress_says_a_line_every_ten_seconds_with_exact_totals_and_ever
     assert lines[1].startswith("acme/copy/backfill: lost connection")
 
 
+@pytest.mark.tenants("acme", "globex", "initech")
 def test_json_wherever_a_person_scripts_parses_and_says_the_outcome(
-    database_factory: DatabaseFactory, tmp_path: Path, cli: Callable[..., Any]
+    world: World, tmp_path: Path, cli: Callable[..., Any]
 ) -> None:
     """plan, run, verify, diff, rollback and status with --json: one JSON document on stdout each (the
     progress and notes stay on stderr), with the figures a script needs."""
-    world = make_world(database_factory, tmp_path, tenants=(("acme", 1), ("globex", 1), ("initech", 1)))
     environ = world.environ
 
     def document(*args: str) -> Any:

@@ -13,12 +13,11 @@ from typing import Any
 
 import pytest
 
-from conftest import DatabaseFactory
 from migrate import api
 from migrate.cli.app import main
 from migrate.plan import build_plan
 from migrate.playbook import load_playbook
-from world import DEMO, ROOT, make_world
+from world import DEMO, ROOT, World
 
 EXAMPLE = ROOT / "runbooks" / "demo.md"
 EXAMPLE_REPORT = ROOT / "runbooks" / "demo-rehearsal.json"
@@ -107,12 +106,12 @@ def test_the_runbook_follows_the_plan_wave_by_wave_with_every_step_point_and_che
     assert "Wave main (globex)" in only and "Wave canary" not in only
 
 
+@pytest.mark.tenants("acme", "globex", "initech")
 def test_a_rehearsal_report_puts_its_figures_in_and_a_stale_one_is_flagged(
-    database_factory: DatabaseFactory, tmp_path: Path, cli: Callable[..., Any]
+    world: World, tmp_path: Path, cli: Callable[..., Any]
 ) -> None:
     """A real rehearsal's --report: per tenant and step its seconds and rows copied; a report of another
     playbook version is flagged; a file that is no report is exit 2."""
-    world = make_world(database_factory, tmp_path, tenants=(("acme", 1), ("globex", 1), ("initech", 1)))
     report = tmp_path / "rehearsal.json"
     code, _out, err = cli(world.environ, "run", str(DEMO), "--dry-run", "--report", str(report))
     assert code == 0, err

@@ -15,15 +15,15 @@ from typing import Any
 
 import pytest
 
-from conftest import DatabaseFactory
 from migrate import api
 from migrate.cli.app import main
 from migrate.errors import StepFailed
 from migrate.log import redact
 from migrate.steps.validate import ValidateStep
-from test_unleash import unleash_playbook
-from world import DEMO, ROOT, World, make_world
+from unleash_eyes import unleash_playbook
+from world import DEMO, ROOT, World
 
+pytestmark = pytest.mark.tenants("acme")
 SECRET = "s3cr3t-Pa55"
 SETTINGS = (
     "MIGRATE_TARGET_DSN",
@@ -129,11 +129,6 @@ def test_credentials_inside_unleash_url_or_a_dsn_never_reach_a_screen(
     for args in (("run", str(DEMO)), ("status", str(DEMO)), ("ledger", "show", str(DEMO))):
         code, said = cli({**down, "MIGRATE_LOG_LEVEL": "debug"}, *args)
         assert code == 1 and SECRET not in said and "does not answer" in said, said
-
-
-@pytest.fixture
-def world(database_factory: DatabaseFactory, tmp_path: Path) -> World:
-    return make_world(database_factory, tmp_path, tenants=(("acme", 1),))
 
 
 def test_a_secret_in_a_step_error_is_masked_in_reports_ledger_state_status_and_logs(

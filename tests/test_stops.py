@@ -16,12 +16,11 @@ from pathlib import Path
 import pytest
 from psycopg import sql
 
-from conftest import DatabaseFactory
+from kill import checkpoints, chunked_playbook
 from migrate import api
 from migrate.errors import ArgumentError
-from test_crash import checkpoints, chunked_playbook
-from test_rollback import DISCARD, chunked, flag_on, shared_rows, step_states
-from world import ROOT, TABLES, World, make_world
+from rollbacks import DISCARD, chunked, flag_on, shared_rows, step_states
+from world import ROOT, TABLES, World
 
 
 def held_rows(world: World, tenant: str) -> int:
@@ -60,14 +59,14 @@ def signal_when(proc: subprocess.Popen[bytes], ready: object, signum: int, what:
     return proc.wait(timeout=60)
 
 
+@pytest.mark.tenants(acme=60)
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=lambda s: s.name)
 def test_a_rollback_stopped_mid_way_is_recorded_refused_by_run_and_finished_by_the_command_status_gives(
-    signum: signal.Signals, database_factory: DatabaseFactory, tmp_path: Path
+    signum: signal.Signals, world: World, tmp_path: Path
 ) -> None:
     """Ctrl-C / SIGTERM stop a real rollback at a safe point (exit 130, 'finish it with'), kill -9 anywhere:
     status says 'rollback interrupted' with the rollback command; run refuses (exit 2, that command)
     and cuts nothing over; the command from status finishes the rollback; then run validates."""
-    world = make_world(database_factory, tmp_path, tenants=(("acme", 60),))
     book = chunked(tmp_path)
     assert api.run(book, ["acme"], environ=world.environ).ok
     total = held_rows(world, "acme")
@@ -113,12 +112,12 @@ def test_a_rollback_stopped_mid_way_is_recorded_refused_by_run_and_finished_by_t
     assert api.status(book, environ=world.environ).tenants[0].validated is True
 
 
+@pytest.mark.tenants("acme")
 def test_a_rollback_to_a_later_point_refuses_while_one_to_an_earlier_point_is_unfinished(
-    database_factory: DatabaseFactory, tmp_path: Path
+    world: World, tmp_path: Path
 ) -> None:
     """A stopped rollback to pre-copy cannot be 'finished' by one to pre-cutover (which would leave the rows
     half deleted and call the tenant rolled back): exit 2 naming the command that finishes it."""
-    world = make_world(database_factory, tmp_path, tenants=(("acme", 1),))
     book = chunked(tmp_path)
     assert api.run(book, ["acme"], environ=world.environ).ok
     stop = threading.Event()
@@ -132,12 +131,12 @@ def test_a_rollback_to_a_later_point_refuses_while_one_to_an_earlier_point_is_un
     assert refused.value.hint is not None and "--to pre-copy" in refused.value.hint
 
 
+@pytest.mark.tenants(acme=60)
 def test_sigterm_stops_a_run_at_a_safe_point_like_ctrl_c(
-    database_factory: DatabaseFactory, tmp_path: Path
+    world: World, tmp_path: Path
 ) -> None:
     """SIGTERM (a CI cancel, an orchestrator) mid-copy: exit 130 after the current chunk, 'resume with',
     the step back to pending; the next run finishes with exact counts."""
-    world = make_world(database_factory, tmp_path, tenants=(("acme", 60),))
     book = chunked_playbook(tmp_path, ("acme",), chunk_rows=50)
     logs = tmp_path / "run"
     proc = spawn(world, logs, "run", str(book))
