@@ -50,8 +50,8 @@ if TYPE_CHECKING:
         residency_report,
         residency_set,
     )
-    from migrate.api.runs import approve, plan, rollback, rollback_preview, run
     from migrate.api.runbooks import runbook
+    from migrate.api.runs import approve, plan, rollback, rollback_preview, run
     from migrate.api.schema import schema_generate
     from migrate.api.settings import Environ, connect, environment, environments
     from migrate.api.state import (
