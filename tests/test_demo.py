@@ -34,6 +34,9 @@ def test_demo_moves_three_tenants_and_leaves_nothing_running() -> None:
     assert "3 tenants migrated" in proc.stdout and "counts and checksums match" in proc.stdout
     assert "hash chain verified" in proc.stdout
     assert not postgres_processes("tenant-migrate-demo-")
+    # Piped, as in CI: no value cut to fit 80 columns, no log line unless asked for.
+    assert "…" not in proc.stdout and "acme     canary  cutover  flag       done" in proc.stdout
+    assert [line for line in proc.stderr.splitlines() if not line.startswith("· ")] == []
 
 
 def test_demo_keep_prints_exports_that_work_with_the_real_commands() -> None:

@@ -115,7 +115,8 @@ def test_status_of_300_tenants_fits_on_one_screen_and_json_keeps_every_tenant_an
 
     code, out, _err = cli(environ, "status", str(book))
     lines = out.splitlines()
-    assert code == 0 and len(lines) <= 30, out
+    assert code == 0 and len(lines) <= 30 and max(len(line) for line in lines) <= 160, out
+    assert "wave main: open (295 tenants, 275 done)" in out
     assert "tenants by wave and state (300 in all)" in out
     assert "needs attention (10):" in out and "t0280 (failed)" in out
     assert f"… and 2 more: migrate status {book} --state failed" in out

@@ -103,8 +103,14 @@ def _iso(at: datetime | None) -> str | None:
     return None if at is None else at.astimezone(UTC).isoformat()
 
 
+_NAMED = 8  # tenants named on a wave's line; more are counted (a line per wave, whatever its size)
+
+
 def _wave_line(w: api.WaveStatus) -> str:
-    line = f"wave {w.name}: {w.stage} ({', '.join(w.tenants) or 'no tenants'})"
+    named = ", ".join(w.tenants) if len(w.tenants) <= _NAMED else f"{len(w.tenants):,} tenants"
+    if len(w.tenants) > _NAMED and w.stage != "done":
+        named += f", {len(w.finished):,} done"
+    line = f"wave {w.name}: {w.stage} ({named or 'no tenants'})"
     if w.blocked_by:
         line += f", after wave {w.blocked_by}"
     if w.approval is not None:

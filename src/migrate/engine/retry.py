@@ -16,7 +16,7 @@ a long copy that meets two short outages an hour apart gets the whole budget for
 each. Waits grow exponentially with full jitter (runners that failed together do
 not come back together) up to ``max_wait``, short enough that a server that is
 back is found within seconds, and never past the budget. Every retry writes one
-``step_retried`` log line and tells the caller (a line on the terminal). When the
+``step_retried`` log event (info) and tells the caller (a line on the terminal). When the
 budget is spent the error says the server was unreachable for N s — exit 1, never
 "check your settings".
 """
@@ -137,7 +137,7 @@ def retrying(
         exc = state.outcome.exception() if state.outcome else None
         pause = state.next_action.sleep if state.next_action else 0.0
         why = condition(exc) if exc else None
-        log.warning(
+        log.info(  # the person's line is ``tell``'s; the event is for whoever asks for the log
             "step_retried",
             condition=why,
             attempt=state.attempt_number + 1,

@@ -444,6 +444,8 @@ def _revert(env: Environment, ctx: StepContext, step: PlannedStep, record: StepR
     try:
         details = impl.revert(ctx, record.details)
         impl.verify_reverted(ctx, details)
+    except Interrupted:
+        raise  # asked to stop between batches: no failure; the rollback records itself unfinished
     except (MigrateError, psycopg.Error) as exc:
         error = from_driver(exc, f"{ctx.tenant.id}/{step.key}")
         revert_failed(env, ctx, step, error)

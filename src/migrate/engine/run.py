@@ -276,7 +276,7 @@ def unfinished_rollback(env: Environment, left: UnfinishedRollback) -> ArgumentE
     """Why a run refuses a tenant whose rollback did not finish, with the command that finishes it."""
     how = {"stopped": "was stopped", "failed": "failed"}.get(left.outcome or "", "was interrupted")
     return ArgumentError(
-        f"tenant '{left.tenant}''s rollback to '{left.point}' {how} before its end "
+        f"the rollback of tenant '{left.tenant}' to '{left.point}' {how} before its end "
         f"(started {left.since.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC): its shared rows and flags may be "
         "half reverted while its steps still read done, so a run now would build on them",
         where=f"tenant {left.tenant}",

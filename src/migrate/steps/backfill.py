@@ -457,7 +457,7 @@ def _delete_batch(
     # own record says it is unfinished, so the same rollback later deletes the rest.
     if ctx.stopping():
         raise Interrupted(
-            f"stopped on request while deleting tenant '{ctx.tenant.id}''s rows (whole batches only)",
+            f"stopped on request while deleting the rows of tenant '{ctx.tenant.id}' (whole batches only)",
             hint="run the same rollback again to delete the rest",
         )
     # Asynchronous commit, as for the copy's chunks: a server crash can only bring the last

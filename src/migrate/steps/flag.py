@@ -58,7 +58,7 @@ class FlagStep:
             if pending.get("unknown"):
                 # The last flip was not confirmed: what does the application see now? Read first.
                 found = ctx.flags.is_enabled(self.spec.flag, ctx.tenant.id)
-                ctx.log.warning("flag_state_read", flag=self.spec.flag, found=found, wanted=self.wanted)
+                ctx.log.info("flag_state_read", flag=self.spec.flag, found=found, wanted=self.wanted)
         figures: Details = {"flag": self.spec.flag, "before": snapshot.enabled}
         figures.update(snapshot=snapshot.to_json(), target=target)
         if found is not None:
@@ -106,7 +106,7 @@ class FlagStep:
         if details.get("flag_state") == "unknown":
             # Its flip was never confirmed: read what the application sees before restoring.
             found = ctx.flags.is_enabled(self.spec.flag, ctx.tenant.id)
-            ctx.log.warning("flag_state_read", flag=self.spec.flag, found=found)
+            ctx.log.info("flag_state_read", flag=self.spec.flag, found=found)
         taken = snapshot_target(snapshot) if snapshot is not None else None
         if snapshot is not None and taken is not None and not same_target(taken, ctx.flags.target()):
             # Taken where the flags were before they moved (accepted with --flags-moved): its exact
