@@ -163,11 +163,14 @@ class Sdk:
                 break
             time.sleep(_PROBE_PAUSE)
         waited = f"{self.s.confirm_seconds:g} s ({probes} probes)"
+        refused = self.fetch_error(failure) if failure is not None else None
+        if refused is not None and any(code in refused.message for code in ("HTTP 401", "HTTP 403")):
+            raise refused  # a token the client API refuses: a setting to fix, not a slow server
         if failure is not None or (probe is not None and probe.known and not _caught_up(probe, revision)):
             # The Admin API took the write; the application's view could not be read back in time.
             why = (
-                self.fetch_error(failure).message
-                if failure is not None
+                refused.message
+                if refused is not None
                 else f"the client API still served revision {probe.revision if probe else '?'}, "
                 f"the flip is {revision}"
             )
