@@ -76,6 +76,8 @@ CASES: dict[str, tuple[list[str], list[str] | None]] = {
     "ledger show": (["ledger", "show", MISSING], ["ledger", "show", str(DEMO)]),
     "ledger verify": (["ledger", "verify", MISSING], ["ledger", "verify", str(DEMO)]),
     "ledger export": (["ledger", "export", MISSING], ["ledger", "export", str(DEMO)]),
+    "ledger keys": (["ledger", "keys", MISSING], ["ledger", "keys", str(DEMO)]),
+    "ledger keygen": (["ledger", "keygen", "--out", "no/such/folder/ledger.key"], None),
     "schema generate": (
         ["schema", "generate", "--out", "/tmp/x"],
         ["schema", "generate", "--source", "acme=postgresql://postgres@127.0.0.1:{port}/x", "--out", "{dir}"],
