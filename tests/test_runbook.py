@@ -21,7 +21,13 @@ from world import DEMO, ROOT, World
 
 EXAMPLE = ROOT / "runbooks" / "demo.md"
 EXAMPLE_REPORT = ROOT / "runbooks" / "demo-rehearsal.json"
-SETTINGS = ("MIGRATE_TARGET_DSN", "MIGRATE_SOURCE_DSN_TEMPLATE", "MIGRATE_FLAG_FILE")
+SETTINGS = (
+    "MIGRATE_TARGET_DSN",
+    "MIGRATE_EU_TARGET_DSN",
+    "MIGRATE_US_TARGET_DSN",
+    "MIGRATE_SOURCE_DSN_TEMPLATE",
+    "MIGRATE_FLAG_FILE",
+)
 
 
 def closed_port() -> int:
@@ -60,13 +66,13 @@ def gated(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("which", ["demo", "gated"])
+@pytest.mark.parametrize("which", ["demo", "gated", "regions"])
 def test_every_command_the_runbook_prints_is_accepted_by_the_cli(
     which: str, tmp_path: Path, cli: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Each `$ migrate …` line, run as it stands against a target that does not answer: never exit 2
     (an argument, option, point or wave the CLI would refuse), never an internal error."""
-    book = DEMO if which == "demo" else gated(tmp_path)
+    book = {"demo": DEMO, "regions": ROOT / "playbooks" / "demo-regions.yaml"}.get(which) or gated(tmp_path)
     monkeypatch.chdir(tmp_path)
     code, markdown, err = cli({}, "runbook", str(book))
     assert code == 0, err
@@ -77,6 +83,8 @@ def test_every_command_the_runbook_prints_is_accepted_by_the_cli(
     port = closed_port()
     environ = {
         "MIGRATE_TARGET_DSN": f"postgresql://postgres@127.0.0.1:{port}/shared",
+        "MIGRATE_EU_TARGET_DSN": f"postgresql://postgres@127.0.0.1:{port}/shared_eu",
+        "MIGRATE_US_TARGET_DSN": f"postgresql://postgres@127.0.0.1:{port}/shared_us",
         "MIGRATE_SOURCE_DSN_TEMPLATE": f"postgresql://postgres@127.0.0.1:{port}/{{tenant}}",
         "MIGRATE_FLAG_FILE": str(tmp_path / "flags.json"),
     }

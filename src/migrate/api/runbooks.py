@@ -54,7 +54,14 @@ def runbook(
 def settings_of(loaded: LoadedPlaybook) -> list[Setting]:
     """The environment variables the playbook names, with what each holds."""
     pb = loaded.playbook
-    out = [Setting(pb.target.dsn_env, "the shared target database")]
+    targets = pb.targets_by_name()
+    out = [
+        Setting(
+            t.dsn_env,
+            "the shared target database" + (f" of region {t.region}" if len(targets) > 1 else ""),
+        )
+        for t in targets.values()
+    ]
     if pb.source.dsn_template_env:
         out.append(Setting(pb.source.dsn_template_env, "each tenant's source DSN, with {tenant} in it"))
     for tenant in loaded.tenants:

@@ -177,7 +177,7 @@ def render_runbook(
         if tenants:
             out += _wave(number, wave, tenants, plan, path, rehearsal)
 
-    out += _when_wrong(path)
+    out += _when_wrong(path, [t.name for t in plan.targets] if len(plan.targets) > 1 else [])
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -227,7 +227,7 @@ def _wave(
     return out
 
 
-def _when_wrong(path: str) -> list[str]:
+def _when_wrong(path: str, regions: Sequence[str]) -> list[str]:
     rows = [
         ("failed", "the error is in `migrate status`; after the fix, the `migrate run … --tenant T` it "
          "names re-runs what is left (done steps are skipped)"),
@@ -243,6 +243,11 @@ def _when_wrong(path: str) -> list[str]:
     ]
     out = ["## When something goes wrong", "", "| status says | do |", "|---|---|"]
     out += [f"| {state} | {_cell(what)} |" for state, what in rows]
-    out += ["", "Afterwards, prove the audit trail:", ""]
-    out += _block([_cmd("ledger", "verify", path), _cmd("ledger", "show", path, "--since", "1d")])
+    out += ["", "Afterwards, prove the audit trail" + (" of every region's target:" if regions else ":"), ""]
+    lines: list[str] = []
+    for region in regions or [""]:
+        where = ["--region", shlex.quote(region)] if region else []
+        lines.append(_cmd("ledger", "verify", path, *where))
+        lines.append(_cmd("ledger", "show", path, *where, "--since", "1d"))
+    out += _block(lines)
     return out
