@@ -147,3 +147,12 @@ def server_root() -> Iterator[Path]:
         yield root
     finally:
         stop_server(root, remove=True)
+
+
+@pytest.fixture(autouse=True)
+def _structlog_per_test() -> None:
+    """Each test starts with the logs at info, on stderr: a CLI call in an earlier test (``main`` sets
+    the level, warning by default) must not filter the events a later test captures."""
+    from migrate.log import configure
+
+    configure(level="info")

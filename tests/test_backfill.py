@@ -21,7 +21,7 @@ from structlog.testing import capture_logs
 
 from databases import DatabaseFactory
 from migrate import api
-from migrate.cli.render import CopyProgress
+from migrate.cli.progress import CopyProgress
 from migrate.control import schema as control_schema
 from migrate.engine.retry import condition
 from migrate.engine.session import tenant_session

@@ -17,7 +17,7 @@ def test_control_schema_upgrades_downgrades_and_upgrades_again(fresh_dsn: str) -
     """Upgrade creates every table; a second upgrade is a no-op; downgrade to base removes them."""
     schema.upgrade(fresh_dsn, "ctl")
     want = {"alembic_version", "runs", "step_state", "checkpoints", "ledger"}
-    want |= {"approvals", "playbook_versions", "holders", "ledger_keys", "residency"}
+    want |= {"approvals", "playbook_versions", "holders", "ledger_keys", "residency", "rollbacks"}
     want |= {"captures", "freezes"}
     assert tables(fresh_dsn) == want
     schema.upgrade(fresh_dsn, "ctl")

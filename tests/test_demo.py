@@ -38,6 +38,10 @@ def test_demo_moves_three_tenants_and_leaves_nothing_running() -> None:
     assert "to acme during its migration; every one arrived" in proc.stdout, proc.stdout[-1500:]
     assert "writes frozen for: acme 0." in proc.stdout
     assert not postgres_processes("tenant-migrate-demo-")
+    # Piped, as in CI: no value cut to fit 80 columns, no log line unless asked for.
+    shown = proc.stdout.split("\nnext:")[0]  # the status and the figures, before the closing words
+    assert "…" not in shown and "acme     canary  cutover  flag       done" in shown
+    assert [line for line in proc.stderr.splitlines() if not line.startswith("· ")] == []
 
 
 def test_demo_keep_prints_exports_that_work_with_the_real_commands() -> None:

@@ -507,7 +507,8 @@ def test_no_password_or_token_reaches_the_ledger_the_output_or_the_logs(
         conn.execute(
             sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(f"{world.prefix}initech"))
         )
-    assert main(["run", str(DEMO), "--jobs", "2"]) == 1
+    # A source database that does not exist is a setting to fix: exit 2, as for the target.
+    assert main(["run", str(DEMO), "--jobs", "2"]) == 2
     assert main(["status", str(DEMO), "--json"]) == 0
     assert main(["ledger", "show", str(DEMO)]) == 0
     assert main(["ledger", "verify", str(DEMO)]) == 0

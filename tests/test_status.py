@@ -25,6 +25,7 @@ from migrate.cli.app import main
 from migrate.control import schema as control_schema
 from migrate.control.store import ControlStore
 from migrate.playbook import load_playbook
+from status_keys import HOLDER_KEYS, TARGET_KEYS, TENANT_KEYS, TOP_KEYS, WAVE_KEYS
 from world import DEMO, ROOT, TABLES, World, corrupt_globex_as_it_is_copied
 
 pytestmark = pytest.mark.tenants("acme", "globex", "initech")
@@ -41,59 +42,6 @@ SETTINGS = (
     "UNLEASH_ENVIRONMENT",
 )
 T = TypeVar("T")
-# The --json keys README.md documents ('Status'): renaming one breaks scripts, so it breaks this test.
-TOP_KEYS = {
-    "playbook",
-    "path",
-    "digest",
-    "accepted",
-    "playbook_changed",
-    "started",
-    "waves",
-    "tenants",
-    "holders",
-    "slots",
-    "flags",
-    "next",
-    "targets",
-}
-TARGET_KEYS = {"name", "region", "dsn_env", "database", "recorded_region", "started"}
-WAVE_KEYS = {"name", "stage", "tenants", "finished", "blocked_by", "approval"}
-TENANT_KEYS = {
-    "tenant",
-    "region",
-    "target",
-    "wave",
-    "state",
-    "phase",
-    "last_step",
-    "step",
-    "steps_done",
-    "steps_total",
-    "points_passed",
-    "rows",
-    "validated",
-    "figures",
-    "error",
-    "flags",
-    "held_by",
-    "capture",
-    "frozen",
-    "freeze_seconds",
-}
-HOLDER_KEYS = {
-    "tenant",
-    "host",
-    "pid",
-    "since",
-    "run_id",
-    "command",
-    "backend_pid",
-    "application",
-    "describe",
-}
-
-
 @pytest.fixture
 def canary_done(world: World) -> World:
     """acme (wave canary) really migrated; globex and initech (wave main) untouched."""

@@ -26,7 +26,7 @@ def ctx(world: World) -> Iterator[StepContext]:
     from migrate.control import schema
 
     schema.upgrade(world.target_dsn, "migrate_control")
-    env = api.environment(load_playbook(DEMO), world.environ)
+    env = api.environment(load_playbook(DEMO), world.environ, flag_file="create")
     tenant = env.loaded.tenants[0]
     with tenant_session(env, tenant, uuid4()) as context:
         yield context
@@ -210,7 +210,7 @@ def test_backfill_revert_leaves_other_tenants_rows(world: World) -> None:
     """Rolling one tenant's backfill back deletes its rows only."""
     assert api.run(DEMO, environ=world.environ, tenants=["acme", "globex"]).ok
     globex = world.target_counts("globex")
-    env = api.environment(load_playbook(DEMO), world.environ)
+    env = api.environment(load_playbook(DEMO), world.environ, flag_file="create")
     with tenant_session(env, env.loaded.tenants[0], uuid4()) as c:
         step_for(BackfillStep(kind="backfill")).revert(c, {})
     assert world.target_counts("acme") == dict.fromkeys(TABLES, 0)

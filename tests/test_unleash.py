@@ -8,7 +8,6 @@ import http.server
 import json
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,13 +28,18 @@ from migrate.adapters.flagfile import FlagDefinition
 from migrate.adapters.unleash import PLACEHOLDER, TITLE, UnleashFlagProvider, advisory_lock
 from migrate.cli.app import main
 from migrate.errors import CheckFailed, SettingsError
-from unleash_eyes import app_sees_on_server, environment_state, unleash_settings
+from unleash_eyes import (
+    app_sees_on_server,
+    environment_state,
+    playbook_flag,
+    unleash_playbook,
+    unleash_settings,
+)
 from unleash_server import UnleashEndpoint, UnleashServer, free_port
 from world import DEMO, World
 
 pytestmark = pytest.mark.tenants("acme", "globex")  # the world of the `migrate flags` tests
 
-DEFINITIONS = Path(__file__).resolve().parent.parent / "flags" / "demo.json"
 
 
 def provider_for(unleash: UnleashEndpoint, lock_dsn: str, **overrides: Any) -> UnleashFlagProvider:
@@ -548,42 +552,6 @@ def test_a_server_that_keeps_failing_gives_up_after_the_attempts(
 
 
 # ----------------------------------------------------------------------------- playbooks
-def unleash_playbook(tmp_path: Path, *, confirm_seconds: float = 10) -> Path:
-    """The demo playbook with its flags on Unleash instead of a file."""
-    text = DEMO.read_text()
-    start, end = text.index("flags:\n"), text.index("phases:\n")
-    flags = (
-        "flags:\n"
-        "  provider: unleash\n"
-        "  url_env: UNLEASH_URL\n"
-        "  admin_token_env: UNLEASH_ADMIN_TOKEN\n"
-        "  client_token_env: UNLEASH_CLIENT_TOKEN\n"
-        "  environment_env: UNLEASH_ENVIRONMENT\n"
-        f"  definitions: {DEFINITIONS}\n"
-        f"  confirm_seconds: {confirm_seconds}\n\n"
-    )
-    path = tmp_path / "unleash.yaml"
-    # A flag name of its own: the server is shared by the whole session.
-    flag = f"tm-run-{uuid.uuid4().hex[:10]}"
-    definitions = json.loads(DEFINITIONS.read_text())
-    definitions["features"][0]["name"] = flag
-    definitions["features"][0]["strategies"][0]["parameters"]["groupId"] = flag
-    own = tmp_path / "definitions.json"
-    own.write_text(json.dumps(definitions))
-    path.write_text(
-        (text[:start] + flags + text[end:])
-        .replace(str(DEFINITIONS), str(own))
-        .replace("flag: tenant-shared-db", f"flag: {flag}")
-    )
-    return path
-
-
-def playbook_flag(playbook: Path) -> str:
-    return next(
-        line.split(":", 1)[1].strip() for line in playbook.read_text().splitlines() if "flag: " in line
-    )
-
-
 def test_flags_sync_and_status_commands(
     world: World, unleash: UnleashEndpoint, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:

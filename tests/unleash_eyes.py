@@ -6,8 +6,11 @@ it), what the Admin API stores for a flag, and the provider's settings for the s
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
+import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,6 +22,7 @@ from UnleashClient.utils import InstanceAllowType
 
 from migrate.adapters.unleash import UnleashSettings
 from unleash_server import UnleashEndpoint
+from world import DEMO
 
 
 def unleash_settings(unleash: UnleashEndpoint, **overrides: Any) -> UnleashSettings:
@@ -83,3 +87,42 @@ def environment_state(unleash: UnleashEndpoint, flag: str) -> dict[str, Any]:
     resp.raise_for_status()
     (env,) = [e for e in resp.json()["environments"] if e["name"] == unleash.environment]
     return {"enabled": env["enabled"], "strategies": env["strategies"]}
+
+
+DEFINITIONS = Path(__file__).resolve().parent.parent / "flags" / "demo.json"
+
+
+def unleash_playbook(tmp_path: Path, *, confirm_seconds: float = 10) -> Path:
+    """The demo playbook with its flags on Unleash instead of a file."""
+    text = DEMO.read_text()
+    start, end = text.index("flags:\n"), text.index("phases:\n")
+    flags = (
+        "flags:\n"
+        "  provider: unleash\n"
+        "  url_env: UNLEASH_URL\n"
+        "  admin_token_env: UNLEASH_ADMIN_TOKEN\n"
+        "  client_token_env: UNLEASH_CLIENT_TOKEN\n"
+        "  environment_env: UNLEASH_ENVIRONMENT\n"
+        f"  definitions: {DEFINITIONS}\n"
+        f"  confirm_seconds: {confirm_seconds}\n\n"
+    )
+    path = tmp_path / "unleash.yaml"
+    # A flag name of its own: the server is shared by the whole session.
+    flag = f"tm-run-{uuid.uuid4().hex[:10]}"
+    definitions = json.loads(DEFINITIONS.read_text())
+    definitions["features"][0]["name"] = flag
+    definitions["features"][0]["strategies"][0]["parameters"]["groupId"] = flag
+    own = tmp_path / "definitions.json"
+    own.write_text(json.dumps(definitions))
+    path.write_text(
+        (text[:start] + flags + text[end:])
+        .replace(str(DEFINITIONS), str(own))
+        .replace("flag: tenant-shared-db", f"flag: {flag}")
+    )
+    return path
+
+
+def playbook_flag(playbook: Path) -> str:
+    return next(
+        line.split(":", 1)[1].strip() for line in playbook.read_text().splitlines() if "flag: " in line
+    )

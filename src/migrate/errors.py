@@ -6,14 +6,21 @@
     ├── InputError                  exit 2: the user can fix it by editing or typing
     │   ├── PlaybookError           a playbook or inventory file: file:line:field
     │   ├── ArgumentError           a command-line argument or option
-    │   ├── SettingsError           an environment variable, a DSN, a server that won't answer
+    │   ├── SettingsError           an environment variable, a DSN, a password, a database name
     │   └── ResidencyRefused        a database is not in the tenant's region (or says none): no row moves
     └── RunFailure                  exit 1: the input was fine, the work did not succeed
         ├── StepFailed              a step's apply, verify or revert failed (tenant/phase/step)
+        │   └── FlagStateUnknown    a flip was made but could not be confirmed in time
+        ├── Unreachable             a server did not answer (refused, timed out, restarting)
         ├── CheckFailed             counts or checksums differ, an isolation probe got through
         ├── TenantLocked            another runner holds the tenant
         ├── LedgerBroken            the audit chain does not verify
-        └── Interrupted             exit 130: stopped at a safe point on request (Ctrl-C)
+        └── Interrupted             exit 130: stopped at a safe point on request (Ctrl-C, SIGTERM)
+
+The exit codes are one contract, the same for every command and for source and
+target alike: 0 success; 1 a step or check failed, or a server did not answer at
+run time; 2 bad input or settings; 130 stopped on request at a safe point; 70 a
+bug (internal error).
 
 Anything else escaping to the CLI is a bug: it is reported as "internal error"
 with the log file, and a traceback only with ``--debug``.
@@ -28,6 +35,7 @@ translation of a database error met while working (redacted, placed).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from typing import Any
 
@@ -74,7 +82,8 @@ class ArgumentError(InputError):
 
 
 class SettingsError(InputError):
-    """An environment variable is missing or wrong, or a server cannot be reached."""
+    """An environment variable is missing or wrong: a DSN that does not parse, a password or a
+    database name the server refuses. A server that does not answer is ``Unreachable``."""
 
 
 class ResidencyRefused(InputError):
@@ -94,6 +103,31 @@ class StepFailed(RunFailure):
     """A step's apply, verify or revert failed for one tenant."""
 
 
+class FlagStateUnknown(StepFailed):
+    """A flag was written but its flip could not be confirmed in time: on or off is unknown.
+
+    ``details`` are the step's figures (the snapshot to restore), recorded with the failure so
+    the next run or rollback reads the real state first and acts on it.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        where: str | None = None,
+        hint: str | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message, where=where, hint=hint, details=details)
+
+
+class Unreachable(RunFailure):
+    """A server did not answer (connection refused, timed out, shutting down or starting up).
+
+    Exit 1, not 2: the settings may well be right, the server was down when it was needed.
+    """
+
+
 class CheckFailed(RunFailure):
     """A validation or isolation check found a difference."""
 
@@ -107,7 +141,7 @@ class LedgerBroken(RunFailure):
 
 
 class Interrupted(RunFailure):
-    """The run was asked to stop (Ctrl-C) and stopped at a safe point; ``run`` resumes it."""
+    """The run was asked to stop (Ctrl-C, SIGTERM) and stopped at a safe point; ``run`` resumes it."""
 
     exit_code = 130
 
@@ -122,5 +156,7 @@ def from_driver(exc: BaseException, where: str, *, as_type: type[RunFailure] | N
     if isinstance(exc, MigrateError):
         if exc.where is not None:
             return exc
-        return type(exc)(exc.message, where=where, hint=exc.hint, details=exc.details)
+        placed = copy.copy(exc)  # keeps what a subclass carries (FlagStateUnknown's details)
+        placed.where = where
+        return placed
     return (as_type or StepFailed)(redact(str(exc).strip()), where=where)

@@ -67,8 +67,33 @@ class FlagSnapshot:
         )
 
 
+FlagTarget = Mapping[str, str]
+"""Where the application reads the flags, as plain strings for the control schema and the ledger:
+``{"provider": "file", "path": <absolute path>}`` or ``{"provider": "unleash", "url": <server, no
+credentials>, "project": …, "environment": …}``."""
+
+
+def same_target(recorded: FlagTarget, current: FlagTarget) -> bool:
+    """Whether a recorded flag target is the current one (keys one side lacks, from older records,
+    are not compared)."""
+    return all(recorded[key] == current[key] for key in recorded.keys() & current.keys())
+
+
+def describe_target(target: FlagTarget) -> str:
+    """'the flag file /srv/flags.json', 'Unleash https://u.example project default environment production'."""
+    if target.get("provider") == "file":
+        return f"the flag file {target.get('path', '?')}"
+    parts = [f"Unleash {target['url']}" if "url" in target else "Unleash"]
+    parts += [f"{key} {target[key]}" for key in ("project", "environment") if key in target]
+    return " ".join(parts)
+
+
 class FlagProvider(Protocol):
     """Per-tenant feature flags as the application will evaluate them."""
+
+    def target(self) -> FlagTarget:
+        """Where the application reads these flags (recorded with every flip; see FlagTarget)."""
+        ...
 
     def is_enabled(self, flag: str, tenant: str) -> bool:
         """What the application sees for this tenant (evaluated by the Unleash SDK)."""

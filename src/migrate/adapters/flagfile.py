@@ -51,7 +51,7 @@ from UnleashClient.utils import InstanceAllowType
 from migrate.errors import ArgumentError, SettingsError
 from migrate.log import get_logger
 from migrate.names import check_tenant_id
-from migrate.ports import FlagChange, FlagSnapshot
+from migrate.ports import FlagChange, FlagSnapshot, FlagTarget
 
 TENANT_CONTEXT = "tenantId"
 """The context field the application evaluates flags with."""
@@ -80,6 +80,55 @@ def _normalise_tenant(tenant: str, where: Path) -> str:
         return check_tenant_id(normalised)
     except ValueError as exc:
         raise ArgumentError(str(exc), where=str(where)) from exc
+
+
+def file_target(path: Path) -> FlagTarget:
+    """The target of a flag file: its absolute path (another working directory is another file)."""
+    return {"provider": PROVIDER, "path": str(path.resolve())}
+
+
+class MissingFlagFile:
+    """A flag file that does not exist (yet), read but never created: every tenant is off.
+
+    What a rehearsal and a rollback get instead of creating the file the application reads
+    (only ``flags sync`` and a first run create it): reads answer off, a flip or restore is
+    refused with the path — a rehearsal records flips without making them anyway.
+    """
+
+    def __init__(self, path: Path, flags: Sequence[str]) -> None:
+        self._path = path
+        self._flags = frozenset(flags)
+
+    def target(self) -> FlagTarget:
+        return file_target(self._path)
+
+    def _known(self, flag: str) -> None:
+        if flag not in self._flags:
+            raise SettingsError(f"flag {flag!r} is not in the flag definitions", where=str(self._path))
+
+    def is_enabled(self, flag: str, tenant: str) -> bool:
+        self._known(flag)
+        return False
+
+    def snapshot(self, flag: str, tenant: str) -> FlagSnapshot:
+        self._known(flag)
+        tenant_id = _normalise_tenant(tenant, self._path)
+        state = {"path": str(self._path.resolve()), "values": []}
+        return FlagSnapshot(PROVIDER, flag, tenant_id, False, state)
+
+    def _absent(self) -> SettingsError:
+        return SettingsError(
+            "the flag file does not exist, so no tenant is on there and nothing can be restored in it",
+            where=str(self._path),
+            hint="point the flag file variable at the file the application reads; only "
+            "'migrate flags sync' and a first run create one",
+        )
+
+    def set_enabled(self, flag: str, tenant: str, enabled: bool) -> FlagChange:
+        raise self._absent()
+
+    def restore(self, snapshot: FlagSnapshot) -> FlagChange:
+        raise self._absent()
 
 
 @dataclass(frozen=True)
@@ -131,6 +180,9 @@ class FileFlagProvider:
     def path(self) -> Path:
         """The flag file, loadable unchanged as Unleash SDK bootstrap."""
         return self._path
+
+    def target(self) -> FlagTarget:
+        return file_target(self._path)
 
     def is_enabled(self, flag: str, tenant: str) -> bool:
         """What the application sees for this tenant, as the official SDK evaluates the file."""
@@ -217,7 +269,7 @@ class FileFlagProvider:
             flag=flag,
             tenant=tenant_id,
             enabled=tenant_id in values,
-            state={"path": str(self._path), "values": values},
+            state={"path": str(self._path.resolve()), "values": values},
         )
 
     def restore(self, snapshot: FlagSnapshot) -> FlagChange:

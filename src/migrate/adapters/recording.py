@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 
-from migrate.ports import FlagChange, FlagProvider, FlagSnapshot
+from migrate.ports import FlagChange, FlagProvider, FlagSnapshot, FlagTarget
 
 
 class RecordingFlags:
@@ -27,6 +27,9 @@ class RecordingFlags:
         """Every flip that would have been made, in order."""
         with self._mutex:
             return list(self._changes)
+
+    def target(self) -> FlagTarget:
+        return self._real.target()
 
     def is_enabled(self, flag: str, tenant: str) -> bool:
         with self._mutex:

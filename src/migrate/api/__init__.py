@@ -1,6 +1,6 @@
 """The library facade: one function per command, each returning a result; nothing prints or exits.
 
-By noun: ``runs`` (plan, run, approve, rollback), ``state`` (status, flags
+By noun: ``runs`` (plan, run, approve, rollback), ``runbooks`` (runbook), ``state`` (status, flags
 status), ``audit`` (ledger show, verify, export), ``checks`` (verify, diff,
 isolation-check), ``flags`` (sync), ``schema`` (schema generate), ``residency``
 (residency set and report), ``settings`` (environment variables to connections
@@ -50,6 +50,7 @@ if TYPE_CHECKING:
         residency_report,
         residency_set,
     )
+    from migrate.api.runbooks import runbook
     from migrate.api.runs import approve, plan, rollback, rollback_preview, run
     from migrate.api.schema import schema_generate
     from migrate.api.settings import Environ, connect, environment, environments
@@ -71,6 +72,7 @@ if TYPE_CHECKING:
     )
     from migrate.checks.diff import DiffResult
     from migrate.checks.isolation import Finding, IsolationReport
+    from migrate.control.rollbacks import UnfinishedRollback
     from migrate.control.store import Holder
     from migrate.engine.gates import Approved
     from migrate.engine.rollback import Reverted, RollbackPreview, RollbackResult
@@ -120,6 +122,7 @@ _HOME = {
     "TenantResidency": "migrate.api.residency",
     "TenantResult": "migrate.engine.run",
     "TenantStatus": "migrate.api.state",
+    "UnfinishedRollback": "migrate.control.rollbacks",
     "VerifyResult": "migrate.api.checks",
     "WaveStatus": "migrate.api.state",
     "approve": "migrate.api.runs",
@@ -142,6 +145,7 @@ _HOME = {
     "rollback": "migrate.api.runs",
     "rollback_preview": "migrate.api.runs",
     "run": "migrate.api.runs",
+    "runbook": "migrate.api.runbooks",
     "schema_generate": "migrate.api.schema",
     "status": "migrate.api.state",
     "verify": "migrate.api.checks",
@@ -199,6 +203,7 @@ __all__ = [
     "TenantResidency",
     "TenantResult",
     "TenantStatus",
+    "UnfinishedRollback",
     "VerifyResult",
     "WaveStatus",
     "approve",
@@ -221,6 +226,7 @@ __all__ = [
     "rollback",
     "rollback_preview",
     "run",
+    "runbook",
     "schema_generate",
     "status",
     "verify",

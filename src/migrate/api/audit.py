@@ -337,7 +337,7 @@ def ledger_public_keys(
 
 def ledger_keygen(out: Path | str) -> tuple[Path, Path, str]:
     """A new Ed25519 ledger key: OUT (private, mode 0600) and OUT.pub; (private, public, key id)."""
-    private_path = Path(out)
+    private_path = check_output(Path(out), "--out")  # a missing folder is an input error, not a bug
     public_path = private_path.with_name(private_path.name + ".pub")
     for path in (private_path, public_path):
         if path.exists():

@@ -15,20 +15,26 @@ from migrate.api.ledger_writes import head_published, signing
 from migrate.api.online import check_online
 from migrate.api.settings import (
     Environ,
+    FlagFileUse,
     check_flags_defined,
     check_output,
     check_residency,
     control_exists,
     environments,
+    flag_provider,
+    flag_target,
     prepare_control,
     progress_of,
 )
+from migrate.control.rollbacks import UnfinishedRollback
 from migrate.control.store import StepRecord
+from migrate.engine.flag_targets import check_flag_targets
 from migrate.engine.gates import Approved
 from migrate.engine.gates import approve as engine_approve
 from migrate.engine.rollback import (
     RollbackPreview,
     RollbackResult,
+    refuse_a_later_point,
     refuse_across_cutover,
     steps_after,
     what_to_revert,
@@ -69,6 +75,7 @@ def run(
     environ: Environ | None = None,
     progress: ProgressSink | None = None,
     outputs: Sequence[tuple[str, Path]] = (),
+    flags_moved: bool = False,
 ) -> RunResult:
     """Run the playbook's phases for its tenants, wave by wave; done steps are skipped.
 
@@ -78,6 +85,8 @@ def run(
     Ctrl-C), ends every tenant at its next safe point. ``progress`` receives the
     copy's ProgressEvents (from worker threads: it must be thread-safe). ``outputs``
     are the files the caller will write afterwards, as (option, path): checked first.
+    A tenant whose flags were flipped elsewhere than the settings point now refuses the
+    run (ArgumentError) unless ``flags_moved`` (ledgered; see engine/flag_targets.py).
 
     Every argument is checked before any I/O: the options, the output paths, the
     playbook, ``tenants`` and ``wave`` (and that they select someone), and the flags
@@ -99,9 +108,9 @@ def run(
     skeleton = build_plan(loaded, None, tenants, wave)  # --tenant and --wave, before any connection
     check_flags_defined(loaded)
     writes = write_targets(skeleton)
-    regions, record = _sinks(
-        environments(loaded, environ, actor, need=dict.fromkeys([*writes, *gate_targets(skeleton)])),
-        dry_run,
+    current = flag_target(loaded, environ)
+    regions = environments(
+        loaded, environ, actor, need=dict.fromkeys([*writes, *gate_targets(skeleton)]), with_flags=False
     )
     signing(regions, environ)
     check_residency(regions, [tp.tenant for tp in skeleton.tenants])  # before anything is written
@@ -109,6 +118,18 @@ def run(
         # Before anything is created (even the control schema): exit 2 with every setting to fix.
         check_online(regions, build_plan(loaded, progress_of(regions, tenants), tenants, wave))
     prepare_control(loaded, environ, writes)
+    flipped = check_flag_targets(
+        regions,
+        writes,
+        current,
+        [tp.tenant.id for tp in skeleton.tenants],
+        flags_moved=flags_moved,
+        command="a run" if not dry_run else "a rehearsal",
+    )
+    # The flag file is created by 'flags sync' or the first real run only: once a tenant was
+    # flipped, a missing file is a wrong setting (MissingFlagFile says so), never made anew.
+    use: FlagFileUse = "read" if dry_run else ("extend" if flipped else "create")
+    regions, record = _sinks(regions.replace_all(flags=flag_provider(loaded, environ, use)), dry_run)
     the_plan = build_plan(loaded, progress_of(regions, tenants), tenants, wave)
     words = ["run", *(f"--tenant {t}" for t in tenants or ()), *([f"--wave {wave}"] if wave else [])]
     options = RunOptions(
@@ -223,6 +244,8 @@ def rollback(
     started: float | None = None,
     actor: str | None = None,
     environ: Environ | None = None,
+    stop: threading.Event | None = None,
+    flags_moved: bool = False,
 ) -> RollbackResult:
     """Revert every step after rollback point ``to``: every selected tenant's flags first, then data.
 
@@ -231,14 +254,29 @@ def rollback(
     (ArgumentError) unless ``discard_writes_since_cutover``; a tenant another runner holds
     refuses the whole rollback (TenantLocked) before anything changes. ``started``
     (``time.monotonic()`` at the command's start) is where the result's times count from.
+    ``stop``, once set (the CLI sets it on Ctrl-C and SIGTERM), ends the rollback at its next
+    safe point; the result then names the unfinished tenants and the command that finishes them.
+    Flags flipped elsewhere than the settings point now refuse it (ArgumentError) unless
+    ``flags_moved`` (ledgered).
     """
     started = time.monotonic() if started is None else started
     req = _rollback_request(playbook, tenants, to, wave, all_tenants, discard_writes_since_cutover, environ)
     writes = write_targets(req.plan)
-    regions = environments(req.loaded, req.environ, actor, need=writes)
+    current = flag_target(req.loaded, req.environ)
+    regions = environments(req.loaded, req.environ, actor, need=writes, with_flags=False)
     signing(regions, req.environ)
     check_residency(regions, [tp.tenant for tp in req.plan.tenants])  # before anything is written
     prepare_control(req.loaded, req.environ, writes)
+    check_flag_targets(
+        regions,
+        writes,
+        current,
+        [tp.tenant.id for tp in req.plan.tenants],
+        flags_moved=flags_moved,
+        command="a rollback",
+    )
+    # Never creates the flag file: a rollback restores flags where the application reads them.
+    regions = regions.replace_all(flags=flag_provider(req.loaded, req.environ, "read"))
     with head_published(regions, writes, "rollback"):
         return engine_rollback(
             regions,
@@ -247,6 +285,7 @@ def rollback(
             discard_writes_since_cutover=discard_writes_since_cutover,
             started=started,
             command=req.command,
+            stop=stop,
         )
 
 
@@ -268,11 +307,15 @@ def rollback_preview(
     req = _rollback_request(playbook, tenants, to, wave, all_tenants, discard_writes_since_cutover, environ)
     regions = environments(req.loaded, req.environ, need=write_targets(req.plan), with_flags=False)
     records: list[StepRecord] = []
+    pending: dict[str, UnfinishedRollback] = {}
     for name, theirs in regions.holding(tp.tenant for tp in req.plan.tenants).items():
         env = regions.envs[name]
         with env.connect_target() as conn:
             if control_exists(conn, env.target.control_schema):
-                records += env.control.steps(conn, [t.id for t in theirs])
+                ids = [t.id for t in theirs]
+                records += env.control.steps(conn, ids)
+                pending |= env.rollbacks.unfinished(conn, ids) if env.rollbacks.exists(conn) else {}
+    refuse_a_later_point(req.plan.tenants, to, pending, str(req.loaded.path))
     preview = what_to_revert(req.plan.tenants, to, records)
     if not discard_writes_since_cutover:
         refuse_across_cutover(preview)

@@ -25,22 +25,24 @@ import shlex
 import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import psycopg
 
 from migrate.engine import residency
+from migrate.engine.retry import RetryPolicy
 from migrate.engine.session import Environment, Regions
 from migrate.errors import (
     ArgumentError,
     PlaybookError,
     SettingsError,
+    Unreachable,
 )
 from migrate.log import redact
 from migrate.plan import StepStatus
 from migrate.playbook import LoadedPlaybook, Tenant
 from migrate.playbook.model import StepBase, Target, UnleashFlags
-from migrate.ports import FlagChange, FlagProvider, FlagSnapshot
+from migrate.ports import FlagChange, FlagProvider, FlagSnapshot, FlagTarget
 
 if TYPE_CHECKING:
     from migrate.adapters.flagfile import FileFlagProvider
@@ -73,6 +75,23 @@ _KEEPALIVES = {
 _CHECK_CLIENT = "SELECT set_config('client_connection_check_interval', '1s', false)"
 
 
+# Server-sent SQLSTATEs of a server that is going away or coming back (not a wrong setting).
+_PASSING_STATES = frozenset({"57P01", "57P02", "57P03", "53300"})
+# libpq's own words when no server answered at all (these carry no SQLSTATE).
+_NO_ANSWER = re.compile(
+    r"(?i)connection refused|timeout expired|timed out|no route to host|network is unreachable"
+    r"|server closed the connection|connection reset|no such file or directory"
+    r"|the database system is (?:starting up|shutting down|in recovery mode|not yet accepting)"
+)
+
+
+def does_not_answer(exc: psycopg.OperationalError) -> bool:
+    """Whether a failed connection means the server did not answer (not that a setting is wrong)."""
+    if exc.sqlstate is not None:
+        return exc.sqlstate in _PASSING_STATES
+    return bool(_NO_ANSWER.search(str(exc)))
+
+
 def connect(dsn: str, *, what: str, var: str, replication: bool = False) -> psycopg.Connection[Any]:
     """An autocommit connection, or a SettingsError that never shows the password.
 
@@ -94,10 +113,18 @@ def connect(dsn: str, *, what: str, var: str, replication: bool = False) -> psyc
             conn.execute(_CHECK_CLIENT)
         return conn
     except psycopg.OperationalError as exc:
+        reason = redact(str(exc).strip().splitlines()[0]) if str(exc).strip() else type(exc).__name__
+        if does_not_answer(exc):
+            raise Unreachable(
+                f"{what} does not answer: {reason}",
+                where=var,
+                hint="the server is down, restarting or out of reach (the settings may well be right); "
+                "nothing was changed by this attempt: run the same command again once it answers",
+            ) from exc
         raise SettingsError(
-            f"cannot connect to {what}: {redact(str(exc).strip().splitlines()[0])}",
+            f"cannot connect to {what}: {reason}",
             where=var,
-            hint=f"check {var} and that the server answers",
+            hint=f"check {var}: its host, port, database, user and password",
         ) from exc
     except psycopg.ProgrammingError as exc:
         # libpq quotes the piece of the DSN it could not parse, and that piece may be the password:
@@ -163,6 +190,9 @@ def source_dsn(loaded: LoadedPlaybook, tenant: Tenant, environ: Environ) -> tupl
 
 class _NoFlags:
     """Stands in when a playbook has no flag step: any use is a bug, said plainly."""
+
+    def target(self) -> FlagTarget:
+        raise SettingsError("this playbook configures no flags")
 
     def is_enabled(self, flag: str, tenant: str) -> bool:
         raise SettingsError("this playbook configures no flags")
@@ -242,7 +272,12 @@ def flag_file_provider(loaded: LoadedPlaybook, environ: Environ, *, create: bool
     return FileFlagProvider(path, definitions=definitions)
 
 
-def flag_provider(loaded: LoadedPlaybook, environ: Environ) -> FlagProvider:
+FlagFileUse = Literal["create", "extend", "read"]
+"""What a command may do to the flag file: create it (``flags sync``, a first run), add missing
+flags to it (a later run), or only read and flip it (a rehearsal, a rollback) — never create it."""
+
+
+def flag_provider(loaded: LoadedPlaybook, environ: Environ, file_use: FlagFileUse = "read") -> FlagProvider:
     flags = step_flags(loaded)
     if not flags:
         return _NoFlags()
@@ -250,9 +285,47 @@ def flag_provider(loaded: LoadedPlaybook, environ: Environ) -> FlagProvider:
         provider = unleash_provider(loaded, environ)
         provider.check(flags)  # a wrong token or environment, or a flag not synced: before any step
         return provider
-    file_provider = flag_file_provider(loaded, environ, create=True)
-    assert file_provider is not None
-    return file_provider
+    if file_use == "create":
+        created = flag_file_provider(loaded, environ, create=True)
+        assert created is not None
+        return created
+    existing = flag_file_provider(loaded, environ, create=False)
+    if existing is None:
+        from migrate.adapters.flagfile import MissingFlagFile
+
+        return MissingFlagFile(flag_file_path(loaded, environ), flags)
+    if file_use == "extend":
+        extended = flag_file_provider(loaded, environ, create=True)  # the file exists: adds flags only
+        assert extended is not None
+        return extended
+    return existing
+
+
+def flag_file_path(loaded: LoadedPlaybook, environ: Environ) -> Path:
+    cfg = loaded.playbook.flags
+    assert not isinstance(cfg, UnleashFlags)
+    return Path(require_env(loaded, environ, cfg.file_env, "flags", "file_env", what="the flag state file"))
+
+
+def flag_target(loaded: LoadedPlaybook, environ: Environ) -> FlagTarget | None:
+    """Where the flags of the current settings are read by the application; None without flag steps.
+
+    Computed from the settings alone: nothing is created, no server is asked.
+    """
+    if not step_flags(loaded):
+        return None
+    cfg = loaded.playbook.flags
+    if isinstance(cfg, UnleashFlags):
+        from migrate.adapters.unleash import unleash_target
+
+        url = require_env(loaded, environ, cfg.url_env, "flags", "url_env", what="the Unleash server's URL")
+        environment = cfg.environment or require_env(
+            loaded, environ, cfg.environment_env, "flags", "environment_env", what="the Unleash environment"
+        )
+        return unleash_target(url, cfg.project, environment)
+    from migrate.adapters.flagfile import file_target
+
+    return file_target(flag_file_path(loaded, environ))
 
 
 def connect_source(loaded: LoadedPlaybook, tenant: Tenant, environ: Environ) -> psycopg.Connection[Any]:
@@ -279,6 +352,27 @@ def connect_replication(loaded: LoadedPlaybook, tenant: Tenant, environ: Environ
     )
 
 
+RETRY_VAR = "MIGRATE_RETRY_SECONDS"
+
+
+def retry_policy(environ: Environ) -> RetryPolicy:
+    """How long a passing outage is retried: ``MIGRATE_RETRY_SECONDS`` (default 60)."""
+    raw = environ.get(RETRY_VAR, "").strip()
+    if not raw:
+        return RetryPolicy()
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= 86_400:
+        raise SettingsError(
+            f"{RETRY_VAR}={raw!r} is not a number of seconds",
+            where=RETRY_VAR,
+            hint=f"export {RETRY_VAR}=60 (0 tries once; the default, 60, outlasts a database restart)",
+        )
+    return RetryPolicy(seconds=seconds)
+
+
 def environment(
     loaded: LoadedPlaybook,
     environ: Environ,
@@ -287,11 +381,18 @@ def environment(
     region: str | None = None,
     with_flags: bool = True,
     with_sources: bool = True,
+    flag_file: FlagFileUse = "read",
 ) -> Environment:
     """The Environment of one target: the playbook's only one, or the target of ``region``."""
     target = the_target(loaded, region)
     return environments(
-        loaded, environ, actor, need=[target.name], with_flags=with_flags, with_sources=with_sources
+        loaded,
+        environ,
+        actor,
+        need=[target.name],
+        with_flags=with_flags,
+        with_sources=with_sources,
+        flag_file=flag_file,
     ).envs[target.name]
 
 
@@ -304,6 +405,7 @@ def environments(
     tenants: Iterable[Tenant] | None = None,
     with_flags: bool = True,
     with_sources: bool = True,
+    flag_file: FlagFileUse = "read",
 ) -> Regions:
     """The Environment of every target, by name (its region). The DSN variables of the targets in
     ``need`` (all by default) must be set now; another target's is read when it is first connected.
@@ -314,8 +416,9 @@ def environments(
     if with_sources:
         for tenant in loaded.tenants if tenants is None else tenants:
             source_dsn(loaded, tenant, environ)
-    flags = flag_provider(loaded, environ) if with_flags else _NoFlags()
+    flags = flag_provider(loaded, environ, flag_file) if with_flags else _NoFlags()
     who = actor or environ.get("MIGRATE_ACTOR") or getpass.getuser()
+    retry = retry_policy(environ)
 
     def opener(target: Target) -> Callable[[], psycopg.Connection[Any]]:
         return lambda: connect_target(loaded, environ, target)
@@ -332,6 +435,7 @@ def environments(
                 actor=who,
                 host=socket.gethostname(),
                 pid=os.getpid(),
+                retry=retry,
             )
             for name, target in targets.items()
         }

@@ -21,7 +21,9 @@ from migrate.api.settings import (
 )
 from migrate.control.capture import Capture, CaptureStore, Freeze
 from migrate.control.residency import ResidencyStore
+from migrate.control.rollbacks import Rollbacks, UnfinishedRollback
 from migrate.control.store import Approval, ControlStore, Holder, StepRecord
+from migrate.engine.rollback import rollback_command
 from migrate.errors import ArgumentError, MigrateError
 from migrate.plan import (
     Plan,
@@ -65,8 +67,24 @@ class StepNow:
     phase: str
     step: str
     kind: str
-    status: str  # running | interrupted (its runner is gone; the next run redoes it) | failed
+    # running | interrupted (its runner is gone; the next run redoes it) | failed | flag state unknown
+    status: str
     error: str | None = None
+
+
+STATES = (
+    "not started",
+    "in progress",
+    "running",  # a runner (run or rollback) holds it now
+    "interrupted",  # its runner is gone mid-step; the next run redoes the step
+    "failed",
+    "flag state unknown",  # a flip could not be confirmed in time; the next run reads it first
+    "rollback interrupted",  # a rollback stopped (on request, or killed) before its end
+    "rollback failed",  # a revert failed; the rollback did not finish
+    "rolled back",
+    "done",
+)
+"""A tenant's state in ``status``, for ``--state`` and scripts."""
 
 
 @dataclass(frozen=True)
@@ -127,7 +145,7 @@ class TenantStatus:
     wave: str
     phase: str | None  # phase of the last finished step
     last_step: str | None
-    state: str  # not started | in progress | running | interrupted | failed | rolled back | done
+    state: str  # one of STATES
     rows: int | None  # rows copied: the backfill's figure, or its checkpoints' while it is under way
     validated: bool | None
     error: str | None
@@ -143,6 +161,7 @@ class TenantStatus:
     capture: CaptureNow | None = None
     frozen: FrozenNow | None = None
     freeze_seconds: float | None = None  # freeze to flip of its cut-over, when it is done
+    rollback: UnfinishedRollback | None = None  # a rollback that started and has not finished
 
 
 @dataclass(frozen=True)
@@ -197,28 +216,51 @@ class Status:
         return tuple(t.holder for t in self.tenants if t.holder is not None)
 
 
+def check_states(states: Sequence[str] | None) -> tuple[str, ...]:
+    """``--state`` values as states (``not-started`` for ``not started``), or an ArgumentError."""
+    out = []
+    for given in states or ():
+        state = given.strip().lower().replace("-", " ").replace("_", " ")
+        if state not in STATES:
+            close = difflib.get_close_matches(state, STATES, n=1)
+            raise ArgumentError(
+                f"unknown state '{given}'",
+                where="--state",
+                hint=(f"did you mean '{close[0].replace(' ', '-')}'? " if close else "")
+                + "write one of: "
+                + ", ".join(s.replace(" ", "-") for s in STATES),
+            )
+        out.append(state)
+    return tuple(out)
+
+
 def status(
     playbook: Path | str,
     tenants: Sequence[str] | None = None,
     *,
     regions: Sequence[str] | None = None,
     environ: Environ | None = None,
+    states: Sequence[str] | None = None,
 ) -> Status:
     """Waves, tenants, lock holders and flags, read from the control schema; and what to run next.
 
     Read-only: it needs the target's settings (and the flags' for flag states, which are
-    otherwise "unavailable"), and changes nothing, not even the control schema's revision. A
-    source is read only for a tenant with a replication slot, to show the WAL it holds back
-    (an unreachable source is shown as such). ``next`` is for the whole playbook, whichever
-    tenants are shown.
-    With a target per region it reads every one (each holds its own tenants' state);
-    ``regions`` shows the tenants of those regions only.
+    otherwise "unavailable"), and changes nothing, not even the control
+    schema's revision. ``next`` is for the whole playbook, whichever tenants are shown: those of
+    ``tenants`` (all by default) in one of ``states`` (any by default). With a target per region it
+    reads every one (each holds its own tenants' state); ``regions`` shows the tenants of those
+    regions only. A source is read only for a tenant with a replication slot, to show the
+    WAL it holds back (an unreachable source is shown as such).
     """
+    wanted = check_states(states)
     environ = os.environ if environ is None else environ
     loaded = load_playbook(playbook)
     if regions:
         _regions(loaded, regions)  # before any connection
-    return read_status(loaded, str(playbook), tenants, environ, with_flags=True, regions=regions)
+    found = read_status(loaded, str(playbook), tenants, environ, with_flags=True, regions=regions)
+    if not wanted:
+        return found
+    return replace(found, tenants=tuple(t for t in found.tenants if t.state in wanted))
 
 
 _CONTROL_TABLES = (
@@ -230,6 +272,7 @@ _CONTROL_TABLES = (
     "residency",
     "captures",
     "freezes",
+    "rollbacks",
 )
 
 
@@ -269,6 +312,7 @@ class _TargetRead:
     approvals: dict[str, Approval]
     accepted: tuple[str, datetime, str] | None
     copied: dict[str, int]
+    unfinished: dict[str, UnfinishedRollback] = field(default_factory=dict)
     captures: dict[str, Capture] = field(default_factory=dict)
     freezes: dict[str, Freeze] = field(default_factory=dict)
 
@@ -307,6 +351,8 @@ def _read_target(
         replication = CaptureStore(target.control_schema, loaded.playbook.name)
         captures = replication.captures(conn, mine) if "captures" in found and mine else {}
         freezes = replication.freezes(conn, mine) if "freezes" in found and mine else {}
+        rollbacks = Rollbacks(target.control_schema, loaded.playbook.name)
+        unfinished = rollbacks.unfinished(conn, mine) if "rollbacks" in found and mine else {}
         here, recorded = ResidencyStore(target.control_schema).read(conn)
     status = TargetStatus(
         target.name,
@@ -316,7 +362,9 @@ def _read_target(
         None if recorded is None else recorded.region,
         "step_state" in found,
     )
-    return _TargetRead(status, records, holders, approvals, accepted, copied, captures, freezes)
+    return _TargetRead(
+        status, records, holders, approvals, accepted, copied, unfinished, captures, freezes
+    )
 
 
 def read_status(
@@ -343,6 +391,7 @@ def read_status(
     copied: dict[str, int] = {}
     captures: dict[str, Capture] = {}
     freezes: dict[str, Freeze] = {}
+    unfinished: dict[str, UnfinishedRollback] = {}
     targets: list[TargetStatus] = []
     for name, target in pb.targets_by_name().items():  # every target: each holds its tenants' state
         mine = [t.id for t in loaded.tenants if pb.target_name_of(t) == name]
@@ -354,6 +403,7 @@ def read_status(
         copied.update(read.copied)
         captures.update(read.captures)
         freezes.update(read.freezes)
+        unfinished.update(read.unfinished)
         targets.append(read.status)
     by_tenant: dict[str, dict[str, StepRecord]] = {}
     for rec in records:
@@ -363,7 +413,11 @@ def read_status(
     states = {
         tp.tenant.id: _with_replication(
             _tenant_status(
-                tp, by_tenant.get(tp.tenant.id, {}), holders.get(tp.tenant.id), copied.get(tp.tenant.id)
+                tp,
+                by_tenant.get(tp.tenant.id, {}),
+                holders.get(tp.tenant.id),
+                copied.get(tp.tenant.id),
+                unfinished.get(tp.tenant.id),
             ),
             captures.get(tp.tenant.id),
             freezes.get(tp.tenant.id),
@@ -470,7 +524,11 @@ def _slots(loaded: LoadedPlaybook, environ: Environ, captures: Mapping[str, Capt
 
 
 def _tenant_status(
-    tp: TenantPlan, recs: Mapping[str, StepRecord], holder: Holder | None, copied: int | None
+    tp: TenantPlan,
+    recs: Mapping[str, StepRecord],
+    holder: Holder | None,
+    copied: int | None,
+    rollback: UnfinishedRollback | None = None,
 ) -> TenantStatus:
     def state_of(step: PlannedStep) -> StepStatus:
         record = recs.get(step.key)
@@ -487,6 +545,8 @@ def _tenant_status(
         status_now = state_of(s)
         if current is None and status_now in (StepStatus.RUNNING, StepStatus.FAILED):
             word = "failed" if status_now is StepStatus.FAILED else "running" if holder else "interrupted"
+            if word == "failed" and recs[s.key].details.get("flag_state") == "unknown":
+                word = "flag state unknown"  # flipped, not confirmed: the next run reads it first
             current = StepNow(s.key, s.phase, s.step_id, s.kind, word, recs[s.key].error)
         reports = s.spec.reports if s.spec is not None else None
         if reports == "rows" and status_now is StepStatus.DONE:
@@ -500,8 +560,12 @@ def _tenant_status(
                 validated = bool(details.get("match"))
                 figures = details["tables"]
     reverted = any(r.status is StepStatus.REVERTED for r in recs.values())
-    if holder is not None and len(done) < len(real):
+    if rollback is not None:
+        rows = None  # whatever the backfill's record says, part of its rows may be gone
+    if holder is not None and (len(done) < len(real) or rollback is not None):
         state = "running"
+    elif rollback is not None:
+        state = "rollback failed" if rollback.outcome == "failed" else "rollback interrupted"
     elif current is not None and current.status != "running":
         state = current.status
     elif len(done) == len(real):
@@ -520,7 +584,7 @@ def _tenant_status(
         state=state,
         rows=rows,
         validated=validated,
-        error=current.error if current and current.status == "failed" else None,
+        error=current.error if current and current.status in ("failed", "flag state unknown") else None,
         figures=figures,
         current=current,
         points=tuple(
@@ -529,6 +593,7 @@ def _tenant_status(
         steps_done=len(done),
         steps_total=len(real),
         holder=holder,
+        rollback=rollback,
     )
 
 
@@ -541,12 +606,51 @@ def _next_command(
 ) -> NextCommand | None:
     """The one command that moves the playbook on from here, and why; None when all is done."""
     book = shlex.quote(path)
+    # An unfinished rollback first: an incident is under way, and nothing else may run on those tenants.
+    left = [t for t in tenants if t.rollback is not None and t.holder is None]
+    if left:
+        head = left[0].rollback
+        assert head is not None
+        same = [
+            t.tenant
+            for t in left
+            if t.rollback is not None
+            and (t.rollback.point, t.rollback.discard_writes) == (head.point, head.discard_writes)
+        ]
+        how = "; ".join(
+            f"{t.tenant}'s rollback to '{t.rollback.point}' "
+            + (
+                "failed: " + (t.rollback.error or "no error recorded")
+                if t.rollback.outcome == "failed"
+                else "was stopped"
+                if t.rollback.outcome == "stopped"
+                else "was interrupted (its process is gone)"
+            )
+            for t in left
+            if t.rollback is not None
+        )
+        return NextCommand(
+            rollback_command(path, same, head.point, discard=head.discard_writes),
+            f"{how}; the same rollback finishes it (it goes on where it stopped), and 'migrate run' "
+            "refuses these tenants until it has",
+        )
     if accepted is not None and accepted.digest != digest:
         return NextCommand(
             f"migrate run {book} --replan",
             f"the playbook changed since version {accepted.digest[:12]} "
             f"(accepted {accepted.since:%Y-%m-%d %H:%M} by {accepted.actor}); "
             f"review 'migrate plan {book}', then run with --replan to work to version {digest[:12]}",
+        )
+    unknown = [t for t in tenants if t.state == "flag state unknown" and t.current is not None]
+    if unknown:
+        t = unknown[0]
+        assert t.current is not None
+        return NextCommand(
+            f"migrate run {book} --tenant {shlex.quote(t.tenant)}",
+            f"tenant {t.tenant}'s {t.current.key} flipped its flag but could not confirm it in time "
+            f"({t.current.error or 'no error recorded'}): whether the application sees it is unknown; "
+            "the run reads the real state first, then finishes the flip and confirms it "
+            f"(or roll it back: migrate rollback {book} --tenant {shlex.quote(t.tenant)} --to POINT)",
         )
     for t in tenants:
         if t.state != "failed" or t.current is None:

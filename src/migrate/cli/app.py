@@ -20,31 +20,45 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import IO, TYPE_CHECKING, Annotated, cast
 
 import typer
 from rich.console import Console
 
 from migrate import api
-from migrate.cli import render
+from migrate.cli import machine, render
 from migrate.cli import report as reports
+from migrate.cli.progress import CopyProgress, PlainProgress
+from migrate.cli.summary import ROWS_UP_TO as STATUS_ROWS_UP_TO
 from migrate.errors import ArgumentError, MigrateError
-from migrate.log import configure, redact
+from migrate.log import RedactingStream, configure, redact
 
 if TYPE_CHECKING:
     from migrate.api import ProgressSink, RunResult
 
+EXIT_CODES = (
+    "Exit codes, the same for every command and for source and target alike: "
+    "0 success; "
+    "1 a step or check failed, or a server did not answer at run time; "
+    "2 bad input or settings (playbook, arguments, environment variables, a password or "
+    "database the server refuses), or a state that needs a person first; "
+    "130 stopped on request (Ctrl-C, SIGTERM) at a safe point, with the command that resumes; "
+    "70 a bug (internal error)."
+)
+
 app = typer.Typer(
     name="migrate",
     help="Move SaaS tenants from one PostgreSQL database each into one shared schema "
-    "with tenant_id and Row-Level Security: phased, validated, reversible, audited.",
+    "with tenant_id and Row-Level Security: phased, validated, reversible, audited.\n\n" + EXIT_CODES,
     pretty_exceptions_enable=False,
     no_args_is_help=True,
     add_completion=False,
     rich_markup_mode=None,
 )
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# Everything printed goes through log.redact: a DSN or URL with credentials never reaches a screen or a CI
+# log, whichever message, table or JSON it rode in.
+out = Console(file=cast("IO[str]", RedactingStream(lambda: sys.stdout)), highlight=False, soft_wrap=True)
+err = Console(file=cast("IO[str]", RedactingStream(lambda: sys.stderr)), highlight=False, soft_wrap=True)
 _state = {"debug": False}
 
 PlaybookArg = Annotated[
@@ -63,13 +77,16 @@ def _main(
         str | None,
         typer.Option(
             "--log-level",
-            help="debug, info, warning or error "
-            "(default: warning on a terminal, info otherwise; logs go to stderr).",
+            help="debug, info, warning or error (default: $MIGRATE_LOG_LEVEL, else warning). Logs go "
+            "to stderr, JSON lines when it is no terminal; what a person needs (progress, retries, "
+            "results) is printed whatever the level.",
         ),
     ] = None,
 ) -> None:
     _state["debug"] = debug
-    level = log_level or os.environ.get("MIGRATE_LOG_LEVEL") or ("warning" if sys.stderr.isatty() else "info")
+    # Quiet by default, on a terminal and in CI alike: the output says what happened, and the
+    # structured events are there for whoever asks for them (--log-level info).
+    level = log_level or os.environ.get("MIGRATE_LOG_LEVEL") or "warning"
     if level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ArgumentError(
             f"unknown log level {level!r}", where="--log-level", hint="write debug, info, warning or error"
@@ -107,14 +124,28 @@ def demo(
 
 
 @app.command()
-def plan(playbook: PlaybookArg, tenant: TenantOpt = None) -> None:
+def plan(playbook: PlaybookArg, tenant: TenantOpt = None, as_json: JsonOpt = False) -> None:
     """Validate the playbook and print, per tenant, the steps that would run."""
-    out.print(render.plan(api.plan(playbook, tenant)), markup=False)
+    the_plan = api.plan(playbook, tenant)
+    if as_json:
+        out.print_json(data=machine.plan_json(the_plan))
+        return
+    out.print(render.plan(the_plan), markup=False)
 
 
 WaveOpt = Annotated[
     str | None,
     typer.Option("--wave", "-w", help="Only the tenants of this wave.", show_default=False),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
+FlagsMovedOpt = Annotated[
+    bool,
+    typer.Option(
+        "--flags-moved",
+        help="The flags live elsewhere now than where the tenants were flipped (another flag file, "
+        "Unleash server, project or environment) and the application reads them there: act on the "
+        "current settings (ledgered). Without it, such a difference refuses the command (exit 2).",
+    ),
 ]
 ActorOpt = Annotated[
     str | None,
@@ -125,30 +156,60 @@ ActorOpt = Annotated[
 ]
 
 
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C; an orchestrator's or a CI job's cancel
+
+
+def _signal_name(signum: int) -> str:
+    return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+
+
+def _stopped_at_once(signum: int, frame: object) -> None:
+    """Outside run and rollback: a stop signal ends the command at once (exit 130), saying so."""
+    err.print(f"interrupted ({_signal_name(signum)})", markup=False)
+    raise KeyboardInterrupt
+
+
 @contextmanager
-def _stop_on_interrupt() -> Iterator[threading.Event]:
-    """Ctrl-C asks the run to stop at its next safe point; a second Ctrl-C stops at once."""
+def _stop_signals() -> Iterator[None]:
+    """SIGTERM ends a command like Ctrl-C does (exit 130, a message), not silently with 143."""
+    try:
+        previous = {signum: signal.signal(signum, _stopped_at_once) for signum in _STOP_SIGNALS}
+    except ValueError:  # not the main thread (the CLI called from a library): leave them
+        yield
+        return
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+@contextmanager
+def _stop_on_interrupt(what: str) -> Iterator[threading.Event]:
+    """Ctrl-C or SIGTERM asks ``what`` to stop at its next safe point; a second one stops at once."""
     stop = threading.Event()
 
     def asked(signum: int, frame: object) -> None:
         if stop.is_set():
+            err.print(f"{_signal_name(signum)} again: stopping at once", markup=False)
             raise KeyboardInterrupt
         stop.set()
         err.print(
-            "stopping at the next safe point (every tenant finishes its current chunk or step); "
-            "Ctrl-C again to stop at once",
+            f"{_signal_name(signum)}: stopping the {what} at the next safe point "
+            "(after the current chunk, batch or step); send it again to stop at once",
             markup=False,
         )
 
     try:
-        previous = signal.signal(signal.SIGINT, asked)
+        previous = {signum: signal.signal(signum, asked) for signum in _STOP_SIGNALS}
     except ValueError:  # not the main thread (the CLI called from a library): no handler
         yield stop
         return
     try:
         yield stop
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 @app.command()
@@ -189,15 +250,20 @@ def run(
         typer.Option("--junit", help="Write the same as JUnit XML, for CI.", show_default=False),
     ] = None,
     actor: ActorOpt = None,
+    flags_moved: FlagsMovedOpt = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the --report document on stdout instead of the text.")
+    ] = False,
 ) -> None:
     """Run the playbook's phases, wave by wave; done steps are skipped, so re-running is safe.
 
-    Exit 0: every tenant done (or rehearsed). 1: a step or check failed, a tenant was
-    locked, or a wave waits (for approval or an earlier wave). 2: bad input, or a target
-    that does not carry the tenant's region (nothing of that tenant is written).
-    130: stopped by Ctrl-C at a safe point — run the same command again to resume.
+    Exit 0: every tenant done (or rehearsed). 1: a step or check failed, a server did not
+    answer, a tenant was locked, or a wave waits (for approval or an earlier wave). 2: bad
+    input or settings, or a tenant refused until a person acts (a target that does not carry
+    its region, an unfinished rollback, flag settings that point elsewhere than its cut-over).
+    130: stopped by Ctrl-C or SIGTERM at a safe point — run the same command again to resume.
     """
-    with _stop_on_interrupt() as stop:
+    with _stop_on_interrupt("run") as stop:
 
         def call(progress: ProgressSink | None = None) -> RunResult:
             return api.run(
@@ -212,24 +278,24 @@ def run(
                 actor=actor,
                 progress=progress,
                 outputs=[(o, p) for o, p in (("--report", report), ("--junit", junit)) if p is not None],
+                flags_moved=flags_moved,
             )
 
-        if err.is_terminal:  # bars on a terminal; elsewhere the log's chunk_copied/table_copied events
-            with render.CopyProgress(err) as bars:
+        if err.is_terminal:  # bars on a terminal; elsewhere a line now and then
+            with CopyProgress(err) as bars:
                 result = call(bars)
         else:
-            result = call()
-    render.run(out, result, playbook)
+            result = call(PlainProgress(err))
+    if as_json:
+        out.print_json(data=reports.report_json(result, str(playbook)))
+    else:
+        render.run(out, result, playbook)
     if report is not None:
         reports.write_json(report, result, str(playbook))
     if junit is not None:
         reports.write_junit(junit, result, str(playbook))
-    if result.stopped:
-        raise typer.Exit(130)
-    if result.refused:
-        raise typer.Exit(2)  # a target that does not carry the tenant's region: bad settings, not a failure
-    if not result.ok:
-        raise typer.Exit(1)
+    if result.exit_code:
+        raise typer.Exit(result.exit_code)
 
 
 @app.command()
@@ -237,9 +303,13 @@ def approve(
     playbook: PlaybookArg,
     wave: Annotated[str, typer.Option("--wave", "-w", help="The wave whose gate to open.")],
     actor: ActorOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Open a wave's approval gate (the wave has 'approval: true'); ledgered with who approved."""
     result = api.approve(playbook, wave, actor=actor)
+    if as_json:
+        out.print_json(data=machine.approve_json(result))
+        return
     again = " again" if result.again else ""
     out.print(
         f"wave {result.wave} approved{again} by {result.actor} on {result.host} "
@@ -266,25 +336,76 @@ RegionOpt = Annotated[
 
 
 @app.command()
+def runbook(
+    playbook: PlaybookArg,
+    tenant: TenantOpt = None,
+    report: Annotated[
+        Path | None,
+        typer.Option(
+            "--report",
+            help="A rehearsal's report (migrate run --dry-run --report FILE): its times, rows and freeze "
+            "figures go in the runbook.",
+            show_default=False,
+        ),
+    ] = None,
+    out_file: Annotated[
+        Path | None,
+        typer.Option("--out", help="Write the runbook to this file (default: stdout).", show_default=False),
+    ] = None,
+) -> None:
+    """Write a Markdown runbook: per wave and tenant the commands in order, what each step checks, the
+    rollback command of each point and what it gives up, rehearsal figures, the status commands to watch.
+
+    Generated from the same plan 'migrate run' follows, so it cannot drift; reads no database.
+    """
+    text = api.runbook(playbook, tenant, report=report, out=out_file)
+    if out_file is None:
+        sys.stdout.write(redact(text))
+        return
+    err.print(f"runbook written to {out_file}", markup=False)
+
+
+@app.command()
 def status(
     playbook: PlaybookArg,
     tenant: TenantOpt = None,
     region: RegionFilterOpt = None,
+    state: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--state",
+            "-s",
+            help="Only tenants in this state (repeat for more): not-started, in-progress, running, "
+            "interrupted, failed, flag-state-unknown, rollback-interrupted, rollback-failed, "
+            "rolled-back, done.",
+            show_default=False,
+        ),
+    ] = None,
+    all_rows: Annotated[
+        bool,
+        typer.Option("--all", help="A row per tenant, however many (default: up to 20, else a summary)."),
+    ] = False,
     as_json: Annotated[
-        bool, typer.Option("--json", help="Machine-readable output, with the next command to run.")
+        bool,
+        typer.Option(
+            "--json", help="Machine-readable output, every tenant shown, with the next command to run."
+        ),
     ] = False,
 ) -> None:
     """Show waves, tenants (region, step, rollback points, rows, validation, flags, lock holder) and what to
     run next.
 
-    Read-only: needs the targets' settings (every region's: each holds its tenants' state) and the
-    flags', never a source's.
+    Up to 20 tenants get a row each; more are summed up by wave and state (one screen), with
+    the tenants that need attention: --tenant, --state, --region or --all show rows. Read-only:
+    needs the targets' settings (every region's: each holds its tenants' state) and the flags',
+    never a source's.
     """
-    result = api.status(playbook, tenant, regions=region)
+    result = api.status(playbook, tenant, regions=region, states=state)
     if as_json:
         out.print_json(data=render.status_json(result))
-    else:
-        render.status(out, result)
+        return
+    rows = bool(tenant or state or region or all_rows) or len(result.tenants) <= STATUS_ROWS_UP_TO
+    render.status(out, result, rows=rows)
 
 
 @app.command()
@@ -295,10 +416,14 @@ def verify(
         list[str] | None,
         typer.Option("--table", help="Only this table (repeat for more).", show_default=False),
     ] = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Compare row counts and checksums, source vs target, now; exit 1 on any mismatch."""
     result = api.verify(playbook, tenant, table)
-    render.verification(out, result)
+    if as_json:
+        out.print_json(data=machine.verify_json(result))
+    else:
+        render.verification(out, result)
     if not result.match:
         raise typer.Exit(1)
 
@@ -309,10 +434,14 @@ def diff(
     tenant: Annotated[str, typer.Option("--tenant", "-t", help="The tenant.")],
     table: Annotated[str, typer.Option("--table", help="The table whose checksums differ.")],
     sample: Annotated[int, typer.Option("--sample", help="Keys shown per kind of difference.")] = 10,
+    as_json: JsonOpt = False,
 ) -> None:
     """Find the keys that are missing, extra or changed in the target (bisection by key ranges)."""
     result = api.diff(playbook, tenant, table, sample=sample)
-    render.diff(out, tenant, result)
+    if as_json:
+        out.print_json(data=machine.diff_json(tenant, result))
+    else:
+        render.diff(out, tenant, result)
     if not result.equal:
         raise typer.Exit(1)
 
@@ -345,9 +474,18 @@ def rollback(
     actor: Annotated[
         str | None, typer.Option(help="Who rolls back, for the ledger.", show_default=False)
     ] = None,
+    flags_moved: FlagsMovedOpt = False,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Revert every step after a rollback point: all flags first, then data, each ledgered."""
+    """Revert every step after a rollback point: all flags first, then data, each ledgered.
+
+    Ctrl-C or SIGTERM stops it at the next safe point (between steps or batches, exit 130);
+    the tenants left are recorded as unfinished, 'migrate status' names them, 'run' refuses
+    them, and the same command finishes the job.
+    """
     started = time.monotonic()
+    if as_json and not yes:
+        raise ArgumentError("--json prints no preview and asks nothing", where="--json", hint="add --yes")
     if not yes:
         if not sys.stdin.isatty():
             raise ArgumentError(
@@ -367,17 +505,25 @@ def rollback(
         if not preview.nothing:
             typer.confirm(render.rollback_question(preview), abort=True)
             started = time.monotonic()  # the time a person takes to read is not the rollback's
-    result = api.rollback(
-        playbook,
-        tenant,
-        to,
-        wave=wave,
-        all_tenants=all_tenants,
-        discard_writes_since_cutover=discard_writes_since_cutover,
-        started=started,
-        actor=actor,
-    )
-    render.rollback(out, result)
+    with _stop_on_interrupt("rollback") as stop:
+        result = api.rollback(
+            playbook,
+            tenant,
+            to,
+            wave=wave,
+            all_tenants=all_tenants,
+            discard_writes_since_cutover=discard_writes_since_cutover,
+            started=started,
+            actor=actor,
+            stop=stop,
+            flags_moved=flags_moved,
+        )
+    if as_json:
+        out.print_json(data=machine.rollback_json(result))
+    else:
+        render.rollback(out, result)
+    if result.stopped is not None:
+        raise typer.Exit(130)
 
 
 flags_app = typer.Typer(help="Show and create the playbook's feature flags.", no_args_is_help=True)
@@ -781,8 +927,10 @@ def main(argv: list[str] | None = None) -> int:
     """Console entry point: run the app, render errors once, return the exit code."""
     try:
         # Standalone mode: click renders usage errors (exit 2), --help and aborts itself,
-        # and ends with SystemExit; our own errors and bugs come through as exceptions.
-        app(args=argv, prog_name="migrate")
+        # and ends with SystemExit (typer turns KeyboardInterrupt into 130); our own errors
+        # and bugs come through as exceptions.
+        with _stop_signals():
+            app(args=argv, prog_name="migrate")
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except MigrateError as exc:

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, ProgressColumn, Task, TaskID, TextColumn, TimeRemainingColumn
-from rich.table import Table
-from rich.text import Text
 
 from migrate import api
+from migrate.cli import summary
+from migrate.cli.grid import Grid
 from migrate.errors import MigrateError
+
+_ROW_COLUMNS = frozenset({"source rows", "target rows"})
 
 if TYPE_CHECKING:
     from migrate.api import (
@@ -22,7 +22,6 @@ if TYPE_CHECKING:
         Holder,
         IsolationReport,
         Plan,
-        ProgressEvent,
         Reverted,
         RollbackPreview,
         RollbackResult,
@@ -71,7 +70,8 @@ def run(console: Console, result: RunResult, playbook: Path | None = None) -> No
                 if "freeze_seconds" in step.details and step.summary:
                     console.print(f"  {step.key}: {step.summary}", markup=False)
             continue
-        console.print(f"{tenant.tenant}: {tenant.outcome.upper()}", markup=False)
+        shout = "FLAG STATE UNKNOWN" if tenant.outcome == "unknown" else tenant.outcome.upper()
+        console.print(f"{tenant.tenant}: {shout}", markup=False)
         if tenant.note:
             console.print(f"  {tenant.note}", markup=False)
         if tenant.error is not None:
@@ -106,8 +106,14 @@ def _iso(at: datetime | None) -> str | None:
     return None if at is None else at.astimezone(UTC).isoformat()
 
 
+_NAMED = 8  # tenants named on a wave's line; more are counted (a line per wave, whatever its size)
+
+
 def _wave_line(w: api.WaveStatus) -> str:
-    line = f"wave {w.name}: {w.stage} ({', '.join(w.tenants) or 'no tenants'})"
+    named = ", ".join(w.tenants) if len(w.tenants) <= _NAMED else f"{len(w.tenants):,} tenants"
+    if len(w.tenants) > _NAMED and w.stage != "done":
+        named += f", {len(w.finished):,} done"
+    line = f"wave {w.name}: {w.stage} ({named or 'no tenants'})"
     if w.blocked_by:
         line += f", after wave {w.blocked_by}"
     if w.approval is not None:
@@ -118,13 +124,27 @@ def _wave_line(w: api.WaveStatus) -> str:
 
 
 def _step_now(now: api.StepNow) -> str:
+    if now.status == "flag state unknown":
+        return f"{now.key}: flag state UNKNOWN (flipped, not confirmed; the next run reads it first)"
     if now.status == "interrupted":
         return f"{now.key} interrupted (its runner is gone; the next run redoes it)"
     return f"{now.key} {now.status}" + (f": {now.error}" if now.error else "")
 
 
-def status(console: Console, result: api.Status) -> None:
-    """The playbook's version, its waves, a row per tenant, who holds what, figures and the next command."""
+def _rollback_now(left: api.UnfinishedRollback, held: bool) -> str:
+    since = _when(left.since)
+    if held:
+        return f"rolling back to '{left.point}' since {since}"
+    if left.outcome == "failed":
+        why = left.error or "no error recorded"
+        return f"rollback to '{left.point}' FAILED ({why}); unfinished since {since}"
+    how = "stopped on request" if left.outcome == "stopped" else "interrupted (its process is gone)"
+    return f"rollback to '{left.point}' {how}; unfinished since {since}"
+
+
+def status(console: Console, result: api.Status, *, rows: bool = True) -> None:
+    """The playbook's version, its waves, a row per tenant (or, without ``rows``, a summary by wave and
+    state that fits on a screen), who holds what, figures and the next command."""
     where = f" ({result.path})" if result.path else ""
     console.print(f"playbook {result.playbook}, version {result.digest[:12]}{where}", markup=False)
     if result.accepted is not None and result.playbook_changed:
@@ -140,8 +160,13 @@ def status(console: Console, result: api.Status) -> None:
         console.print("targets: " + ", ".join(_target_line(t) for t in result.targets), markup=False)
     for w in result.waves:
         console.print(_wave_line(w), markup=False)
+    if not rows:
+        summary.status_summary(console, result, [_tenant_now(t) for t in result.tenants])
+        for slot in result.slots:
+            console.print(_slot_line(slot), markup=False)
+        _next(console, result)
+        return
     names = [f.flag for f in result.flags] if result.flags_error is None else []
-    table = Table(title_justify="left")
     cols = (
         "tenant",
         "region",
@@ -154,8 +179,7 @@ def status(console: Console, result: api.Status) -> None:
         "validated",
         *names,
     )
-    for col in cols:
-        table.add_column(col, justify="right" if col == "rows" else "left")
+    table = Grid(cols, right=frozenset({"rows"}))
     for t in result.tenants:
         table.add_row(
             t.tenant,
@@ -169,13 +193,10 @@ def status(console: Console, result: api.Status) -> None:
             _yes_no(t.validated),
             *(_on_off(t.flags.get(name)) for name in names),
         )
-    console.print(table)
+    table.print(console)
     for t in result.tenants:
-        parts = [_step_now(t.current)] if t.current is not None else []
-        if t.holder is not None:
-            parts.append(f"held by {t.holder.describe()}")
-        if parts:
-            console.print(f"{t.tenant}: {'; '.join(parts)}", markup=False)
+        if now := _tenant_now(t):
+            console.print(f"{t.tenant}: {now}", markup=False)
         for line in _replication_lines(t):
             console.print(f"{t.tenant}: {line}", markup=False)
     for slot in result.slots:
@@ -184,6 +205,20 @@ def status(console: Console, result: api.Status) -> None:
         console.print(f"flags unavailable: {result.flags_error}", markup=False)
     if any(t.figures for t in result.tenants):
         figures(console, result)
+    _next(console, result)
+
+
+def _tenant_now(t: api.TenantStatus) -> str:
+    """What a tenant is doing or where it stopped, with its holder: '' when nothing to say."""
+    parts = [_step_now(t.current)] if t.current is not None else []
+    if t.rollback is not None:
+        parts.insert(0, _rollback_now(t.rollback, t.holder is not None))
+    if t.holder is not None:
+        parts.append(f"held by {t.holder.describe()}")
+    return "; ".join(parts)
+
+
+def _next(console: Console, result: api.Status) -> None:
     if result.next is None:
         console.print("next: nothing, every tenant is done", markup=False)
     else:
@@ -342,6 +377,15 @@ def status_json(result: api.Status) -> dict[str, Any]:
                 if t.frozen is None
                 else {"since": _iso(t.frozen.since), "roles": list(t.frozen.roles), "step": t.frozen.step},
                 "freeze_seconds": t.freeze_seconds,
+                "rollback": None
+                if t.rollback is None
+                else {
+                    "to": t.rollback.point,
+                    "outcome": t.rollback.outcome or ("running" if t.holder else "interrupted"),
+                    "since": _iso(t.rollback.since),
+                    "error": t.rollback.error,
+                    "discard_writes_since_cutover": t.rollback.discard_writes,
+                },
             }
             for t in result.tenants
         ],
@@ -383,6 +427,22 @@ def rollback(console: Console, result: RollbackResult) -> None:
         return
     for step in result.steps:
         console.print(_reverted(step), markup=False)
+    if result.stopped is not None:
+        done = [t for t in result.tenants if t not in result.unfinished]
+        flags = (
+            f"traffic back on the old databases after {result.seconds_to_flags:.2f} s (flags restored); "
+            if result.seconds_to_flags is not None
+            else ""
+        )
+        console.print(
+            f"rollback STOPPED at a safe point ({result.stopped}): {flags}"
+            + (f"{', '.join(done)} done; " if done else "")
+            + f"unfinished: {', '.join(result.unfinished)} "
+            "(recorded; 'migrate run' refuses them until it is done)",
+            markup=False,
+        )
+        console.print(f"finish it with: {result.resume}", markup=False)
+        return
     for cut in result.discarded:
         console.print(f"{cut.describe()}: its writes since then were discarded, as accepted", markup=False)
     timing = (
@@ -499,9 +559,11 @@ def ledger_exported(exported: api.LedgerExport, path: Path | None) -> str:
 
 def figures(console: Console, result: api.Status) -> None:
     """Validation figures per tenant and table: rows and checksum on each side."""
-    table = Table(title="validation: source vs target, per tenant and table", title_justify="left")
-    for col in ("tenant", "table", "source rows", "target rows", "checksum", "match"):
-        table.add_column(col, justify="right" if "rows" in col else "left", no_wrap=True)
+    table = Grid(
+        ("tenant", "table", "source rows", "target rows", "checksum", "match"),
+        title="validation: source vs target, per tenant and table",
+        right=_ROW_COLUMNS,
+    )
     for t in result.tenants:
         for name, f in sorted(t.figures.items()):
             table.add_row(
@@ -509,10 +571,10 @@ def figures(console: Console, result: api.Status) -> None:
                 name,
                 f"{f['source_rows']:,}",
                 f"{f['target_rows']:,}",
-                str(f["source_checksum"])[:12],
+                str(f["source_checksum"]),
                 _yes_no(f["match"]),
             )
-    console.print(table)
+    table.print(console)
 
 
 def _shown(path: Path) -> str:
@@ -592,9 +654,11 @@ _MODES = {
 
 def verification(console: Console, result: api.VerifyResult) -> None:
     """Counts and checksums per tenant and table, then what matches and what to run next."""
-    table = Table(title="verify: source vs target, per tenant and table", title_justify="left")
-    for col in ("tenant", "table", "source rows", "target rows", "checksum", "match"):
-        table.add_column(col, justify="right" if "rows" in col else "left", no_wrap=True)
+    table = Grid(
+        ("tenant", "table", "source rows", "target rows", "checksum", "match"),
+        title="verify: source vs target, per tenant and table",
+        right=_ROW_COLUMNS,
+    )
     for t in result.tenants:
         for f in t.tables:
             table.add_row(
@@ -602,10 +666,10 @@ def verification(console: Console, result: api.VerifyResult) -> None:
                 f.table,
                 f"{f.source.rows:,}",
                 f"{f.target.rows:,}",
-                f.source.checksum[:12],
+                f.source.checksum,
                 _yes_no(f.match),
             )
-    console.print(table)
+    table.print(console)
     modes = sorted({t.mode for t in result.tenants})
     for mode in modes:
         console.print(f"checksum: {_MODES.get(mode, mode)}", markup=False)
@@ -687,13 +751,11 @@ def _on_off(value: bool | None) -> str:
 def flags_status(console: Console, result: api.FlagsStatus) -> None:
     """Per tenant: phase and state, then each flag as the application sees it."""
     title = f"playbook {result.playbook} ({result.digest[:12]}), flags: {result.provider}"
-    table = Table(title=title, title_justify="left")
-    for col in ("tenant", "wave", "phase", "state", *(f.flag for f in result.flags)):
-        table.add_column(col)
+    table = Grid(("tenant", "wave", "phase", "state", *(f.flag for f in result.flags)), title=title)
     for t in result.tenants:
         seen = (_on_off(t.flags[f.flag]) for f in result.flags)
         table.add_row(t.tenant, t.wave, t.phase or "-", t.state, *seen)
-    console.print(table)
+    table.print(console)
     for f in result.flags:
         listed = ", ".join(f.tenants) if f.tenants else "none"
         parts = [f"{f.flag} in {f.where}"]
@@ -869,9 +931,8 @@ def residency_report(console: Console, report: api.ResidencyReport) -> None:
             markup=False,
         )
     others = [t.name for t in report.targets]
-    table = Table(title_justify="left")
-    for col in ("tenant", "region", "target", "rows there", *(f"rows on {n}" for n in others)):
-        table.add_column(col, justify="left" if col in ("tenant", "region", "target") else "right")
+    cols = ("tenant", "region", "target", "rows there", *(f"rows on {n}" for n in others))
+    table = Grid(cols, right=frozenset(c for c in cols if c not in ("tenant", "region", "target")))
     for r in report.tenants:
         table.add_row(
             r.tenant,
@@ -880,7 +941,7 @@ def residency_report(console: Console, report: api.ResidencyReport) -> None:
             f"{r.rows:,}",
             *("(its own)" if n == r.target else f"{r.elsewhere[n]:,}" for n in others),
         )
-    console.print(table)
+    table.print(console)
     for finding in report.findings:
         console.print(f"FOUND {finding}", markup=False)
     if report.ok:
@@ -928,91 +989,3 @@ def residency_report_json(report: api.ResidencyReport) -> dict[str, Any]:
         ],
         "findings": list(report.findings),
     }
-
-
-class _RowRate(ProgressColumn):
-    """Rows per second of a task (rich's own speed columns count bytes)."""
-
-    def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text("" if speed is None else f"{speed:,.0f} rows/s", style="progress.data.speed")
-
-
-class _Rows(ProgressColumn):
-    def render(self, task: Task) -> Text:
-        total = "?" if task.total is None else f"{int(task.total):,}"
-        return Text(f"{int(task.completed):,}/{total} rows", style="progress.download")
-
-
-class CopyProgress:
-    """The copy's progress on a terminal: a bar per tenant at work (rows, rows/s, ETA) and one overall.
-
-    A ``ProgressSink`` for ``api.run``; called from the run's worker threads (rich
-    locks its own state, ours is under a lock). Tenants not sized yet count as the
-    mean of those that are, so the overall ETA covers the whole run from the start.
-    """
-
-    def __init__(self, console: Console) -> None:
-        self._lock = threading.Lock()
-        self._bars = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            _Rows(),
-            _RowRate(),
-            TimeRemainingColumn(),
-            console=console,
-            redirect_stderr=True,
-            redirect_stdout=False,
-        )
-        self._overall = self._bars.add_task("all tenants", total=None)
-        self._tasks: dict[str, TaskID] = {}
-        self._sized: dict[str, int] = {}
-        self._copied: dict[str, int] = {}
-        self._tenants = 0
-        self._finished = 0
-
-    def __enter__(self) -> CopyProgress:
-        self._bars.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._bars.stop()
-
-    def _overall_total(self) -> float | None:
-        if not self._sized:
-            return None
-        known = sum(self._sized.values())
-        unsized = max(0, self._tenants - len(self._sized))
-        return known + unsized * known / len(self._sized)
-
-    def __call__(self, event: ProgressEvent) -> None:
-        with self._lock:
-            if event.kind == "run_started":
-                self._tenants = event.tenants
-            elif event.kind == "tenant_started":
-                self._tasks[event.tenant] = self._bars.add_task(event.tenant, total=None)
-            elif event.kind == "tenant_sized" and event.tenant in self._tasks:
-                # Sized again after a retry: what is left, on top of what this run copied already.
-                total = self._copied.get(event.tenant, 0) + event.rows
-                self._sized[event.tenant] = total
-                self._bars.update(self._tasks[event.tenant], total=max(total, 1))
-            elif event.kind == "chunk_copied" and event.tenant in self._tasks:
-                self._copied[event.tenant] = self._copied.get(event.tenant, 0) + event.rows
-                self._bars.update(
-                    self._tasks[event.tenant], advance=event.rows, description=f"{event.tenant} {event.table}"
-                )
-                self._bars.update(self._overall, advance=event.rows)
-            elif event.kind == "changes_applied" and event.tenant in self._tasks:
-                self._bars.update(
-                    self._tasks[event.tenant],
-                    description=f"{event.tenant} catch-up: {event.rows:,} changes, lag {_size(event.bytes)}"
-                    f" / {event.seconds:.2f} s",
-                )
-            elif event.kind == "tenant_finished" and event.tenant in self._tasks:
-                self._finished += 1
-                self._bars.remove_task(self._tasks.pop(event.tenant))
-            self._bars.update(
-                self._overall,
-                total=self._overall_total(),
-                description=f"all tenants ({self._finished}/{self._tenants} done)",
-            )

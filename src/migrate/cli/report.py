@@ -7,6 +7,7 @@ renamed into place), so a CI job never reads half a report.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import xml.etree.ElementTree as ET
@@ -15,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from migrate.log import redact
+from migrate.log import redact, redact_value
 
 if TYPE_CHECKING:
     from migrate.api import RunResult, StepResult, TenantResult
@@ -143,14 +144,16 @@ def _whole(path: Path) -> Iterator[IO[str]]:
 
 
 def write_json(path: Path, result: RunResult, playbook: str) -> None:
+    document = json.loads(json.dumps(report_json(result, playbook), default=str))
     with _whole(path) as fh:
-        json.dump(report_json(result, playbook), fh, indent=2, sort_keys=False, default=str)
+        json.dump(redact_value(document), fh, indent=2, sort_keys=False)
         fh.write("\n")
 
 
 def write_junit(path: Path, result: RunResult, playbook: str) -> None:
     tree = ET.ElementTree(report_junit(result, playbook))
     ET.indent(tree)
+    text = io.StringIO()
+    tree.write(text, encoding="unicode", xml_declaration=True)
     with _whole(path) as fh:
-        tree.write(fh, encoding="unicode", xml_declaration=True)
-        fh.write("\n")
+        fh.write(redact(text.getvalue()) + "\n")

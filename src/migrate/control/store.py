@@ -179,6 +179,17 @@ class ControlStore:
             },
         )
 
+    def merge_details(
+        self, conn: psycopg.Connection[Any], tenant: str, step_key: str, patch: Mapping[str, Any]
+    ) -> None:
+        """Set some keys of a step's recorded details, keeping the others (its own statement)."""
+        conn.execute(
+            sql.SQL(
+                "UPDATE {} SET details = details || %s WHERE playbook = %s AND tenant = %s AND step_key = %s"
+            ).format(self._t("step_state")),
+            (Jsonb(dict(patch)), self.playbook, tenant, step_key),
+        )
+
     # checkpoints --------------------------------------------------------------
     def checkpoint(self, conn: psycopg.Connection[Any], tenant: str, table: str) -> Checkpoint | None:
         row = conn.execute(

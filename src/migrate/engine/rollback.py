@@ -32,6 +32,8 @@ steps again.
 
 from __future__ import annotations
 
+import shlex
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
@@ -42,10 +44,11 @@ from uuid import UUID, uuid4
 
 import psycopg
 
+from migrate.control.rollbacks import UnfinishedRollback
 from migrate.control.store import StepRecord
 from migrate.engine.session import Environment, Regions, step_context, tenant_tables
 from migrate.engine.sinks import RollbackRecord, revert_failed, reverted
-from migrate.errors import ArgumentError, MigrateError, StepFailed, TenantLocked, from_driver
+from migrate.errors import ArgumentError, Interrupted, MigrateError, StepFailed, TenantLocked, from_driver
 from migrate.log import get_logger, redact
 from migrate.plan.model import PlannedStep, StepStatus, TenantPlan
 from migrate.playbook.model import Tenant
@@ -132,13 +135,16 @@ class RollbackResult:
     discarded: tuple[Cutover, ...] = ()  # cut-overs crossed, their writes since accepted as lost
     seconds_to_flags: float | None = None  # command start → last flag restored; None: no flag step
     seconds_total: float = 0.0  # command start → done
+    stopped: str | None = None  # why it stopped at a safe point before the end (Ctrl-C, SIGTERM)
+    unfinished: tuple[str, ...] = ()  # the tenants whose rollback did not finish
+    resume: str | None = None  # the command that finishes it
 
     def steps_of(self, tenant: str) -> list[Reverted]:
         return [r for r in self.steps if r.tenant == tenant]
 
     @property
     def nothing(self) -> bool:
-        return not self.steps
+        return not self.steps and self.stopped is None
 
 
 def steps_after(plan: TenantPlan, point: str) -> list[PlannedStep]:
@@ -212,6 +218,35 @@ def refuse_across_cutover(preview: RollbackPreview) -> None:
     )
 
 
+def rollback_command(book: str, tenants: Sequence[str], point: str, *, discard: bool) -> str:
+    """The command that rolls ``tenants`` back to ``point`` (and finishes an unfinished rollback)."""
+    named = " ".join(f"--tenant {shlex.quote(t)}" for t in tenants)
+    return f"migrate rollback {shlex.quote(book)} {named} --to {shlex.quote(point)} --yes" + (
+        f" {DISCARD_OPTION}" if discard else ""
+    )
+
+
+def refuse_a_later_point(
+    plans: Sequence[TenantPlan], point: str, pending: Mapping[str, UnfinishedRollback], book: str
+) -> None:
+    """An unfinished rollback to an earlier point must finish first: a rollback to a later point
+    would call the tenant done with its data still half deleted."""
+    for plan in plans:
+        left = pending.get(plan.tenant.id)
+        if left is None:
+            continue
+        order = [s.step_id for s in plan.steps]
+        if f"@{left.point}" in order and order.index(f"@{left.point}") < order.index(f"@{point}"):
+            raise ArgumentError(
+                f"tenant '{plan.tenant.id}' has an unfinished rollback to '{left.point}' (since "
+                f"{left.since.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC); rolling back only to '{point}' "
+                "would leave it half done",
+                where="--to",
+                hint="finish it first: "
+                + rollback_command(book, [plan.tenant.id], left.point, discard=left.discard_writes),
+            )
+
+
 def rollback(
     env: Environment | Regions,
     plans: Sequence[TenantPlan],
@@ -220,17 +255,23 @@ def rollback(
     discard_writes_since_cutover: bool = False,
     started: float | None = None,
     command: str | None = None,
+    stop: threading.Event | None = None,
 ) -> RollbackResult:
     """Revert every step after ``point`` for every tenant of ``plans``: flags first, then data.
 
     Each tenant is rolled back in its own region's target (its state, its ledger entries);
     ``started`` is the command's start (``time.monotonic()``); the result's times count from it.
+    ``stop``, once set (Ctrl-C, SIGTERM), ends the rollback at its next safe point — between
+    steps, between batches of deleted rows — and the result says what is unfinished and the
+    command that finishes it (the same command).
     """
     started = time.monotonic() if started is None else started
     regions = env if isinstance(env, Regions) else Regions.single(env)
     for plan in plans:  # a misspelt point is an input error before any lock or connection
         steps_after(plan, point)
     command = command or f"rollback --to {point}"
+    stop = stop or threading.Event()
+    book_path = str(regions.loaded.path)
     run_id = uuid4()
     tenants = [p.tenant for p in plans]
     result = RollbackResult(run_id, point, tuple(t.id for t in tenants))
@@ -238,11 +279,15 @@ def rollback(
     by_target = regions.holding(tenants)
     with _locked(regions, by_target, run_id, command) as conns:
         records: list[StepRecord] = []
+        pending: dict[str, UnfinishedRollback] = {}
         try:
             for name, theirs in by_target.items():
-                records += regions.envs[name].control.steps(conns[name], [t.id for t in theirs])
+                ids = [t.id for t in theirs]
+                records += regions.envs[name].control.steps(conns[name], ids)
+                pending |= regions.envs[name].rollbacks.unfinished(conns[name], ids)
         except psycopg.Error as exc:
             raise from_driver(exc, "rollback") from exc
+        refuse_a_later_point(plans, point, pending, book_path)
         preview = what_to_revert(plans, point, records)
         if not discard_writes_since_cutover:
             refuse_across_cutover(preview)
@@ -251,11 +296,29 @@ def rollback(
         # it the whole rollback, while nothing is written yet.
         contexts = {
             todo.tenant.id: step_context(
-                regions.of(todo.tenant), todo.tenant, run_id, conns[regions.of(todo.tenant).name], None
+                regions.of(todo.tenant),
+                todo.tenant,
+                run_id,
+                conns[regions.of(todo.tenant).name],
+                None,
+                stopping=stop.is_set,
             )
             for todo in preview.tenants
         }
         books = {name: RollbackRecord(regions.envs[name], conns[name], run_id) for name in by_target}
+        left = [t.id for t in tenants]  # begun and not finished
+
+        def resume() -> str:
+            return rollback_command(book_path, left, point, discard=discard_writes_since_cutover)
+
+        def safe_point(before: str) -> None:
+            if stop.is_set():
+                raise Interrupted(f"stopped on request before {before}")
+
+        def unfinished(outcome: str, why: str) -> None:
+            for name, book in books.items():
+                book.unfinished([t.id for t in by_target[name] if t.id in left], outcome, why)
+
         flags_restored = False
         try:
             for name, book in books.items():
@@ -265,9 +328,9 @@ def rollback(
                 if todo.flags:
                     ctx = contexts[todo.tenant.id]
                     the_env = regions.of(todo.tenant)
-                    result.steps += [
-                        _revert(the_env, ctx, step, todo.records[step.key]) for step in todo.flags
-                    ]
+                    for step in todo.flags:
+                        safe_point(f"{todo.tenant.id}/{step.key}")
+                        result.steps.append(_revert(the_env, ctx, step, todo.records[step.key]))
             if any(t.flags for t in preview.tenants):
                 result.seconds_to_flags = time.monotonic() - started
                 log.info("flags_restored", seconds=round(result.seconds_to_flags, 3))
@@ -275,27 +338,33 @@ def rollback(
             for todo, plan in zip(preview.tenants, plans, strict=True):
                 the_env = regions.of(todo.tenant)
                 if todo.data:
-                    with _data_context(the_env, todo.tenant, conns[the_env.name], run_id) as ctx:
-                        result.steps += [
-                            _revert(the_env, ctx, step, todo.records[step.key]) for step in todo.data
-                        ]
+                    safe_point(f"{todo.tenant.id}/{todo.data[0].key}")
+                    with _data_context(the_env, todo.tenant, conns[the_env.name], run_id, stop) as ctx:
+                        for step in todo.data:
+                            safe_point(f"{todo.tenant.id}/{step.key}")
+                            result.steps.append(_revert(the_env, ctx, step, todo.records[step.key]))
                 marker = [s.step_id for s in plan.steps].index(f"@{point}")
-                books[the_env.name].points_reverted(
+                books[the_env.name].tenant_done(
                     plan.tenant.id, [s for s in plan.steps[marker + 1 :] if s.is_point]
                 )
+                left.remove(plan.tenant.id)
+        except Interrupted as stopped:
+            result.stopped = stopped.message
+            result.unfinished = tuple(left)
+            result.resume = resume()
+            unfinished("stopped", stopped.message)
+            _finish(books, by_target, result, started, "stopped")
+            log.info("rollback_stopped", unfinished=left, why=stopped.message)
+            return result
         except (MigrateError, psycopg.Error) as caught:
             error = from_driver(caught, "rollback")
-            if flags_restored and result.seconds_to_flags is not None:
-                error = type(error)(
-                    error.message,
-                    where=error.where,
-                    hint="the flags are restored: traffic is on the old databases. "
-                    + (f"{error.hint}; then run" if error.hint else "Run")
-                    + " the same rollback again to finish the data (it goes on where this one stopped)",
-                )
+            unfinished("failed", error.message)
+            finish = f"then run {resume()} to finish (it goes on where this one stopped)"
+            restored = flags_restored and result.seconds_to_flags is not None
+            lead = "the flags are restored: traffic is on the old databases. " if restored else ""
+            said = f"{error.hint}; {finish}" if error.hint else finish[0].upper() + finish[1:]
+            error = type(error)(error.message, where=error.where, hint=lead + said)
             _finish(books, by_target, result, started, "failed")
-            if error is caught:
-                raise
             raise error from caught
         result.seconds_total = time.monotonic() - started
         _finish(books, by_target, result, started, "ok")
@@ -353,7 +422,7 @@ def _locked(
 
 @contextmanager
 def _data_context(
-    env: Environment, tenant: Tenant, conn: psycopg.Connection[Any], run_id: UUID
+    env: Environment, tenant: Tenant, conn: psycopg.Connection[Any], run_id: UUID, stop: threading.Event
 ) -> Iterator[StepContext]:
     """A context with the tenant's source and its tables in load order (what data reverts need)."""
     source = env.connect_source(tenant)
@@ -365,7 +434,7 @@ def _data_context(
                 f"cannot read the tables of tenant '{tenant.id}''s source: {redact(str(exc).strip())}",
                 where=f"tenant {tenant.id}",
             ) from exc
-        yield step_context(env, tenant, run_id, conn, source, tables)
+        yield step_context(env, tenant, run_id, conn, source, tables, stopping=stop.is_set)
     finally:
         with suppress(psycopg.Error):
             source.close()
@@ -379,6 +448,8 @@ def _revert(env: Environment, ctx: StepContext, step: PlannedStep, record: StepR
     try:
         details = impl.revert(ctx, record.details)
         impl.verify_reverted(ctx, details)
+    except Interrupted:
+        raise  # asked to stop between batches: no failure; the rollback records itself unfinished
     except (MigrateError, psycopg.Error) as exc:
         error = from_driver(exc, f"{ctx.tenant.id}/{step.key}")
         revert_failed(env, ctx, step, error)
@@ -407,6 +478,7 @@ def _finish(
         details = {
             "to": result.point,
             "reverted": [f"{r.tenant}:{r.key}" for r in result.steps if r.tenant in mine],
+            "unfinished": [t for t in result.unfinished if t in mine],
             "seconds_to_flags": None
             if result.seconds_to_flags is None
             else round(result.seconds_to_flags, 3),

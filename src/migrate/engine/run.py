@@ -47,16 +47,28 @@ from collections.abc import Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from datetime import UTC
 from typing import Any
 from uuid import UUID, uuid4
 
 import psycopg
 
+from migrate.control.rollbacks import UnfinishedRollback
 from migrate.control.store import StepRecord
-from migrate.engine.retry import retrying
+from migrate.engine.retry import Outage, gave_up, retrying
+from migrate.engine.rollback import rollback_command
 from migrate.engine.session import Environment, Regions, TargetConnections, TenantSession
 from migrate.engine.sinks import RunRecord, Sink
-from migrate.errors import Interrupted, MigrateError, ResidencyRefused, TenantLocked, from_driver
+from migrate.errors import (
+    ArgumentError,
+    FlagStateUnknown,
+    InputError,
+    Interrupted,
+    MigrateError,
+    ResidencyRefused,
+    TenantLocked,
+    from_driver,
+)
 from migrate.log import get_logger
 from migrate.plan.model import Plan, PlannedStep, StepStatus, TenantPlan, WavePlan
 from migrate.plan.waves import WaveStage, approved_waves, gate_targets, wave_states
@@ -89,7 +101,9 @@ class StepResult:
 @dataclass
 class TenantResult:
     tenant: str
-    outcome: str  # done | failed | refused (residency) | locked | stopped | waiting | not started
+    # done | failed | unknown (a flag's state) | refused (residency, an unfinished rollback) | locked |
+    # stopped | waiting | not started
+    outcome: str
     steps: list[StepResult] = field(default_factory=list)
     error: MigrateError | None = None
     wave: str = ""
@@ -135,6 +149,18 @@ class RunResult:
         return tuple(t for t in self.tenants if t.outcome == "refused")
 
     @property
+    def exit_code(self) -> int:
+        """The CLI's exit code (README, 'Exit codes'): 130 stopped on request; 0 every tenant done;
+        2 a tenant refused for its input, settings or state (a person must act first); else 1."""
+        if self.stopped:
+            return 130
+        if self.ok:
+            return 0
+        if self.refused or any(isinstance(t.error, InputError) for t in self.tenants):
+            return 2
+        return 1
+
+    @property
     def outcome(self) -> str:
         if self.ok:
             return "ok"
@@ -169,14 +195,25 @@ def _run_step(
     started = time.monotonic()
     details: Details = {}
     where = f"{ctx.tenant.id}/{step.key}"
+    outage = Outage()
+    carry: Details = {}  # the same for every attempt of this step (StepContext.carry)
+
+    def progressed(event: ProgressEvent) -> None:
+        if event.kind == "chunk_copied":
+            outage.progressed()  # the server answers: a later fault starts a new outage
+        session.progress(event)
+
+    def tell(line: str) -> None:
+        session.progress(ProgressEvent("retrying", ctx.tenant.id, note=line))
+
     try:
         # apply and verify are idempotent: after a passing fault they run again on new
         # connections, and the backfill resumes after its last committed checkpoint.
-        for attempt in retrying(env.retry, log):
+        for attempt in retrying(env.retry, log, outage, what=where, tell=tell):
             with attempt:
                 if attempt.retry_state.attempt_number > 1:
                     session.reconnect()
-                step_ctx = replace(session.ctx, log=log)
+                step_ctx = replace(session.ctx, log=log, progress=progressed, carry=carry)
                 with record.step_transaction(step_ctx.target):
                     details = impl.apply(step_ctx)
                     impl.verify(step_ctx, details)
@@ -191,7 +228,7 @@ def _run_step(
             raise
         raise stop from exc
     except Exception as exc:
-        error = from_driver(exc, where)
+        error = gave_up(exc, outage, env.retry, where=where) or from_driver(exc, where)
         details = {**details, **error.details}
         seconds = time.monotonic() - started
         results.append(
@@ -238,6 +275,20 @@ class _Budget:
             return self.limit is not None and self.failures >= self.limit
 
 
+def unfinished_rollback(env: Environment, left: UnfinishedRollback) -> ArgumentError:
+    """Why a run refuses a tenant whose rollback did not finish, with the command that finishes it."""
+    how = {"stopped": "was stopped", "failed": "failed"}.get(left.outcome or "", "was interrupted")
+    return ArgumentError(
+        f"the rollback of tenant '{left.tenant}' to '{left.point}' {how} before its end "
+        f"(started {left.since.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC): its shared rows and flags may be "
+        "half reverted while its steps still read done, so a run now would build on them",
+        where=f"tenant {left.tenant}",
+        hint="finish the rollback first: "
+        + rollback_command(str(env.loaded.path), [left.tenant], left.point, discard=left.discard_writes)
+        + "; then run again",
+    )
+
+
 def run_tenant(
     env: Environment,
     plan: TenantPlan,
@@ -272,8 +323,20 @@ def run_tenant(
         rehearsal=record.rehearsal,
     )
     sink = record.sink(session, env, run_id)
+    first = next((s for s in plan.remaining if not s.is_point), None)  # the step that could not start
+
+    def open_failed(conn: psycopg.Connection[Any], exc: BaseException) -> None:
+        # A residency refusal writes nothing to a target outside the tenant's region, not even this.
+        if first is not None and not isinstance(exc, ResidencyRefused):
+            error = from_driver(exc, f"{tenant.id}/{first.key}")
+            record.open_failed(env, conn, session.run_id, tenant, first, error)
+
     try:
-        ctx = session.open()
+        ctx = session.open(open_failed)
+        # Read again under the lock: a rollback may have been stopped or killed since the run began.
+        unfinished = env.rollbacks.unfinished(ctx.target, [tenant.id]).get(tenant.id)
+        if unfinished is not None:
+            raise unfinished_rollback(env, unfinished)
         # Progress is read again under the lock: another runner may have moved on.
         records = {r.step_key: r for r in env.control.steps(ctx.target, [tenant.id])}
         validated_now: set[str] = set()
@@ -299,7 +362,15 @@ def run_tenant(
     except ResidencyRefused as exc:
         result.outcome, result.error = "refused", exc
     except MigrateError as exc:
-        result.outcome = "locked" if isinstance(exc, TenantLocked) else "failed"
+        result.outcome = (
+            "locked"
+            if isinstance(exc, TenantLocked)
+            else "unknown"
+            if isinstance(exc, FlagStateUnknown)
+            else "refused"
+            if isinstance(exc, ArgumentError)
+            else "failed"
+        )
         result.error = exc
     except psycopg.Error as exc:
         result.outcome, result.error = "failed", from_driver(exc, tenant.id)
@@ -415,7 +486,7 @@ def run(
     tenant's failure is its own."""
     options = options or RunOptions()
     regions = env if isinstance(env, Regions) else Regions.single(env)
-    regions = regions.replace_all(retry=options.record.retry)
+    regions = regions.replace_all(retry=options.record.retry_policy(regions.first.retry))
     run_id = uuid4()
     pools = {name: TargetConnections(e.connect_target) for name, e in regions.envs.items()}
     try:
@@ -440,6 +511,7 @@ def _run(
     writes = regions.holding(tp.tenant for tp in plan.tenants)  # the targets this run writes to
     gates = gate_targets(plan)
     approvals: dict[str, Collection[str]] = {}
+    unfinished: dict[str, UnfinishedRollback] = {}  # tenants whose rollback did not finish: refused
     # Every target refuses a changed playbook before any of them records anything.
     for name in writes:
         with _taken(pools[name]) as conn:
@@ -452,6 +524,8 @@ def _run(
                 result.warnings += [w for w in warnings if w not in result.warnings]
                 result.replanned = result.replanned or replanned
                 record.started(env, conn, run_id, options.command)
+                ids = [t.id for t in writes[name]]
+                unfinished |= env.rollbacks.unfinished(conn, ids)
             ready = control_ready(conn, env.target.control_schema)
             approvals[name] = set(env.control.approvals(conn)) if ready else set()
     approved = approved_waves(plan, approvals)
@@ -468,6 +542,9 @@ def _run(
     rehearsed: set[str] = set()
 
     def one(tp: TenantPlan) -> TenantResult:
+        if tp.tenant.id in unfinished:  # refused even with nothing left to run: status says why
+            error = unfinished_rollback(regions.of(tp.tenant), unfinished[tp.tenant.id])
+            return TenantResult(tp.tenant.id, "refused", error=error, wave=tp.tenant.wave)
         if budget.spent:
             return TenantResult(
                 tp.tenant.id,
@@ -501,9 +578,16 @@ def _run(
     for name, theirs in writes.items():  # each target's entry: its own tenants' outcome only
         mine = {t.id for t in theirs}
         here = RunResult(run_id, [r for r in result.tenants if r.tenant in mine])
-        with _taken(pools[name]) as conn:
-            outcomes = {r.tenant: r.outcome for r in here.tenants}
-            record.finished(regions.envs[name], conn, run_id, here.outcome, outcomes)
+        try:
+            with _taken(pools[name]) as conn:
+                outcomes = {r.tenant: r.outcome for r in here.tenants}
+                record.finished(regions.envs[name], conn, run_id, here.outcome, outcomes)
+        except (MigrateError, psycopg.Error) as exc:
+            # Every tenant's state is recorded already; only the run's own end is missing (its row
+            # stays open). Said, not raised: the tenants' outcomes are the result.
+            why = from_driver(exc, "run")
+            result.warnings.append(f"the run's end could not be recorded on target {name}: {why.message}")
+            log.warning("run_end_not_recorded", target=name, error=why.message)
     log.info("run_finished", outcome=result.outcome, rehearsal=record.rehearsal)
     return result
 

@@ -24,10 +24,12 @@ from psycopg import pq
 from migrate.catalog.order import select_in_load_order
 from migrate.catalog.reflect import SourceTable, reflect
 from migrate.control.ledger import Entry, Ledger
+from migrate.control.rollbacks import Rollbacks
 from migrate.control.signing import Signer
 from migrate.control.store import ControlStore
 from migrate.engine import residency
 from migrate.engine.retry import RetryPolicy
+from migrate.errors import MigrateError
 from migrate.log import get_logger
 from migrate.playbook.loader import LoadedPlaybook
 from migrate.playbook.model import Target, Tenant
@@ -36,6 +38,8 @@ from migrate.steps import StepContext
 from migrate.steps.context import ProgressSink, never, no_progress
 
 Connect = Callable[[], psycopg.Connection[Any]]
+OpenFailed = Callable[[psycopg.Connection[Any], BaseException], None]
+"""Told, on the locked target connection, why a tenant's session could not open."""
 
 
 @dataclass
@@ -63,6 +67,10 @@ class Environment:
     @property
     def control(self) -> ControlStore:
         return ControlStore(self.target.control_schema, self.loaded.playbook.name)
+
+    @property
+    def rollbacks(self) -> Rollbacks:
+        return Rollbacks(self.target.control_schema, self.loaded.playbook.name)
 
     @property
     def ledger(self) -> Ledger:
@@ -279,7 +287,7 @@ class TenantSession:
         assert self._ctx is not None, "the session is not open"
         return self._ctx
 
-    def _connect(self) -> tuple[psycopg.Connection[Any], psycopg.Connection[Any]]:
+    def _lock(self) -> psycopg.Connection[Any]:
         target = self.targets.take()
         try:
             self.env.control.lock_tenant(target, self.tenant.id)
@@ -292,15 +300,28 @@ class TenantSession:
                     host=self.env.host,
                     pid=self.env.pid,
                 )
+        except BaseException:
+            target.close()
+            raise
+        return target
+
+    def _connect(self) -> tuple[psycopg.Connection[Any], psycopg.Connection[Any]]:
+        target = self._lock()
+        try:
             source = self.env.connect_source(self.tenant)
         except BaseException:
             target.close()
             raise
         return target, source
 
-    def open(self) -> StepContext:
-        target, source = self._connect()
+    def open(self, on_failure: OpenFailed | None = None) -> StepContext:
+        """Lock the tenant, reach its source, read its tables. ``on_failure`` is told, on the
+        connection that still holds the lock, when the source or its tables fail the tenant before
+        any step starts (so that is recorded, not lost); then the error is raised."""
+        target = self._lock()
+        source: psycopg.Connection[Any] | None = None
         try:
+            source = self.env.connect_source(self.tenant)
             tables = tenant_tables(self.env, source)
             self._ctx = step_context(
                 self.env,
@@ -313,7 +334,9 @@ class TenantSession:
                 stopping=self.stopping,
                 rehearsal=self.rehearsal,
             )
-        except BaseException:  # the lock goes with the connection: a refused tenant is let go at once
+        except BaseException as exc:  # the lock goes with the connection: a refused tenant is let go at once
+            if on_failure is not None and isinstance(exc, MigrateError | psycopg.Error):
+                on_failure(target, exc)
             self._close(target, source)
             raise
         return self._ctx
@@ -331,10 +354,11 @@ class TenantSession:
         old.log.info("tenant_reconnected")
         return self._ctx
 
-    def _close(self, target: psycopg.Connection[Any], source: psycopg.Connection[Any]) -> None:
+    def _close(self, target: psycopg.Connection[Any], source: psycopg.Connection[Any] | None) -> None:
         for conn in (source, target):  # closing the target lets the lock go
-            with suppress(psycopg.Error):  # already gone
-                conn.close()
+            if conn is not None:
+                with suppress(psycopg.Error):  # already gone
+                    conn.close()
 
     def close(self) -> None:
         if self._ctx is None:

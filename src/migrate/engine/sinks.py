@@ -34,7 +34,7 @@ from migrate.control.store import StepRecord
 from migrate.engine.retry import RetryPolicy
 from migrate.engine.session import Environment, TenantSession
 from migrate.errors import ArgumentError, MigrateError
-from migrate.log import redact
+from migrate.log import get_logger, redact
 from migrate.plan.model import PlannedStep, StepStatus
 from migrate.playbook.model import Tenant
 from migrate.steps.context import Details, StepContext
@@ -121,7 +121,7 @@ class Sink:
                     step,
                     StepStatus.FAILED,
                     run_id=session.run_id,
-                    error=str(error),
+                    error=redact(str(error)),
                     details=details or None,
                 )
                 self.env.ledger.append(
@@ -219,7 +219,10 @@ class RunRecord:
 
     rehearsal = False
     applied = "applied"  # the outcome word of a step that did its work
-    retry = RetryPolicy()
+
+    def retry_policy(self, configured: RetryPolicy) -> RetryPolicy:
+        """How passing faults are retried: as configured (MIGRATE_RETRY_SECONDS)."""
+        return configured
 
     def state_run(self, run_id: UUID, tenant: str) -> UUID:
         """The run id the tenant's state rows carry."""
@@ -235,6 +238,37 @@ class RunRecord:
     def step_transaction(self, conn: psycopg.Connection[Any]) -> AbstractContextManager[Any]:
         """Around one step's apply and verify: nothing in a real run."""
         return nullcontext()
+
+    def open_failed(
+        self,
+        env: Environment,
+        conn: psycopg.Connection[Any],
+        run_id: UUID,
+        tenant: Tenant,
+        step: PlannedStep,
+        error: MigrateError,
+    ) -> None:
+        """The tenant failed before ``step`` (its first to run) could start — its source does not
+        answer, a table is missing: that step is ``failed`` with the error, and ledgered, so
+        status shows the failure instead of "not started"."""
+        try:
+            with conn.transaction():
+                env.control.set_status(
+                    conn, tenant.id, step, StepStatus.FAILED, run_id=run_id, error=redact(str(error))
+                )
+                env.ledger.append(
+                    conn,
+                    env.entry(
+                        run_id,
+                        "failed",
+                        "error",
+                        details={"error": redact(str(error)), "before_start": True},
+                        **_ids(tenant, step),
+                    ),
+                )
+        except (MigrateError, psycopg.Error) as exc:
+            log = get_logger(run_id=str(run_id))
+            log.error("failure_not_recorded", step=step.key, error=redact(str(exc)))
 
     def changed_playbook(self, env: Environment, changed: str, replan: bool) -> list[str]:
         """The playbook changed in substance: refused without ``--replan``, else accepted (by the caller)."""
@@ -287,7 +321,9 @@ class RehearsalRecord(RunRecord):
 
     rehearsal = True
     applied = "rehearsed"
-    retry = RetryPolicy(attempts=1)  # a reconnect would lose the rehearsal's transaction
+
+    def retry_policy(self, configured: RetryPolicy) -> RetryPolicy:
+        return RetryPolicy(seconds=0)  # a reconnect would lose the rehearsal's transaction
 
     def state_run(self, run_id: UUID, tenant: str) -> UUID:
         # A rehearsal's own rows in the control schema vanish with its transaction; a run id per
@@ -303,6 +339,17 @@ class RehearsalRecord(RunRecord):
     def step_transaction(self, conn: psycopg.Connection[Any]) -> AbstractContextManager[Any]:
         # A savepoint: a failing step leaves the tenant's transaction usable.
         return conn.transaction()
+
+    def open_failed(
+        self,
+        env: Environment,
+        conn: psycopg.Connection[Any],
+        run_id: UUID,
+        tenant: Tenant,
+        step: PlannedStep,
+        error: MigrateError,
+    ) -> None:
+        pass  # the rehearsal's report says it; the run state stays as it was
 
     def changed_playbook(self, env: Environment, changed: str, replan: bool) -> list[str]:
         return [f"{changed}: the real run needs --replan"]
@@ -345,6 +392,8 @@ class RollbackRecord:
             _start_run(env, conn, run_id, command)
             for todo in tenants:
                 tenant = todo.tenant
+                # Unfinished until the tenant's last revert says otherwise (control/rollbacks.py).
+                env.rollbacks.begin(conn, tenant.id, point=point, discard_writes=discard, run_id=run_id)
                 env.ledger.append(
                     conn,
                     env.entry(
@@ -380,20 +429,39 @@ class RollbackRecord:
                         ),
                     )
 
-    def points_reverted(self, tenant: str, points: Sequence[PlannedStep]) -> None:
-        """Rollback points after the target point are no longer passed."""
-        records = self.env.control.steps(self.conn, [tenant])
-        passed = {r.step_key for r in records if r.status is StepStatus.DONE}
-        for step in points:
-            if step.key in passed:
-                self.env.control.set_status(self.conn, tenant, step, StepStatus.REVERTED, run_id=self.run_id)
+    def tenant_done(self, tenant: str, points: Sequence[PlannedStep]) -> None:
+        """Every step after the point is reverted for ``tenant``: the rollback points after it are
+        no longer passed, and its rollback is no longer unfinished — one transaction."""
+        with self.conn.transaction():
+            records = self.env.control.steps(self.conn, [tenant])
+            passed = {r.step_key for r in records if r.status is StepStatus.DONE}
+            for step in points:
+                if step.key in passed:
+                    self.env.control.set_status(
+                        self.conn, tenant, step, StepStatus.REVERTED, run_id=self.run_id
+                    )
+            self.env.rollbacks.finish(self.conn, tenant)
+
+    def unfinished(self, tenants: Sequence[str], outcome: str, error: str | None) -> None:
+        """The rollback of ``tenants`` stops before their end (``stopped`` or ``failed``), when the
+        connection still lets us say so; a row left open says "interrupted" all the same."""
+        if not tenants:
+            return
+        try:
+            self.env.rollbacks.end(self.conn, tenants, outcome, None if error is None else redact(error))
+        except psycopg.Error as exc:
+            get_logger(run_id=str(self.run_id)).error("rollback_end_not_recorded", error=redact(str(exc)))
 
     def finished(self, outcome: str, details: dict[str, Any]) -> None:
+        """``outcome``: ok, stopped or failed."""
         with self.conn.transaction():
             self.env.control.finish_run(self.conn, self.run_id, outcome)
             self.env.ledger.append(
                 self.conn,
                 self.env.entry(
-                    self.run_id, "rollback_finished", "ok" if outcome == "ok" else "error", details=details
+                    self.run_id,
+                    "rollback_finished",
+                    {"ok": "ok", "stopped": "stopped"}.get(outcome, "error"),
+                    details=details,
                 ),
             )

@@ -26,6 +26,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
 
 from migrate.errors import PlaybookError
+from migrate.log import redact
 from migrate.playbook.model import (
     STEP_KINDS,
     STEP_SPECS,
@@ -40,6 +41,8 @@ from migrate.playbook.model import (
 
 Loc = tuple[str | int, ...]
 _SECRET_KEYS = {"dsn", "url", "password", "dsn_template", "token", "source_dsn"}
+# A connection string or URL where a variable's name goes: scheme://… or key=value pairs.
+_LOOKS_LIKE_DSN = re.compile(r"://|\b(?:host|dbname|user|password)\s*=")
 
 _STEP_MODELS: dict[str, type[BaseModel]] = {spec.kind_name(): spec for spec in STEP_SPECS}
 
@@ -262,8 +265,19 @@ def _explain(error: ErrorDetails, data: Any, root: type[BaseModel]) -> tuple[Loc
         info = parent.model_fields.get(str(field_loc[-1]))
     about: str | None = info.description if info and info.description else None
     message = error["msg"].removeprefix("Value error, ")
-    if "input" in error and not isinstance(error["input"], dict | list):
-        message += f" (got {error['input']!r})"
+    given = error.get("input")
+    pasted = isinstance(given, str) and _LOOKS_LIKE_DSN.search(given) is not None
+    if field_loc and str(field_loc[-1]).endswith("_env") and pasted:
+        # A DSN or URL pasted where a variable's name goes: never echo it (it may hold a password).
+        name = str(field_loc[-1])
+        return (
+            loc,
+            f"'{name}' names an environment variable, and this is a connection string or URL",
+            f"write the variable's name (e.g. '{name}: MIGRATE_TARGET_DSN') and export the value in it; "
+            "DSNs and passwords never go in a playbook",
+        )
+    if "input" in error and not isinstance(given, dict | list):
+        message += f" (got {redact(repr(given))})"
     return loc, message, about
 
 

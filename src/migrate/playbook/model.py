@@ -272,6 +272,10 @@ class StepBase(Model):
         """What reverting it does, for the rollback preview ('' when it changes nothing)."""
         return ""
 
+    def checks(self) -> str:
+        """What its verify proves before the step counts as done, for the runbook ('' when nothing)."""
+        return ""
+
 
 def _tables_text(tables: tuple[str, ...] | None) -> str:
     return "every source table (FK order)" if tables is None else ", ".join(tables)
@@ -285,6 +289,9 @@ class SchemaStep(StepBase):
 
     def describe(self, target_schema: str, tables: tuple[str, ...] | None) -> str:
         return f"shared tables in schema '{target_schema}': tenant_id, composite keys, RLS forced"
+
+    def checks(self) -> str:
+        return "the tenant's source columns have the names and types of the shared tables"
 
 
 class BackfillStep(StepBase):
@@ -307,6 +314,12 @@ class BackfillStep(StepBase):
     def undo_note(self) -> str:
         return "delete the tenant's rows from the shared tables, children first, in batches"
 
+    def checks(self) -> str:
+        return (
+            "each shared table holds exactly the rows its checkpoint counts; foreign keys of "
+            "self-referencing or cyclic tables hold"
+        )
+
 
 class ValidateStep(StepBase):
     """Compare row counts and content checksums of source and target per table."""
@@ -317,6 +330,9 @@ class ValidateStep(StepBase):
 
     def describe(self, target_schema: str, tables: tuple[str, ...] | None) -> str:
         return "compare row counts and checksums, source vs target, per table"
+
+    def checks(self) -> str:
+        return "row counts and checksums equal on both sides for every table (else the tenant stops here)"
 
 
 class FlagStep(StepBase):
@@ -345,6 +361,10 @@ class FlagStep(StepBase):
 
     def undo_note(self) -> str:
         return f"flag '{self.flag}' back as it was before"
+
+    def checks(self) -> str:
+        state = "on" if self.action == "enable" else "off"
+        return f"the application's SDK sees '{self.flag}' {state} for the tenant"
 
 
 class FreezeStep(StepBase):

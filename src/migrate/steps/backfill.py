@@ -75,6 +75,7 @@ from migrate.steps.chunks import (
     TablePlan,
     copy_chunk,
     read_statement,
+    rows_left,
     table_plans,
     upper_key,
     write_statement,
@@ -186,15 +187,14 @@ class BackfillStep:
         _check_writer(ctx, plans)
         _check_target(ctx, plans)
         checkpoints = ctx.control.checkpoints(ctx.target, ctx.tenant.id)
+        # Rows before this step's first attempt: what a retry copies adds to what the attempts
+        # before it copied, so the step's figure of rows copied now stays exact after any retry.
+        before = ctx.carry.setdefault(
+            "rows_before", {name: cp.rows_copied for name, cp in checkpoints.items()}
+        )
         sizes = {
             r[0]: (int(r[1]), int(r[2])) for r in ctx.source.execute(_SOURCE_SIZES, (ctx.source_schema,))
         }
-        estimate = 0
-        for plan in plans:
-            cp = checkpoints.get(plan.name)
-            if cp is None or not cp.done:
-                estimate += max(0, sizes.get(plan.name, (0, 0))[0] - (cp.rows_copied if cp else 0))
-        ctx.progress(ProgressEvent("tenant_sized", ctx.tenant.id, rows=estimate))
         believed = {r[0]: float(r[1]) for r in ctx.target.execute(_BELIEVED, (ctx.target_schema,))}
         # Everything of this tenant in a table must be what its checkpoint says was copied.
         todo = {p.name: checkpoints.get(p.name) for p in plans}
@@ -217,25 +217,38 @@ class BackfillStep:
                 if opening.resumed:
                     # Rows of the new snapshot may point at rows the finished tables get from catch-up.
                     plans = [replace(p, deferred=True) if p.name in todo else p for p in plans]
-            # Key ranges go through the key's index; JIT off, or the cost penalty of a sequential
-            # scan (a table read whole) would buy a ~100 ms compilation per chunk.
-            ctx.source.execute(
-                "SELECT set_config('enable_seqscan', 'off', true), set_config('jit', 'off', true)"
-            )
+            # JIT off, or the cost penalty of a sequential scan (the count below, a table read
+            # whole) would buy a ~100 ms compilation per statement.
+            ctx.source.execute("SELECT set_config('jit', 'off', true)")
+            sized = time.monotonic()
+            left = rows_left(ctx, [p for p in plans if p.name in todo], todo)
+            sizing_seconds = time.monotonic() - sized
+            # Counted in the very snapshot the chunks read: the total is what this attempt copies,
+            # to the row, whatever the planner's statistics say (never analysed, or stale).
+            ctx.progress(ProgressEvent("tenant_sized", ctx.tenant.id, rows=sum(left.values())))
+            ctx.log.info("tenant_sized", rows=sum(left.values()), seconds=round(sizing_seconds, 3))
+            # Key ranges go through the key's index.
+            ctx.source.execute("SELECT set_config('enable_seqscan', 'off', true)")
             for plan in plans:
                 if plan.name not in todo:
                     done = checkpoints[plan.name].rows_copied
-                    tables[plan.name] = {"rows": done, "copied_now": 0}
+                    tables[plan.name] = {"rows": done, "copied_now": done - int(before.get(plan.name, 0))}
                     continue
-                copied = self._copy_table(
-                    ctx, plan, todo[plan.name], sizes.get(plan.name), believed.get(plan.name, -1.0)
-                )
-                tables[plan.name] = {"rows": copied.rows, "copied_now": copied.copied_now}
+                size = sizes.get(plan.name)
+                if (size is None or size[0] <= 0) and todo[plan.name] is None:
+                    # Never analysed: the exact count gives the first chunk's row width.
+                    size = (left[plan.name], size[1] if size else 0)
+                copied = self._copy_table(ctx, plan, todo[plan.name], size, believed.get(plan.name, -1.0))
+                tables[plan.name] = {
+                    "rows": copied.rows,
+                    "copied_now": copied.rows - int(before.get(plan.name, 0)),
+                }
         return {
             "tables": tables,
             "rows": sum(t["rows"] for t in tables.values()),
             "copied_now": sum(t["copied_now"] for t in tables.values()),
             **({"capture": snapshot} if snapshot else {}),
+            "sizing_seconds": round(sizing_seconds, 4),
         }
 
     def _first_chunk_rows(self, size: tuple[int, int] | None) -> int:
@@ -640,6 +653,13 @@ def _batch_key(table: SourceTable, declared: Sequence[str] | None) -> tuple[str,
 def _delete_batch(
     ctx: StepContext, statement: sql.Composed, params: Sequence[Any], *, unchecked: bool
 ) -> int:
+    # A safe point: every batch so far is committed; the step stays 'done' and the rollback's
+    # own record says it is unfinished, so the same rollback later deletes the rest.
+    if ctx.stopping():
+        raise Interrupted(
+            f"stopped on request while deleting the rows of tenant '{ctx.tenant.id}' (whole batches only)",
+            hint="run the same rollback again to delete the rest",
+        )
     # Asynchronous commit, as for the copy's chunks: a server crash can only bring the last
     # batches back, for the next rollback to delete; the engine's synchronous commit of the
     # step's 'reverted' state comes after every batch.

@@ -20,6 +20,7 @@ from psycopg import sql
 from migrate.catalog import TENANT_COLUMN
 from migrate.catalog.order import deferred_tables
 from migrate.catalog.reflect import SourceTable
+from migrate.control.store import Checkpoint
 from migrate.errors import StepFailed
 from migrate.steps.context import StepContext
 
@@ -113,6 +114,29 @@ def key_range(plan: TablePlan, last: Sequence[str] | None, upper: Sequence[str] 
     if upper is not None:
         parts.append(sql.SQL("({}) <= ({})").format(key, _key_values(plan, upper)))
     return sql.SQL(" WHERE ") + sql.SQL(" AND ").join(parts) if parts else sql.SQL("")
+
+
+def rows_left(
+    ctx: StepContext, plans: Sequence[TablePlan], checkpoints: Mapping[str, Checkpoint | None]
+) -> dict[str, int]:
+    """Per table, the source rows after its checkpoint's last key: exact, in one round trip.
+
+    Run in the copy's own snapshot, so each figure is what the chunks will then read. A
+    table not started is counted whole (a sequential scan); a resumed one from its last key on.
+    """
+    if not plans:
+        return {}
+    parts = []
+    for i, plan in enumerate(plans):
+        cp = checkpoints.get(plan.name)
+        last = list(cp.last_key) if cp is not None and cp.last_key is not None else None
+        parts.append(
+            sql.SQL("SELECT {}, count(*) FROM {} AS s{}").format(
+                sql.Literal(i), sql.Identifier(ctx.source_schema, plan.name), key_range(plan, last, None)
+            )
+        )
+    found = ctx.source.execute(sql.SQL(" UNION ALL ").join(parts)).fetchall()
+    return {plans[int(i)].name: int(n) for i, n in found}
 
 
 def upper_key(

@@ -26,6 +26,7 @@ ProgressKind = Literal[
     "table_copied",
     "changes_applied",
     "tenant_finished",
+    "retrying",
 ]
 
 
@@ -34,11 +35,13 @@ class ProgressEvent:
     """One fact about a tenant's copy, for whoever shows progress (the CLI on a terminal).
 
     ``run_started`` says how many ``tenants`` have work to do; ``tenant_sized``
-    carries the estimated rows still to copy (``rows``); ``chunk_copied`` the rows
-    and bytes one committed chunk added; ``table_copied`` the table's rows in all;
+    carries the rows still to copy (``rows``), counted exactly in the snapshot the copy
+    reads (again after a retry: what is left then); ``chunk_copied`` the rows and bytes
+    one committed chunk added; ``table_copied`` the table's rows in all;
     ``changes_applied`` one catch-up poll: the changes it applied (``rows``) and the lag
     it found — ``bytes`` of WAL and ``seconds`` — ; ``tenant_finished`` the tenant's
-    outcome in ``outcome``.
+    outcome in ``outcome``; ``retrying`` a passing fault that will be tried again, said
+    in ``note``.
     """
 
     kind: ProgressKind
@@ -49,6 +52,7 @@ class ProgressEvent:
     outcome: str | None = None
     tenants: int = 0
     seconds: float = 0.0
+    note: str | None = None
 
 
 ProgressSink = Callable[[ProgressEvent], None]
@@ -110,6 +114,9 @@ class StepContext:
     connect_target: Callable[[], psycopg.Connection[Any]] | None = None
     connect_replication: Callable[[], psycopg.Connection[Any]] | None = None
     connect_source: Callable[[], psycopg.Connection[Any]] | None = None
+    carry: Details = field(default_factory=dict)
+    """What one run of a step keeps across its attempts: the engine gives every attempt after a
+    passing fault the same dict (the backfill keeps its rows before the first attempt there)."""
 
 
 class StepKind(Protocol):

@@ -47,7 +47,7 @@ writers' lock), ``provider.py`` (flips, snapshots, restore, sync).
 
 from migrate.adapters.unleash.admin import PLACEHOLDER, PROVIDER, TITLE, UnleashSettings
 from migrate.adapters.unleash.lock import FlagLock, advisory_lock
-from migrate.adapters.unleash.provider import FlagInfo, SyncedFlag, UnleashFlagProvider
+from migrate.adapters.unleash.provider import FlagInfo, SyncedFlag, UnleashFlagProvider, unleash_target
 
 __all__ = [
     "PLACEHOLDER",
@@ -59,4 +59,5 @@ __all__ = [
     "UnleashFlagProvider",
     "UnleashSettings",
     "advisory_lock",
+    "unleash_target",
 ]

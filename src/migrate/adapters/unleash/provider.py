@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
@@ -32,7 +33,7 @@ from migrate.adapters.unleash.sdk import CouldNotFetch, Sdk
 from migrate.errors import ArgumentError, SettingsError, StepFailed
 from migrate.log import get_logger
 from migrate.names import check_tenant_id
-from migrate.ports import FlagChange, FlagSnapshot
+from migrate.ports import FlagChange, FlagSnapshot, FlagTarget
 
 _WRITE_ATTEMPTS = 5  # read-modify-write rounds when another writer got in between
 
@@ -55,6 +56,15 @@ class SyncedFlag:
 
     flag: str
     actions: tuple[str, ...]  # e.g. ("created", "tenant strategy added"); empty: up to date
+
+
+def unleash_target(url: str, project: str, environment: str) -> FlagTarget:
+    """The target of an Unleash environment: the server (never its credentials), project, environment."""
+    parts = urlsplit(url.strip().rstrip("/").removesuffix("/api"))
+    host = parts.hostname or ""
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    server = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+    return {"provider": PROVIDER, "url": server, "project": project, "environment": environment}
 
 
 def _normalise(tenant: str) -> str:
@@ -83,6 +93,9 @@ class UnleashFlagProvider:
 
     def close(self) -> None:
         self._admin.close()
+
+    def target(self) -> FlagTarget:
+        return unleash_target(self._s.base_url, self._s.project, self._s.environment)
 
     # -- the FlagProvider protocol -------------------------------------------------
 

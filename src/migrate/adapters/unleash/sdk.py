@@ -30,7 +30,7 @@ from UnleashClient.utils import InstanceAllowType
 
 from migrate.adapters.flagfile import TENANT_CONTEXT
 from migrate.adapters.unleash.admin import UnleashSettings, describe, server_message
-from migrate.errors import CheckFailed, SettingsError
+from migrate.errors import CheckFailed, FlagStateUnknown, SettingsError
 from migrate.log import get_logger
 
 _APP_NAME = "tenant-migrate"
@@ -88,7 +88,8 @@ class Sdk:
             url=f"{self.s.base_url}/api",
             app_name=_APP_NAME,
             refresh_interval=1,
-            request_timeout=max(1, int(self.s.timeout_seconds)),
+            # No probe outlasts the confirmation window: a slow server is an unconfirmed flip, in time.
+            request_timeout=max(1, int(min(self.s.timeout_seconds, self.s.confirm_seconds))),
             request_retries=0,
             disable_metrics=True,
             disable_registration=True,
@@ -161,18 +162,32 @@ class Sdk:
             if time.monotonic() >= deadline:
                 break
             time.sleep(_PROBE_PAUSE)
-        if failure is not None:
-            raise self.fetch_error(failure)
+        waited = f"{self.s.confirm_seconds:g} s ({probes} probes)"
+        refused = self.fetch_error(failure) if failure is not None else None
+        if refused is not None and any(code in refused.message for code in ("HTTP 401", "HTTP 403")):
+            raise refused  # a token the client API refuses: a setting to fix, not a slow server
+        if failure is not None or (probe is not None and probe.known and not _caught_up(probe, revision)):
+            # The Admin API took the write; the application's view could not be read back in time.
+            why = (
+                refused.message
+                if refused is not None
+                else f"the client API still served revision {probe.revision if probe else '?'}, "
+                f"the flip is {revision}"
+            )
+            raise FlagStateUnknown(
+                f"the Unleash SDK could not confirm the flip within {waited}: {why}",
+                where=f"flag {flag} in {self.s.environment}",
+                hint="the write was made; whether the application sees it yet is unknown",
+            )
         assert probe is not None
-        if not probe.known:
-            state = "does not know the flag"
-        elif not _caught_up(probe, revision):
-            state = f"is still served revision {probe.revision} (the flip is {revision})"
-        else:
-            state = f"still answers {'on' if probe.answers[tenant] else 'off'}"
+        state = (
+            "does not know the flag"
+            if not probe.known
+            else f"still answers {'on' if probe.answers[tenant] else 'off'}"
+        )
         raise CheckFailed(
-            f"the Unleash SDK {state} for tenant {tenant!r} after {self.s.confirm_seconds:g} s "
-            f"({probes} probes), though the Admin API shows the flip",
+            f"the Unleash SDK {state} for tenant {tenant!r} after {waited}, though the Admin API "
+            "shows the flip",
             where=f"flag {flag} in {self.s.environment}",
             hint="another strategy of the flag may decide for this tenant ('migrate flags status "
             "PLAYBOOK'), or the client token may be of another project or environment",
