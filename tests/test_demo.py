@@ -41,7 +41,7 @@ def test_demo_moves_three_tenants_and_leaves_nothing_running() -> None:
     # Piped, as in CI: no value cut to fit 80 columns, no log line unless asked for.
     shown = proc.stdout.split("\nnext:")[0]  # the status and the figures, before the closing words
     row = next(line for line in shown.splitlines() if line.startswith("acme "))
-    assert "…" not in shown and row.split()[:6] == ["acme", "eu", "canary", "cutover", "flag", "done"]
+    assert "…" not in shown and row.split()[:6] == ["acme", "eu", "canary", "cutover", "cutover", "done"]
     assert [line for line in proc.stderr.splitlines() if not line.startswith("· ")] == []
 
 

@@ -347,7 +347,9 @@ def test_a_killed_runner_shows_as_holder_then_leaves_an_interrupted_step_and_no_
     try:
         shown = eventually(
             lambda: api.status(DEMO, ["acme"], environ=world.environ),
-            lambda s: s.tenants[0].current is not None or proc.poll() is not None,
+            # The re-run validates again before its flip (issue 13), then waits at the flag step.
+            lambda s: (s.tenants[0].current is not None and s.tenants[0].current.key == "cutover/flag")
+            or proc.poll() is not None,
         )
         assert proc.poll() is None, err_log.read_text()[-2000:]
         acme = shown.tenants[0]

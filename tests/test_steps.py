@@ -132,7 +132,7 @@ def test_online_step_conformance_apply_is_idempotent_and_revert_undoes_it(
     from migrate.control import schema
 
     schema.upgrade(live.target_dsn, "migrate_control")
-    env = api.environment(load_playbook(live.playbook), live.environ)
+    env = api.environment(load_playbook(live.playbook), live.environ, flag_file="create")
     chain = [s for k in ONLINE_CHAIN for s in ONLINE if s.kind == k]
     earlier = chain[: chain.index(spec)] if spec in chain else []
     with tenant_session(env, env.loaded.tenants[0], uuid4()) as ctx:
