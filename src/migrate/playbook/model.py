@@ -316,8 +316,8 @@ class BackfillStep(StepBase):
 
     def checks(self) -> str:
         return (
-            "each shared table holds exactly the rows its checkpoint counts; foreign keys of "
-            "self-referencing or cyclic tables hold"
+            "each shared table holds exactly the rows its checkpoint counts; every foreign key of "
+            "the tenant's rows holds (one check per key after the load)"
         )
 
 
