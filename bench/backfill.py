@@ -13,6 +13,11 @@ rotates every repetition) on a fresh copy of the target each time:
             engine: locks, checkpointed chunks, ledger, verify), timed in-process
   copyonly  the same with the backfill step alone (the schema step's share is the difference)
   naive     a server-side cursor and ``executemany`` INSERTs in batches of 1,000
+  limit2    the two-stream limit: the bare pipe in two processes — one tenant: the tables of
+            one foreign-key level in parallel, tables over 100,000 rows split in two key
+            ranges (each range its own transaction); several tenants: two tenants at a time
+  perrow    ``backfill`` with foreign keys checked per row while loading (triggers on), the
+            way before issue 18: the product's own lever, measured side by side
 
 and optionally (``--methods``) the two RLS write paths of the design question:
 
@@ -39,7 +44,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -52,6 +57,11 @@ from psycopg.types.json import JsonbDumper
 HERE = Path(__file__).resolve().parent
 SCHEMA_VERSION = 1  # bump when saas_schema.sql or saas_data.sql change: the cached sources are rebuilt
 TABLES = ("organizations", "users", "events", "projects", "tasks", "attachments", "comments")  # FK order
+# The foreign-key levels of saas_schema.sql: a level's tables reference only earlier levels (users also
+# itself, so it is never split: a manager in the other range would not be visible yet).
+LEVELS = (("organizations",), ("users",), ("events", "projects"), ("tasks",), ("attachments", "comments"))
+UNSPLIT = frozenset({"users"})
+SPLIT_ROWS = 100_000
 BATCH = 128 * 1024
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -224,6 +234,52 @@ def copy_tenant(src_dsn: str, dst_dsn: str, tenant: str, *, staging: bool = Fals
     return rows
 
 
+def copy_range(src_dsn: str, dst_dsn: str, tenant: str, table: str, lo: int | None, hi: int | None) -> int:
+    """The bare pipe for the rows of one table with ``lo < id <= hi`` (either bound open), one transaction."""
+    with connect(src_dsn) as src, connect(dst_dsn) as dst:
+        cols = _columns(src, table)
+        names = sql.SQL(", ").join(sql.Identifier(c) for c in cols)
+        bounds = [sql.SQL("id > {}").format(sql.Literal(lo))] if lo is not None else []
+        bounds += [sql.SQL("id <= {}").format(sql.Literal(hi))] if hi is not None else []
+        where = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(bounds) if bounds else sql.SQL("")
+        read = sql.SQL("COPY (SELECT {}::text, {} FROM {}{}) TO STDOUT (FORMAT binary)").format(
+            sql.Literal(tenant), names, sql.Identifier("public", table), where
+        )
+        write = sql.SQL("COPY {} (tenant_id, {}) FROM STDIN (FORMAT binary)").format(
+            sql.Identifier("app", table), names
+        )
+        with dst.transaction():
+            return _pipe(src, dst, read, write)
+
+
+def two_stream_tenant(src_dsn: str, dst_dsn: str, tenant: str, pool: ProcessPoolExecutor) -> int:
+    """One tenant through two processes: a level's tables in parallel, big tables in two key ranges."""
+    rows = 0
+    with connect(src_dsn) as src:
+        middle: dict[str, int | None] = {}
+        for table in TABLES:
+            n = count(src, "public", table)
+            found = (
+                src.execute(
+                    sql.SQL("SELECT id FROM {} ORDER BY id OFFSET %s LIMIT 1").format(
+                        sql.Identifier("public", table)
+                    ),
+                    (n // 2,),
+                ).fetchone()
+                if n > SPLIT_ROWS and table not in UNSPLIT
+                else None
+            )
+            middle[table] = int(found[0]) if found else None
+    for level in LEVELS:
+        parts: list[tuple[str, int | None, int | None]] = []
+        for table in level:
+            mid = middle[table]
+            parts += [(table, None, None)] if mid is None else [(table, None, mid), (table, mid, None)]
+        futures = [pool.submit(copy_range, src_dsn, dst_dsn, tenant, *part) for part in parts]
+        rows += sum(f.result() for f in futures)
+    return rows
+
+
 def naive_tenant(src_dsn: str, dst_dsn: str, tenant: str) -> int:
     rows = 0
     with connect(src_dsn) as src, connect(dst_dsn) as dst:
@@ -254,16 +310,19 @@ def worker(args: argparse.Namespace) -> None:
     src = dsn_for(args.dsn, args.prefix + "{tenant}")
     dst = args.target_dsn
     environ = {"MIGRATE_TARGET_DSN": dst, "MIGRATE_SOURCE_DSN_TEMPLATE": src}
-    if args.worker in ("backfill", "copyonly"):
+    if args.worker in ("backfill", "copyonly", "perrow"):
         from migrate import api
         from migrate.log import configure
+        from migrate.steps import backfill
+
+        backfill.CHECK_AFTER_LOAD = args.worker != "perrow"
 
         configure(level="info", json=True)  # as the CLI off a terminal: a JSON line per chunk and table
         if args.no_ledger:
             from migrate.control.ledger import Ledger
 
             Ledger.append = lambda self, *a, **k: None  # type: ignore[method-assign,assignment]
-        steps = ["schema", "backfill"] if args.worker == "backfill" else ["backfill"]
+        steps = ["backfill"] if args.worker == "copyonly" else ["schema", "backfill"]
         book = write_playbook(Path(args.folder), tenants, "bench", steps, args.chunk_rows)
         started = time.monotonic()
         result = api.run(book, jobs=args.jobs, environ=environ)
@@ -272,6 +331,15 @@ def worker(args: argparse.Namespace) -> None:
             bad = [t for t in result.tenants if t.outcome != "done"]
             raise SystemExit(f"migrate run failed: {bad[0].tenant}: {bad[0].error}")
         rows = sum(t.rows_copied_now for t in result.tenants)
+    elif args.worker == "limit2":
+        with ProcessPoolExecutor(max_workers=2) as pool:
+            started = time.monotonic()
+            if len(tenants) == 1:
+                rows = two_stream_tenant(src.replace("{tenant}", tenants[0]), dst, tenants[0], pool)
+            else:
+                futures = [pool.submit(copy_tenant, src.replace("{tenant}", t), dst, t) for t in tenants]
+                rows = sum(f.result() for f in futures)
+            seconds = time.monotonic() - started
     else:
 
         def work(tenant: str) -> int:
@@ -414,7 +482,7 @@ def main() -> None:
         worker(args)
         return
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    known = ("limit", "backfill", "copyonly", "naive", "staging", "bypassrls")
+    known = ("limit", "limit2", "backfill", "perrow", "copyonly", "naive", "staging", "bypassrls")
     unknown = set(methods) - set(known)
     if unknown or not methods:
         parser.error(f"unknown method(s) {', '.join(sorted(unknown))}: use {', '.join(known)}")
@@ -491,7 +559,13 @@ def report(
     if "limit" in med and "naive" in med:
         figures["ratio_naive_to_limit"] = round(med["limit"] / med["naive"], 3)
         print(f"  c/a (naive to limit)    = {figures['ratio_naive_to_limit']:.2f}")
-    for extra in ("copyonly", "staging", "bypassrls"):
+    if "limit2" in med and "backfill" in med:
+        figures["ratio_backfill_to_two_stream_limit"] = round(med["limit2"] / med["backfill"], 3)
+        print(f"  backfill to two-stream limit = {figures['ratio_backfill_to_two_stream_limit']:.2f}")
+    if "perrow" in med and "backfill" in med:
+        figures["ratio_backfill_to_perrow"] = round(med["perrow"] / med["backfill"], 3)
+        print(f"  backfill to per-row foreign-key checks = {figures['ratio_backfill_to_perrow']:.2f}")
+    for extra in ("limit2", "perrow", "copyonly", "staging", "bypassrls"):
         if extra in med and "limit" in med:
             figures[f"ratio_{extra}_to_limit"] = round(med["limit"] / med[extra], 3)
             print(f"  {extra} to limit = {figures[f'ratio_{extra}_to_limit']:.2f}")
