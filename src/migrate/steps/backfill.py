@@ -259,10 +259,16 @@ class BackfillStep:
             ctx.log.info("tenant_sized", rows=sum(left.values()), seconds=round(sizing_seconds, 3))
             # Key ranges go through the key's index.
             ctx.source.execute("SELECT set_config('enable_seqscan', 'off', true)")
+            empty = self._finish_empty(
+                ctx, [p for p in plans if p.name in todo and todo[p.name] is None and not left[p.name]]
+            )
             for plan in plans:
                 if plan.name not in todo:
                     done = checkpoints[plan.name].rows_copied
                     tables[plan.name] = {"rows": done, "copied_now": done - int(before.get(plan.name, 0))}
+                    continue
+                if plan.name in empty:
+                    tables[plan.name] = {"rows": 0, "copied_now": 0}
                     continue
                 size = sizes.get(plan.name)
                 if (size is None or size[0] <= 0) and todo[plan.name] is None:
@@ -280,6 +286,21 @@ class BackfillStep:
             **({"capture": snapshot} if snapshot else {}),
             "sizing_seconds": round(sizing_seconds, 4),
         }
+
+    def _finish_empty(self, ctx: StepContext, plans: Sequence[TablePlan]) -> set[str]:
+        """Tables not yet started with no row in the copy's snapshot: their finished checkpoints in
+        one transaction and one round trip, not a chunk each (a small tenant's fixed cost)."""
+        if not plans:
+            return set()
+        with local_transaction(ctx.target, _CHUNK), ctx.target.pipeline():
+            for plan in plans:
+                ctx.control.save_checkpoint(ctx.target, ctx.tenant.id, plan.name, rows_copied=0, done=True)
+        for plan in plans:
+            ctx.progress(ProgressEvent("table_copied", ctx.tenant.id, plan.name, 0, 0))
+            ctx.log.info(
+                "table_copied", table=plan.name, rows=0, copied_now=0, chunks=0, bytes=0, seconds=0.0
+            )
+        return {p.name for p in plans}
 
     def _first_chunk_rows(self, size: tuple[int, int] | None) -> int:
         """From the source's statistics (rows, bytes); every later chunk from the row width it measured."""
