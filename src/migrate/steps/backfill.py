@@ -96,12 +96,16 @@ from migrate.steps.chunks import (
 )
 from migrate.steps.context import Details, ProgressEvent, StepContext, local_transaction
 
-_EXEMPT = "SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user"
-# session_replication_role: superuser, or (PG 15+) a granted SET privilege.
-_MAY_DEFER = (
-    "SELECT rolsuper OR (current_setting('server_version_num')::int >= 150000"
-    " AND has_parameter_privilege('session_replication_role', 'SET'))"
-    " FROM pg_roles WHERE rolname = current_user"
+# The writer in one round trip: exempt from RLS; may set session_replication_role (superuser, or
+# PG 15+ a granted SET privilege); the shared tables with triggers of their own (not a foreign key's),
+# which load with every trigger on — 'O' fires in the default role, 'R' only under replica.
+_WRITER = (
+    "SELECT r.rolsuper OR r.rolbypassrls,"
+    " r.rolsuper OR (current_setting('server_version_num')::int >= 150000"
+    "  AND has_parameter_privilege('session_replication_role', 'SET')),"
+    " ARRAY(SELECT DISTINCT c.relname::text FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
+    "  WHERE NOT t.tgisinternal AND t.tgenabled IN ('O', 'R') AND c.relnamespace = to_regnamespace(%s))"
+    " FROM pg_roles r WHERE r.rolname = current_user"
 )
 _SOURCE_SIZES = (
     "SELECT c.relname, c.reltuples::bigint, pg_table_size(c.oid) FROM pg_class c"
@@ -118,12 +122,6 @@ _BELIEVED = (
     " WHERE c.relnamespace = to_regnamespace(%s) AND c.relkind IN ('r', 'p')"
 )
 _ANALYZE_SHARE = 0.2
-# Triggers of the shared tables' own (not a foreign key's): such a table loads with every trigger on.
-# 'O' fires in the default role, 'R' only under replica: both would behave differently.
-_TRIGGERED = (
-    "SELECT DISTINCT c.relname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
-    " WHERE NOT t.tgisinternal AND t.tgenabled IN ('O', 'R') AND c.relnamespace = to_regnamespace(%s)"
-)
 _FOREIGN_KEYS = (files("migrate.steps") / "foreign_keys.sql").read_text()
 CHECK_AFTER_LOAD = True
 """Foreign keys checked once after the load (True) or per row while loading (False: only
@@ -171,15 +169,14 @@ def _check_target(ctx: StepContext, plans: Sequence[TablePlan]) -> None:
 def _check_writer(ctx: StepContext, plans: Sequence[TablePlan]) -> list[TablePlan]:
     """The writer may COPY under RLS; the plans, every table whose foreign keys may be checked
     after the load ``deferred`` (see the module's docstring)."""
-    exempt = ctx.target.execute(_EXEMPT).fetchone()
-    if not exempt or not exempt[0]:
+    row = ctx.target.execute(_WRITER, (ctx.target_schema,)).fetchone()
+    exempt, may, triggered = row if row is not None else (False, False, [])
+    if not exempt:
         raise StepFailed(
             "the target role is subject to row-level security, and PostgreSQL refuses COPY into such tables",
             hint="connect MIGRATE_TARGET_DSN as a migrator role with BYPASSRLS "
             "(ALTER ROLE migrator BYPASSRLS)",
         )
-    may_row = ctx.target.execute(_MAY_DEFER).fetchone()
-    may = bool(may_row and may_row[0])
     deferred = [p.name for p in plans if p.deferred]
     if deferred and not may:
         raise StepFailed(
@@ -189,7 +186,6 @@ def _check_writer(ctx: StepContext, plans: Sequence[TablePlan]) -> list[TablePla
         )
     if not may or not CHECK_AFTER_LOAD:
         return list(plans)
-    triggered = {r[0] for r in ctx.target.execute(_TRIGGERED, (ctx.target_schema,))}
     return [p if p.deferred or p.name in triggered else replace(p, deferred=True) for p in plans]
 
 
