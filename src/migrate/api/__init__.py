@@ -39,6 +39,7 @@ if TYPE_CHECKING:
         diff,
         isolation_check,
         isolation_check_targets,
+        readiness,
         verify,
     )
     from migrate.api.flags import FlagsSync, FlagSummary, FlagSynced, flags_sync
@@ -72,6 +73,7 @@ if TYPE_CHECKING:
     )
     from migrate.checks.diff import DiffResult
     from migrate.checks.isolation import Finding, IsolationReport
+    from migrate.checks.readiness import Missing, Readiness
     from migrate.control.rollbacks import UnfinishedRollback
     from migrate.control.store import Holder
     from migrate.engine.gates import Approved
@@ -100,8 +102,10 @@ _HOME = {
     "LedgerExport": "migrate.api.audit",
     "LedgerKey": "migrate.api.audit",
     "LedgerReport": "migrate.api.audit",
+    "Missing": "migrate.checks.readiness",
     "NextCommand": "migrate.api.state",
     "Plan": "migrate.plan",
+    "Readiness": "migrate.checks.readiness",
     "PlaybookIsolation": "migrate.api.checks",
     "ProgressEvent": "migrate.steps.context",
     "ProgressSink": "migrate.steps.context",
@@ -142,6 +146,7 @@ _HOME = {
     "render_text": "migrate.plan",
     "residency_report": "migrate.api.residency",
     "residency_set": "migrate.api.residency",
+    "readiness": "migrate.api.checks",
     "rollback": "migrate.api.runs",
     "rollback_preview": "migrate.api.runs",
     "run": "migrate.api.runs",
@@ -180,11 +185,13 @@ __all__ = [
     "LedgerExport",
     "LedgerKey",
     "LedgerReport",
+    "Missing",
     "NextCommand",
     "Plan",
     "PlaybookIsolation",
     "ProgressEvent",
     "ProgressSink",
+    "Readiness",
     "ResidencyRecorded",
     "ResidencyReport",
     "Reverted",
@@ -220,6 +227,7 @@ __all__ = [
     "ledger_keygen",
     "ledger_public_keys",
     "plan",
+    "readiness",
     "render_text",
     "residency_report",
     "residency_set",

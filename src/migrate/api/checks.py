@@ -23,9 +23,12 @@ from migrate.api.settings import (
 )
 from migrate.catalog import TENANT_COLUMN
 from migrate.catalog.reflect import SourceTable, reflect, select_tables
+from migrate.checks import readiness as write_readiness
 from migrate.checks.checksum import Mode, Side, TableFigures, choose_mode, table_shapes
 from migrate.checks.diff import DiffResult, diff_table
 from migrate.checks.isolation import IsolationReport, check_isolation
+from migrate.checks.readiness import Readiness
+from migrate.engine.session import tenant_tables
 from migrate.errors import (
     ArgumentError,
     CheckFailed,
@@ -123,6 +126,47 @@ def verify(
                     )
                 found[tenant.id] = TenantFigures(tenant.id, mode, tuple(figures), time.monotonic() - started)
     return VerifyResult(pb.name, loaded.digest, tuple(found[t.id] for t in chosen))
+
+
+def readiness(
+    playbook: Path | str,
+    tenants: Sequence[str] | None = None,
+    *,
+    app_role: str | None = None,
+    prove: bool = True,
+    environ: Environ | None = None,
+) -> tuple[Readiness, ...]:
+    """Whether the application can write each tenant's rows in the shared schema now (what the
+    cut-over demands before it flips): sequences past the tenant's values, every source default on
+    the target, the application role's privileges, and an insert with defaults as that role in
+    every tenant table with a default key — rolled back. Changes nothing.
+
+    ``app_role`` overrides the target's ``app_role`` (none: privileges and the insert are not checked).
+    """
+    environ = os.environ if environ is None else environ
+    loaded = load_playbook(playbook)
+    chosen = select_tenants(loaded, tenants)
+    if app_role is not None:
+        app_role = identifier_option(app_role, "--app-role")
+    pb = loaded.playbook
+    need = {pb.target_name_of(t) for t in chosen}
+    regions = environments(loaded, environ, need=need, tenants=chosen, with_flags=False)
+    found: dict[str, Readiness] = {}
+    for name, theirs in regions.holding(chosen).items():
+        env = regions.envs[name]
+        with env.connect_target() as target:
+            for tenant in theirs:
+                with env.connect_source(tenant) as source:
+                    tables = tenant_tables(env, source)
+                found[tenant.id] = write_readiness.check(
+                    target,
+                    schema=env.target.schema_,
+                    tenant=tenant.id,
+                    tables=tables,
+                    app_role=app_role or env.target.app_role,
+                    prove=prove,
+                )
+    return tuple(found[t.id] for t in chosen)
 
 
 def diff(

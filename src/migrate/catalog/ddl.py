@@ -37,6 +37,7 @@ from migrate.catalog.reflect import (
     Index,
     Key,
     SourceSchema,
+    SourceSequence,
     SourceTable,
     View,
     partition_roots,
@@ -87,7 +88,8 @@ class Options:
 @dataclass(frozen=True)
 class Statement:
     sql: str
-    # role | schema | type | table | comment | partition | check | foreign_key | index | rls | view | grant
+    # role | schema | type | sequence | table | comment | partition | check | foreign_key | index | rls
+    # | view | grant
     kind: str
     object: str = ""  # the table (or type, view) the statement belongs to
 
@@ -174,6 +176,7 @@ class _Builder:
             set(source.tables) | parts | {t.name for t in source.types} | {v.name for v in source.views}
         )
         self.tenant = {n for n in source.tables if n not in options.global_tables}
+        self.sequence_names = {q.name for q in source.sequences}
 
     # ------------------------------------------------------------------ helpers
     def rq(self, text: str) -> str:
@@ -239,6 +242,11 @@ class _Builder:
                     )
                 self.add("type", t.name, sql.SQL(" ").join(parts))
 
+    def sequences(self) -> None:
+        """Sequences no column owns that a default draws from: one per shared schema, every tenant's."""
+        for q in self.source.sequences:
+            self.add("sequence", q.name, _sequence(self.ident(q.name), q))
+
     def column(self, col: Column) -> sql.Composable:
         parts: list[sql.Composable] = [sql.Identifier(col.name), sql.SQL(self.rq(col.type))]
         if col.collation:
@@ -252,7 +260,12 @@ class _Builder:
         if col.not_null:
             parts.append(sql.SQL("NOT NULL"))
         if col.default is not None:
-            if col.default.startswith("nextval("):
+            if col.sequence is not None and col.sequence in self.sequence_names:
+                # The sequence is carried (sequences()): the default draws from the shared one.
+                # Built here, not requalified: the name sits inside a regclass literal.
+                qualified = _text(self.ident(col.sequence))
+                parts.append(sql.SQL("DEFAULT nextval({}::regclass)").format(sql.Literal(qualified)))
+            elif col.default.startswith("nextval("):
                 self.note(
                     "warning",
                     "default-not-carried",
@@ -525,6 +538,13 @@ class _Builder:
             )
         for v in self.source.views:
             self.add("grant", v.name, sql.SQL("GRANT SELECT ON {} TO {}").format(self.ident(v.name), who))
+        for q in self.source.sequences:
+            # Identity columns draw without a privilege; a default's nextval() needs USAGE.
+            self.add(
+                "grant",
+                q.name,
+                sql.SQL("GRANT USAGE, SELECT ON SEQUENCE {} TO {}").format(self.ident(q.name), who),
+            )
 
     def downgrade(self) -> list[Statement]:
         down: list[Statement] = []
@@ -536,6 +556,14 @@ class _Builder:
             # One statement: the foreign keys between them (cycles too) go with them.
             names = sql.SQL(", ").join(self.ident(n) for n in sorted(self.source.tables))
             down.append(Statement(_text(sql.SQL("DROP TABLE IF EXISTS {}").format(names)), "table"))
+        for q in reversed(self.source.sequences):
+            down.append(
+                Statement(
+                    _text(sql.SQL("DROP SEQUENCE IF EXISTS {}").format(self.ident(q.name))),
+                    "sequence",
+                    q.name,
+                )
+            )
         for t in reversed(self.source.types):
             what = "DOMAIN" if t.kind == "d" else "TYPE"
             down.append(
@@ -573,6 +601,7 @@ class _Builder:
             "schema", "", sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.o.schema))
         )
         self.types()
+        self.sequences()
         for name in sorted(self.source.tables):
             self.table(self.source.tables[name])
         self.partitions()
@@ -634,6 +663,23 @@ class _Builder:
                 "the source has this extension; objects that use it need it in the target",
                 "CREATE EXTENSION in the target before applying the revision",
             )
+
+
+def _sequence(name: sql.Composable, q: SourceSequence) -> sql.Composable:
+    """CREATE SEQUENCE with the source's settings; numbers start where the source's did (the
+    backfill then moves it past every tenant's values)."""
+    return sql.SQL(
+        "CREATE SEQUENCE {} AS {} INCREMENT BY {} MINVALUE {} MAXVALUE {} START WITH {} CACHE {} {}"
+    ).format(
+        name,
+        sql.SQL(q.type if q.type in ("smallint", "integer", "bigint") else "bigint"),
+        sql.Literal(q.increment),
+        sql.Literal(q.minimum),
+        sql.Literal(q.maximum),
+        sql.Literal(q.start),
+        sql.Literal(q.cache),
+        sql.SQL("CYCLE" if q.cycle else "NO CYCLE"),
+    )
 
 
 def _index_columns(index: Index) -> list[str]:

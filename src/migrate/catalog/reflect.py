@@ -38,6 +38,12 @@ class Column:
     serial: bool = False  # default was nextval() of a sequence the column owns
     collation: str | None = None  # COLLATE clause when not the type's default
     comment: str | None = None
+    sequence: str | None = None  # the schema's sequence a nextval() default draws from, unowned
+
+    @property
+    def defaulted(self) -> bool:
+        """An insert may leave it out: identity, serial or a default (generated columns excluded)."""
+        return bool(self.identity_kind) or self.serial or self.default is not None
 
     @property
     def sequenced(self) -> bool:
@@ -114,6 +120,20 @@ class SourceTable:
 
 
 @dataclass(frozen=True)
+class SourceSequence:
+    """A sequence no column owns that a column default draws from: carried with its settings."""
+
+    name: str
+    type: str  # smallint, integer or bigint
+    start: int
+    increment: int
+    minimum: int
+    maximum: int
+    cache: int
+    cycle: bool
+
+
+@dataclass(frozen=True)
 class Partition:
     name: str
     parent: str
@@ -164,6 +184,7 @@ class SourceSchema:
     views: tuple[View, ...] = ()
     uncarried: tuple[Uncarried, ...] = ()
     extensions: tuple[str, ...] = field(default=())
+    sequences: tuple[SourceSequence, ...] = ()
 
     def restricted(self, names: Iterable[str]) -> SourceSchema:
         """Only these tables (their partitions, the views that read only them, all types)."""
@@ -177,6 +198,11 @@ class SourceSchema:
             views=tuple(v for v in self.views if set(v.reads) <= keep | {w.name for w in self.views}),
             uncarried=self.uncarried,
             extensions=self.extensions,
+            sequences=tuple(
+                s
+                for s in self.sequences
+                if any(c.sequence == s.name for n in keep if n in self.tables for c in self.tables[n].columns)
+            ),
         )
 
 
@@ -232,6 +258,7 @@ def _read_tables(conn: psycopg.Connection[Any], schema: str) -> dict[str, Source
         collation,
         comment,
         table_comment,
+        sequence,
     ) in conn.execute(_sql("reflect_columns.sql"), {"schema": schema}):
         comments[table] = table_comment
         cols.setdefault(table, []).append(
@@ -246,6 +273,7 @@ def _read_tables(conn: psycopg.Connection[Any], schema: str) -> dict[str, Source
                 serial=bool(serial),
                 collation=collation,
                 comment=comment,
+                sequence=None if identity or generated or serial else sequence,
             )
         )
     pks: dict[str, Key] = {}
@@ -355,6 +383,12 @@ def reflect_schema(conn: psycopg.Connection[Any], schema: str) -> SourceSchema:
                 _sql("reflect_views.sql"), {"schema": schema}
             )
         ]
+        sequences = [
+            SourceSequence(name, type_, int(start), int(inc), int(lo), int(hi), int(cache), bool(cycle))
+            for name, type_, start, inc, lo, hi, cache, cycle in conn.execute(
+                _sql("reflect_sequences.sql"), {"schema": schema}
+            )
+        ]
         uncarried = [
             Uncarried(kind, name, detail or "")
             for kind, name, detail in conn.execute(_sql("reflect_uncarried.sql"), {"schema": schema})
@@ -369,6 +403,7 @@ def reflect_schema(conn: psycopg.Connection[Any], schema: str) -> SourceSchema:
         views=tuple(_views_in_order(views)),
         uncarried=tuple(u for u in uncarried if u.kind != "extension"),
         extensions=tuple(f"{u.name} ({u.detail})" for u in uncarried if u.kind == "extension"),
+        sequences=tuple(sequences),
     )
 
 

@@ -3,7 +3,8 @@
 -- everything else schema-qualified (see sqltext.py).
 -- serial: the default is nextval() of a sequence the column owns (it becomes an
 -- identity column in the shared table); collation: only when not the type's own; the
--- column's and the table's comments.
+-- column's and the table's comments; the sequence of this schema a default calls nextval() of
+-- when the column does not own it (such a sequence is carried and the default kept).
 SELECT c.relname,
        a.attname,
        format_type(a.atttypid, a.atttypmod),
@@ -20,7 +21,11 @@ SELECT c.relname,
                 ELSE quote_ident(cn.nspname) || '.' || quote_ident(co.collname) END
        END,
        col_description(c.oid, a.attnum),
-       obj_description(c.oid, 'pg_class')
+       obj_description(c.oid, 'pg_class'),
+       (SELECT s.relname FROM pg_depend dep JOIN pg_class s ON s.oid = dep.refobjid
+        WHERE dep.classid = 'pg_attrdef'::regclass AND dep.objid = d.oid
+          AND dep.refclassid = 'pg_class'::regclass AND s.relkind = 'S' AND s.relnamespace = n.oid
+        ORDER BY s.relname LIMIT 1)
 FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped

@@ -30,7 +30,11 @@ WHERE c.relnamespace IN (SELECT oid FROM ns)
   AND (c.relkind IN ('m', 'f')
        OR (c.relkind = 'S' AND NOT EXISTS (SELECT 1 FROM pg_depend dep
                                           WHERE dep.classid = 'pg_class'::regclass AND dep.objid = c.oid
-                                            AND dep.deptype IN ('a', 'i'))))
+                                            AND dep.deptype IN ('a', 'i'))
+            -- a default draws from it: carried (reflect_sequences.sql)
+            AND NOT EXISTS (SELECT 1 FROM pg_depend use
+                            WHERE use.classid = 'pg_attrdef'::regclass
+                              AND use.refclassid = 'pg_class'::regclass AND use.refobjid = c.oid)))
   AND c.oid NOT IN (SELECT objid FROM ext WHERE classid = 'pg_class'::regclass)
 UNION ALL
 SELECT 'exclusion constraint', c.relname || '.' || con.conname, pg_get_constraintdef(con.oid)

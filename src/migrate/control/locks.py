@@ -26,3 +26,7 @@ RESIDENCY = "migrate.residency"
 
 ONLINE = "migrate.online"
 """Transaction-level, (namespace, playbook): a tenant counts the online phase and joins it, one at a time."""
+
+SEQUENCE = "migrate.sequence"
+"""Transaction-level, (namespace, qualified sequence): one runner at a time reads a shared sequence's
+position and moves it, so two tenants' advances never put it back (steps/sequences.py)."""

@@ -197,6 +197,7 @@ def step_context(
         playbook=pb.name,
         cutover=pb.cutover,
         app_roles=pb.source.app_roles,
+        app_role=env.target.app_role,
         rehearsal=rehearsal,
         connect_target=env.connect_target,
         connect_replication=(

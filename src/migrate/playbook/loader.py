@@ -541,6 +541,8 @@ _LATER_FIELDS: tuple[tuple[tuple[str, ...], object], ...] = (
     (("targets",), None),
     (("target", "region"), None),
     (("target", "tenant_context"), "session"),
+    (("target", "app_role"), None),
+    (("targets", "*", "app_role"), None),
     (("ledger",), LedgerSettings().model_dump(mode="json", by_alias=True)),
     (("source", "app_roles"), []),
     (("cutover",), Cutover().model_dump(mode="json", by_alias=True)),
@@ -560,11 +562,15 @@ def normalised_digest(pb: Playbook, tenants: Sequence[Tenant]) -> str:
     # use them keeps the version its runs accepted (no --replan forced by an upgrade).
     for path, default in _LATER_FIELDS:
         *parents, leaf = path
-        node: Any = playbook
-        for key in parents:
-            node = node.get(key) if isinstance(node, dict) else None
-        if isinstance(node, dict) and leaf in node and node[leaf] == default:
-            node.pop(leaf)
+        nodes: list[Any] = [playbook]
+        for key in parents:  # "*": every entry of a mapping (each target under 'targets:')
+            found = [n.get(key) for n in nodes if isinstance(n, dict)] if key != "*" else []
+            if key == "*":
+                found = [v for n in nodes if isinstance(n, dict) for v in n.values()]
+            nodes = found
+        for node in nodes:
+            if isinstance(node, dict) and leaf in node and node[leaf] == default:
+                node.pop(leaf)
     body = {"playbook": playbook, "tenants": [t.model_dump(mode="json") for t in tenants]}
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()

@@ -64,6 +64,13 @@ class Target(Model):
         "also sets app.tenant_xid to pg_current_xact_id() — so a tenant a session-level SET left "
         "on a pooled connection matches no row (README: 'Tenant context').",
     )
+    app_role: Identifier | None = Field(
+        default=None,
+        description="The role the application uses on the shared schema: the schema step grants it "
+        "USAGE on the schema, SELECT, INSERT, UPDATE, DELETE on tenant tables (never TRUNCATE), SELECT "
+        "on global tables and USAGE on sequences; the cut-over flips only once it can insert with "
+        "defaults in every tenant table (a rolled-back proof).",
+    )
     region: Slug | None = Field(
         default=None,
         description="The region whose tenants this target holds (under 'targets:', the key says it); "

@@ -95,6 +95,7 @@ from migrate.steps.chunks import (
     write_statement,
 )
 from migrate.steps.context import Details, ProgressEvent, StepContext, local_transaction
+from migrate.steps.sequences import advance_sequences
 
 # The writer in one round trip: exempt from RLS; may set session_replication_role (superuser, or
 # PG 15+ a granted SET privilege); the shared tables with triggers of their own (not a foreign key's),
@@ -275,10 +276,14 @@ class BackfillStep:
                     "rows": copied.rows,
                     "copied_now": copied.rows - int(before.get(plan.name, 0)),
                 }
+        # Every shared sequence past the tenant's values: the application's first insert after the
+        # flip must not draw a number the tenant already holds (steps/sequences.py).
+        moved = advance_sequences(ctx)
         return {
             "tables": tables,
             "rows": sum(t["rows"] for t in tables.values()),
             "copied_now": sum(t["copied_now"] for t in tables.values()),
+            **({"sequences": moved} if moved else {}),
             **({"capture": snapshot} if snapshot else {}),
             "sizing_seconds": round(sizing_seconds, 4),
         }

@@ -110,6 +110,7 @@ class StepContext:
     playbook: str = ""
     cutover: Cutover = field(default_factory=Cutover)
     app_roles: tuple[str, ...] = ()
+    app_role: str | None = None  # the role the application uses on the shared schema (target.app_role)
     rehearsal: bool = False
     connect_target: Callable[[], psycopg.Connection[Any]] | None = None
     connect_replication: Callable[[], psycopg.Connection[Any]] | None = None

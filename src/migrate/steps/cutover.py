@@ -11,8 +11,10 @@ In this order, timed from the REVOKE (``freeze_seconds``, ledgered):
 4. **drain**: every change up to the fence, applied in one transaction;
 5. **counts** per table, source vs target, under the freeze; tenants of at most
    ``cutover.checksum_rows`` rows are checksummed here too;
-6. the shared **sequences** (serial and identity) are moved past every value the
-   tenant's rows and its source's sequences hold;
+6. the shared **sequences** (identity, serial, a default's) are moved past every value the
+   tenant's rows and its source's sequences hold, and the tenant must be **write-ready**
+   (``steps/ready.py``: defaults, the application role's privileges, an insert with
+   defaults as that role, rolled back) — else the step gives up before the flip;
 7. snapshots of both sides are opened (for the checksums of larger tenants), then
    the **flag flips** (the flag step's snapshot and restore: ``steps/flag.py``);
 8. the source stays frozen: an application instance that has not seen the flip
@@ -33,7 +35,6 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from contextlib import suppress
-from importlib.resources import files
 from typing import Any, ClassVar
 
 import psycopg
@@ -51,9 +52,8 @@ from migrate.steps import online
 from migrate.steps.context import Details, StepContext
 from migrate.steps.flag import FlagStep
 from migrate.steps.freeze import barrier
+from migrate.steps.ready import ensure_write_ready
 from migrate.steps.validate import compare_tenant, mismatch_summary
-
-_SEQUENCES = (files("migrate.steps") / "sequences.sql").read_text()
 
 
 class _Abort(Exception):
@@ -83,41 +83,6 @@ def counts(ctx: StepContext, target: psycopg.Connection[Any] | None = None) -> d
     return {t: (s, d) for t, s, d in zip(names, src, tgt, strict=True)}
 
 
-def advance_sequences(ctx: StepContext) -> dict[str, int]:
-    """Move each shared sequence past the tenant's largest value and its source sequence; only forward."""
-    names = online.source_tables(ctx)
-    target = {(t, c): s for t, c, s in ctx.target.execute(_SEQUENCES, (ctx.target_schema, names))}
-    source = {(t, c): s for t, c, s in ctx.source.execute(_SEQUENCES, (ctx.source_schema, names))}
-    moved: dict[str, int] = {}
-    for (table, column), sequence in sorted(target.items()):
-        row = ctx.target.execute(
-            sql.SQL("SELECT max({})::bigint FROM {} WHERE {} = %s").format(
-                sql.Identifier(column),
-                sql.Identifier(ctx.target_schema, table),
-                sql.Identifier(TENANT_COLUMN),
-            ),
-            (ctx.tenant.id,),
-        ).fetchone()
-        highest = int(row[0]) if row and row[0] is not None else 0
-        if (table, column) in source:
-            last = ctx.source.execute(
-                "SELECT pg_sequence_last_value(%s::regclass)", (source[(table, column)],)
-            ).fetchone()
-            if last and last[0] is not None:
-                highest = max(highest, int(last[0]))
-        if highest <= 0:
-            continue
-        # setval only moves forward here: a concurrent nextval of another tenant is never undone.
-        done = ctx.target.execute(
-            "SELECT setval(s, %s) FROM (SELECT %s::regclass AS s) AS q"
-            " WHERE coalesce(pg_sequence_last_value(s), 0) < %s",
-            (highest, sequence, highest),
-        ).fetchone()
-        if done is not None:
-            moved[f"{table}.{column}"] = highest
-    return moved
-
-
 class CutoverStep:
     kind: ClassVar[str] = "cutover"
 
@@ -129,7 +94,7 @@ class CutoverStep:
     # ------------------------------------------------------------------ apply
     def apply(self, ctx: StepContext) -> Details:
         if ctx.rehearsal:
-            flipped = self.flag.apply(ctx)  # recorded, not made: the rehearsal's flag provider
+            flipped = self.flag.flip(ctx)  # recorded, not made: the rehearsal's flag provider
             return {
                 "rehearsal": f"would freeze {', '.join(ctx.app_roles)} on the source, drain, compare, flip",
                 **flipped,
@@ -192,7 +157,11 @@ class CutoverStep:
                         f"checksums differ under the freeze in {mismatch_summary(figures['tables'])}; "
                         f"find the rows with 'migrate diff PLAYBOOK --tenant {ctx.tenant.id} --table …'"
                     )
-            moved = advance_sequences(ctx)
+            try:
+                ready = ensure_write_ready(ctx)
+            except StepFailed as exc:
+                raise _Abort(exc.message) from None
+            moved = ready.get("sequences_advanced", {})
             lap("sequences")
             if figures is None:
                 snapshots = _snapshot(ctx)
@@ -214,7 +183,7 @@ class CutoverStep:
                 exc.details.update(_given_up(timings, started, drained, terminated))
             raise
         try:
-            flipped = self.flag.apply(ctx)
+            flipped = self.flag.flip(ctx)
         except BaseException as exc:
             _close(ctx, snapshots)
             raise self._flip_failed(ctx, exc, _given_up(timings, started, drained, terminated)) from exc
@@ -242,6 +211,8 @@ class CutoverStep:
             "fence_lsn": lsn_text(fence),
             "stragglers_terminated": terminated,
             "sequences": moved,
+            "write_ready": True,
+            "insert_proved": ready.get("insert_proved", []),
             "flag": flipped.get("flag"),
             "before": flipped.get("before"),
             "after": flipped.get("after"),

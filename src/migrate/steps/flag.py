@@ -19,6 +19,7 @@ from migrate.playbook.model import FlagStep as FlagSpec
 from migrate.playbook.model import Step
 from migrate.ports import FlagSnapshot, FlagTarget, same_target
 from migrate.steps.context import Details, StepContext
+from migrate.steps.ready import ensure_write_ready
 
 
 class FlagStep:
@@ -45,6 +46,13 @@ class FlagStep:
         return FlagSnapshot.from_json(checkpoint.last_key)
 
     def apply(self, ctx: StepContext) -> Details:
+        # Turning the tenant's flag on sends its traffic to the shared tables: only once the
+        # application can write there (steps/ready.py).
+        ready = ensure_write_ready(ctx) if self.wanted and ctx.tables else {}
+        return {**self.flip(ctx), **ready}
+
+    def flip(self, ctx: StepContext) -> Details:
+        """Snapshot, intent, flip — without the write-readiness gate (the cutover step runs its own)."""
         target = dict(ctx.flags.target())
         pending = self._pending_json(ctx)
         found: bool | None = None

@@ -20,13 +20,15 @@ from psycopg import sql
 from migrate.catalog import ddl
 from migrate.catalog.fit import check_fit, column_types
 from migrate.catalog.reflect import reflect_schema
+from migrate.checks import readiness
 from migrate.control import locks
+from migrate.errors import CheckFailed
 from migrate.playbook.model import Step
 from migrate.steps.context import Details, StepContext
 
 _EXISTING = (
     "SELECT c.relname, c.relkind::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-    " WHERE n.nspname = %s AND c.relkind IN ('r', 'p', 'v')"
+    " WHERE n.nspname = %s AND c.relkind IN ('r', 'p', 'v', 'S')"
     " UNION ALL SELECT t.typname, 'T' FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace"
     " WHERE n.nspname = %s AND t.typtype IN ('e', 'd', 'c')"
 )
@@ -44,9 +46,16 @@ def _missing(ctx: StepContext, shared: ddl.SharedSchema) -> tuple[list[ddl.State
         for statement in shared.upgrade
         if (statement.kind == "type" and statement.object not in types)
         or (statement.kind in _TABLE_KINDS and statement.object in missing)
-        or (statement.kind == "view" and statement.object not in relations)
+        or (statement.kind in ("view", "sequence") and statement.object not in relations)
     ]
     return statements, sorted(missing)
+
+
+def _ungranted(ctx: StepContext) -> list[readiness.Missing]:
+    """What the application role lacks on the tenant's shared tables (or holds and must not)."""
+    return readiness.privileges(
+        ctx.target, ctx.target_schema, ctx.app_role or "", [t.name for t in ctx.tables]
+    )
 
 
 class SchemaStep:
@@ -57,9 +66,12 @@ class SchemaStep:
 
     def apply(self, ctx: StepContext) -> Details:
         source = reflect_schema(ctx.source, ctx.source_schema).restricted(t.name for t in ctx.tables)
-        options = ddl.Options(schema=ctx.target_schema, tenant_context=ctx.tenant_context)
+        options = ddl.Options(
+            schema=ctx.target_schema, tenant_context=ctx.tenant_context, app_role=ctx.app_role
+        )
         shared = ddl.build(source, options)
         created: list[str] = []
+        granted = False
         # Only a tenant that finds something missing takes the lock: once the shared tables
         # exist, tenants (and rehearsals, which hold their locks until they roll back) never
         # wait for each other here.
@@ -76,12 +88,37 @@ class SchemaStep:
                 statements, created = _missing(ctx, shared)
                 for statement in statements:
                     ctx.target.execute(statement.sql)
-        ctx.log.info("shared_tables_ready", created=created, tables=len(ctx.tables))
+        if ctx.app_role is not None and _ungranted(ctx):
+            # Only when something is missing, and under the lock: concurrent GRANTs on one table
+            # fail with "tuple concurrently updated". The role check refuses a role that would
+            # bypass the policies before anything is granted.
+            with ctx.target.transaction():
+                ctx.target.execute(
+                    "SELECT pg_advisory_xact_lock(hashtext(%s), hashtext(%s))",
+                    (locks.SCHEMA, ctx.target_schema),
+                )
+                for statement in shared.upgrade:
+                    if statement.kind in ("role", "grant"):
+                        ctx.target.execute(statement.sql)
+                granted = True
+        ctx.log.info("shared_tables_ready", created=created, tables=len(ctx.tables), granted=granted)
         # The fit check is verify's: the engine runs it right after apply. It reads only the
         # target's columns: the source's are in ctx.tables already.
-        return {"created": created, "tables": [t.name for t in ctx.tables]}
+        return {
+            "created": created,
+            "tables": [t.name for t in ctx.tables],
+            **({"granted_to": ctx.app_role} if granted else {}),
+        }
 
     def verify(self, ctx: StepContext, details: Mapping[str, Any]) -> None:
+        if ctx.app_role is not None:
+            lacking = _ungranted(ctx)
+            if lacking:
+                raise CheckFailed(
+                    f"the application role {ctx.app_role} cannot work on the shared tables: "
+                    + "; ".join(m.text() for m in lacking),
+                    hint=lacking[0].fix,
+                )
         check_fit(
             ctx.tables,
             column_types(ctx.target, ctx.target_schema),

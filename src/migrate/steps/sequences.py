@@ -1,0 +1,80 @@
+"""Shared sequences move past every value a tenant holds, only ever forward.
+
+Every shared column numbered by a sequence — identity (a serial column of the source becomes
+one), or a default's ``nextval()`` of a sequence no column owns — draws from ONE sequence for
+every tenant. A tenant's copied rows keep their own numbers, so once its copy is in, the
+sequence must hand out numbers above the tenant's largest (and above its source sequence's
+position: numbers handed out and then deleted may live on outside the database), or the
+application's first insert after the flip hits ``duplicate key``.
+
+Two runners advancing the same sequence for two tenants would race (both read 10; one sets
+200, the other 100 after it: backwards). Each sequence is moved under a transaction-level
+advisory lock on its name, and ``setval`` runs only when the sequence is behind: idempotent,
+never backwards between runners. (The application drawing numbers for other tenants is the
+one thing not serialised: were it to draw past this tenant's largest value in the instant
+between the read and the ``setval``, those numbers would come round again — for other
+tenants' rows, whose keys lead with their own ``tenant_id``.)
+
+A rehearsal advances too: a sequence's position is not data (PostgreSQL never rolls it back),
+and the real run sets the very same values.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from migrate.checks.readiness import SequenceUse, next_value, sequence_uses, tenant_highest
+from migrate.control import locks
+from migrate.steps.context import StepContext
+
+
+def _source_positions(
+    conn: psycopg.Connection[Any], schema: str, tables: list[str]
+) -> dict[tuple[str, str], int]:
+    """(table, column) -> the last value its source sequence handed out (None: never drawn)."""
+    out: dict[tuple[str, str], int] = {}
+    for use in sequence_uses(conn, schema, tables):
+        last = conn.execute(
+            "SELECT pg_sequence_last_value(%s::regclass)",
+            (sql.Identifier(use.schema, use.sequence).as_string(None),),
+        ).fetchone()
+        if last is not None and last[0] is not None:
+            out[(use.table, use.column)] = int(last[0])
+    return out
+
+
+def advance_sequences(ctx: StepContext, *, target: psycopg.Connection[Any] | None = None) -> dict[str, int]:
+    """Move every shared sequence the tenant's tables use past its values; returns those moved."""
+    conn = target or ctx.target
+    names = [t.name for t in ctx.tables]
+    uses = sequence_uses(conn, ctx.target_schema, names)
+    if not uses:
+        return {}
+    source = _source_positions(ctx.source, ctx.source_schema, names)
+    wanted: dict[str, tuple[SequenceUse, int]] = {}
+    for use in uses:
+        highest = max(
+            tenant_highest(conn, ctx.target_schema, use, ctx.tenant.id) or 0,
+            source.get((use.table, use.column), 0),
+        )
+        if highest > wanted.get(use.qualified, (use, 0))[1]:
+            wanted[use.qualified] = (use, highest)
+    moved: dict[str, int] = {}
+    for qualified, (use, highest) in sorted(wanted.items()):
+        with conn.transaction():
+            conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtext(%s), hashtext(%s))", (locks.SEQUENCE, qualified)
+            )
+            following, increment = next_value(conn, use.schema, use.sequence)
+            if increment > 0 and following <= highest:
+                conn.execute(
+                    "SELECT setval(%s::regclass, %s)",
+                    (sql.Identifier(use.schema, use.sequence).as_string(None), highest),
+                )
+                moved[qualified] = highest
+    if moved:
+        ctx.log.info("sequences_advanced", sequences=moved)
+    return moved
