@@ -25,29 +25,31 @@ THINGS_COLUMNS = """
     tags     text[],
     blob     bytea,
     feeling  mood,
-    spot     point
+    spot     point,
+    zero     float4
 """
-# The same values, spelled differently on each side: key order, numeric scale, time zone offsets.
+# The same values, spelled differently on each side: jsonb key order, numeric scale, time zone offsets
+# (json keeps its text: its text is its content).
 SOURCE_ROWS = """
 INSERT INTO {table} ({tenant}id, label, note, doc, raw, amount, ratio, at, day, span, tags, blob, feeling,
-    spot)
+    spot, zero)
 VALUES ({value}1, 'Zoë', NULL, '{{"b": 1, "a": [1, 2.50]}}', '{{"b":1,"a":2}}', 1.5,
         0.1::float8 + 0.2::float8,
         '2024-05-01 12:00:00+02', '2024-05-01', '1 day 02:03:04.5', '{{x,"y z",NULL}}', '\\xdeadbeef',
-        'ok', '(1.5,2)'),
+        'ok', '(1.5,2)', 0),
        ({value}2, '', '', '{{}}', '[]', 100, 1e-7, '2024-12-31 23:59:59.999999-08', '1999-01-08',
-        '-3 months', '{{}}', '\\x', 'happy', '(0,0)'),
-       ({value}3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)
+        '-3 months', '{{}}', '\\x', 'happy', '(0,0)', 'NaN'),
+       ({value}3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)
 """
 TARGET_ROWS = """
 INSERT INTO {table} ({tenant}id, label, note, doc, raw, amount, ratio, at, day, span, tags, blob, feeling,
-    spot)
-VALUES ({value}1, 'Zoë', NULL, '{{"a": [1, 2.50], "b": 1}}', '{{"a":2, "b":1}}', 1.50, 0.30000000000000004,
+    spot, zero)
+VALUES ({value}1, 'Zoë', NULL, '{{"a": [1, 2.50], "b": 1}}', '{{"b":1,"a":2}}', 1.50, 0.30000000000000004,
         '2024-05-01 10:00:00+00', '2024-05-01', '1 day 02:03:04.5', '{{x,"y z",NULL}}', '\\xdeadbeef',
-        'ok', '(1.5,2)'),
+        'ok', '(1.5,2)', 0),
        ({value}2, '', '', '{{}}', '[]', 100.000, 0.0000001, '2025-01-01 07:59:59.999999+00', '1999-01-08',
-        '-3 mons', '{{}}', '\\x', 'happy', '(0,0)'),
-       ({value}3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)
+        '-3 mons', '{{}}', '\\x', 'happy', '(0,0)', 'NaN'),
+       ({value}3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)
 """
 
 

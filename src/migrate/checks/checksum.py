@@ -11,21 +11,25 @@ write-freeze time before a cut-over.
 Two ways to hash a row, chosen by comparing the servers' major versions:
 
 ``hash``  ``hash_record_extended(ROW(cols…), 0)``: hashes the *values*, so the
-          session time zone, jsonb key order and numeric scale cannot change
-          it; about 0.16 × the copy's time (shared/notes/performance.md). It
+          session time zone and numeric scale cannot change it; about 0.16 × the copy's time (shared/notes/performance.md). It
           needs PostgreSQL 14+ and identical column types (the schema step
           guarantees those), and its values are not promised stable across
           major versions — so it is used only when both majors are equal.
 ``text``  the first 64 bits of ``md5(ROW(cols…)::text)``: md5 is the same on
           every version and platform, and the pinned settings make the text of
-          equal values equal (numeric through ``trim_scale``, json through
-          jsonb). 2–4 × the cost of ``hash``; the fallback when majors differ.
+          equal values equal (numeric through ``trim_scale``). 2–4 × the cost of ``hash``; the fallback when majors differ.
 
 Both keep NULL and '' apart (a NULL field hashes to 0, or is empty in the row
-text, where '' is written ``""``). Columns whose type has no 64-bit hash
-function, or whose hash is an OID that differs between databases (enums), are
-hashed as their text; json becomes jsonb (``columns.sql`` decides, from the
-source's catalog, and both sides use the source's decision).
+text, where '' is written ``""``). Both see what a person would call a change
+even where the type's own equality does not: ``-0.0`` vs ``0`` in a float
+(hashed as its bytes), json text (key order, whitespace and duplicate keys are
+its content: hashed as text, never through jsonb), arrays' dimensions, bounds
+and NULL elements, and interval spelling ('1 day' vs '24 hours') — these are
+hashed as their text. Equal instants of timestamptz are equal in both modes
+(values, or text under TimeZone UTC); timetz keeps its offset. Columns whose
+type has no 64-bit hash function, or whose hash is an OID that differs between
+databases (enums), are hashed as their text too (``columns.sql`` decides, from
+the source's catalog, and both sides use the source's decision).
 """
 
 from __future__ import annotations
@@ -71,7 +75,7 @@ def choose_mode(source: psycopg.Connection[Any], target: psycopg.Connection[Any]
 class ColumnShape:
     name: str
     type: str  # format_type(): the catalog's own spelling, used to cast key values back
-    kind: str  # plain | json | json_array | numeric | text (see columns.sql)
+    kind: str  # plain | float | numeric | text (see columns.sql)
     collatable: bool
 
 
@@ -107,10 +111,8 @@ def table_shapes(
 def value(col: ColumnShape, mode: Mode, ref: sql.Composable | None = None) -> sql.Composable:
     """A column's value as it enters the canonical row in ``mode``."""
     expr = ref if ref is not None else sql.Identifier(col.name)
-    if col.kind == "json":
-        return sql.SQL("{}::jsonb").format(expr)
-    if col.kind == "json_array":
-        return sql.SQL("{}::jsonb[]").format(expr)
+    if col.kind == "float" and mode == "hash":
+        return sql.SQL("float8send({}::float8)").format(expr)  # its bytes: -0 is not 0
     if col.kind == "numeric" and mode == "text":
         return sql.SQL("trim_scale({})").format(expr)
     if col.kind == "text" and mode == "hash":

@@ -1,12 +1,16 @@
 -- How each column of the tables of one schema enters the canonical row, in column order:
 -- its name, its type as the catalog spells it (for casts of key values), whether it
 -- takes a collation (keys are ordered COLLATE "C" on both sides), and its kind:
---   json        json (no hash function; and its text keeps key order): cast to jsonb
---   json_array  json[]: cast to jsonb[]
+--   float       real, double precision: their hash makes -0 equal to 0, so their bytes are
+--               hashed (float8send); the row text writes -0 already
 --   numeric     numeric: hashes ignore the scale; the text form needs trim_scale()
---   text        no usable 64-bit hash function, or one that hashes an OID that differs
---               between databases (enums) or a row type that may hold such a field:
---               hashed as its text
+--   text        hashed as its text, for one of these reasons:
+--               - json: the text IS the content (key order, whitespace, duplicate keys);
+--               - arrays: their hash ignores dimensions and lower bounds ({{1,2}} = {1,2})
+--                 and their elements' (-0 in a float[]);
+--               - interval: its hash makes '1 day' equal to '24 hours';
+--               - no usable 64-bit hash function, or one that hashes an OID that differs
+--                 between databases (enums) or a row type that may hold such a field
 --   plain       everything else
 -- Domains are resolved to their base type first.
 WITH RECURSIVE base(oid, root) AS (
@@ -33,8 +37,9 @@ SELECT e.relname,
        e.type_text,
        e.collatable,
        CASE
-           WHEN e.typ = 'json'::regtype THEN 'json'
-           WHEN e.typ = 'json[]'::regtype THEN 'json_array'
+           WHEN e.is_array THEN 'text'
+           WHEN e.typ IN ('json'::regtype, 'interval'::regtype) THEN 'text'
+           WHEN e.typ IN ('float4'::regtype, 'float8'::regtype) THEN 'float'
            WHEN e.typ = 'numeric'::regtype THEN 'numeric'
            WHEN ht.typtype IN ('e', 'c') THEN 'text'
            WHEN NOT EXISTS (
