@@ -22,7 +22,8 @@ from migrate.api.settings import (
     the_target,
 )
 from migrate.catalog import TENANT_COLUMN
-from migrate.catalog.reflect import SourceTable, reflect, select_tables
+from migrate.catalog.order import select_in_load_order
+from migrate.catalog.reflect import SourceTable, reflect
 from migrate.checks import readiness as write_readiness
 from migrate.checks.checksum import Mode, Side, TableFigures, choose_mode, table_shapes
 from migrate.checks.diff import DiffResult, diff_table
@@ -65,10 +66,11 @@ class VerifyResult:
 def _tables(
     loaded: LoadedPlaybook, source: psycopg.Connection[Any], wanted: Sequence[str]
 ) -> list[SourceTable]:
-    """The playbook's tables of this source (foreign-key order), or those named with ``--table``."""
+    """The playbook's tables of this source (load order: a foreign-key cycle is no obstacle to reading
+    them, as it is none to ``run``), or those named with ``--table``."""
     pb = loaded.playbook
     specs = pb.table_specs()
-    tables = select_tables(
+    tables = select_in_load_order(
         reflect(source, pb.source.schema_),
         None if specs is None else [t.name for t in specs],
         schema=pb.source.schema_,

@@ -11,13 +11,15 @@ write-freeze time before a cut-over.
 Two ways to hash a row, chosen by comparing the servers' major versions:
 
 ``hash``  ``hash_record_extended(ROW(cols…), 0)``: hashes the *values*, so the
-          session time zone and numeric scale cannot change it; about 0.16 × the copy's time (shared/notes/performance.md). It
+          session time zone and numeric scale cannot change it; about 0.16 ×
+          the copy's time (shared/notes/performance.md). It
           needs PostgreSQL 14+ and identical column types (the schema step
           guarantees those), and its values are not promised stable across
           major versions — so it is used only when both majors are equal.
 ``text``  the first 64 bits of ``md5(ROW(cols…)::text)``: md5 is the same on
           every version and platform, and the pinned settings make the text of
-          equal values equal (numeric through ``trim_scale``). 2–4 × the cost of ``hash``; the fallback when majors differ.
+          equal values equal (numeric through ``trim_scale``). 2–4 × the cost
+          of ``hash``; the fallback when majors differ.
 
 Both keep NULL and '' apart (a NULL field hashes to 0, or is empty in the row
 text, where '' is written ``""``). Both see what a person would call a change
