@@ -16,7 +16,11 @@ from typing import Any
 
 import psycopg
 import pytest
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
 from psycopg import sql
+from sqlalchemy.pool import NullPool
 
 from databases import DatabaseFactory, dsn_for
 from migrate import api
@@ -264,3 +268,38 @@ def test_two_concurrent_runners_never_move_a_sequence_backwards(
         ).fetchone()[0]  # type: ignore[index]
         last = conn.execute("SELECT last_value FROM app.order_no").fetchone()[0]  # type: ignore[index]
     assert last >= highest, f"the sequence went back to {last}, below {highest}"
+
+
+def test_a_generated_revision_carries_the_unowned_sequence_and_grants_then_the_first_insert_works(
+    database_factory: DatabaseFactory, tmp_path: Path, app_role: str
+) -> None:
+    """`schema generate --app-role` writes the sequence, the default that draws from it and the grants
+    (USAGE on the sequence, never TRUNCATE); applied with alembic, the run then flips and the
+    application's first insert works."""
+    world = keys_world(database_factory, tmp_path)
+    out = tmp_path / "shared"
+    generated = api.schema_generate(sources=[f"acme={world.source_dsn('acme')}"], out=out, app_role=app_role)
+    assert generated.ok
+    text = generated.revision.path.read_text()
+    assert 'CREATE SEQUENCE "app"."order_no" AS bigint INCREMENT BY 1' in text
+    assert 'DEFAULT nextval(\'"app"."order_no"\'::regclass)' in text
+    assert f'GRANT USAGE, SELECT ON SEQUENCE "app"."order_no" TO "{app_role}"' in text
+    assert "TRUNCATE" not in text
+    cfg = Config()
+    cfg.set_main_option("script_location", str(out))
+    cfg.set_main_option("version_table_schema", "app")
+    engine = sa.create_engine(
+        "postgresql+psycopg://", poolclass=NullPool, creator=lambda: psycopg.connect(world.target_dsn)
+    )
+    try:
+        with engine.begin() as connection:
+            cfg.attributes["connection"] = connection
+            command.upgrade(cfg, "head")
+    finally:
+        engine.dispose()
+    result = api.run(playbook(tmp_path, app_role, steps=ALL), environ=world.environ)
+    assert result.ok, [t.error for t in result.tenants]
+    assert "granted_to" not in result.tenants[0].steps[0].details  # the revision had granted it all
+    with world.target() as conn:
+        insert_as_app(conn, app_role, "acme")
+        insert_as_app(conn, app_role, "globex")

@@ -12,9 +12,9 @@ Before any copy, for every source of the shared schema:
   primary key, different rows in different tenants: one tenant's row would be lost.
 - ``unique-per-tenant`` (info): a unique constraint or index that from now on holds
   per tenant, e.g. ``(tenant_id, email)``.
-- ``sequence-shared`` (warning): an identity or serial column whose numbers now come
-  from one shared sequence: restart it above every tenant's largest value after
-  the backfill (the statement is given).
+- ``sequence-shared`` (info): an identity or serial column whose numbers now come
+  from one shared sequence: ``migrate run`` moves it past every tenant's values
+  (the statement is given for loads by other means).
 - ``foreign-key-composite`` (info): a foreign key that now includes ``tenant_id``.
 
 Values are compared inside each database in one sorted stream per source and merged
@@ -316,12 +316,13 @@ class Consolidation:
                     sql.Identifier(self.o.schema, t.name), sql.Identifier(col.name), sql.Literal(top + 1)
                 )
                 self.note(
-                    "warning",
+                    "info",
                     "sequence-shared",
                     f"{t.name}.{col.name}",
                     f"{what}: every tenant's numbers come from one sequence now, and the largest "
                     f"value in any source is {top}",
-                    f"after the backfill: {restart.as_string(None)}",
+                    "nothing by hand with 'migrate run': its backfill and the flip move the sequence "
+                    f"past each tenant's values; loaded some other way: {restart.as_string(None)}",
                 )
 
     def composite_foreign_keys(self) -> None:
