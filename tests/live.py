@@ -93,7 +93,7 @@ def logical_admin_dsn(pg_admin_dsn: str) -> Iterator[str]:
 PLAYBOOK = """\
 version: 1
 name: {name}
-target: {{dsn_env: MIGRATE_TARGET_DSN, schema: app}}
+target: {{dsn_env: MIGRATE_TARGET_DSN, schema: app{target_extra}}}
 source: {{dsn_template_env: MIGRATE_SOURCE_DSN_TEMPLATE, schema: public, app_roles: [{role}]}}
 tenants: [{tenants}]
 tables: auto
@@ -200,6 +200,7 @@ class LiveWorld:
         cutover: str = "",
         finalise: bool = False,
         offline: bool = False,
+        app_role: str | None = None,
     ) -> Path:
         if offline:
             self.playbook.write_text(
@@ -219,6 +220,7 @@ class LiveWorld:
                 tenants=", ".join(f"{{id: {t}}}" for t in self.tenants),
                 flags=ROOT / "flags" / "demo.json",
                 max_freeze=max_freeze,
+                target_extra=f", app_role: {app_role}" if app_role else "",
                 cutover_extra=f", {cutover}" if cutover else "",
                 backfill_extra=f", {backfill}" if backfill else "",
                 flag=FLAG,

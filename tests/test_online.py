@@ -10,9 +10,11 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from live import APP_ROLE, FLAG, LiveWorld, Writer, drop_databases, make_live_world
 from migrate import api
+from migrate.catalog.ddl import SET_TENANT_SQL
 
 
 @pytest.fixture
@@ -48,6 +50,34 @@ def test_online_migration_with_a_writer_loses_nothing_and_freezes_briefly(live: 
     assert cutover.details["match"] is True
     status = api.status(live.playbook, environ=live.environ).tenants[0]
     assert status.flags == {FLAG: True}
+
+
+def test_after_the_online_cut_over_the_application_role_inserts_with_defaults(live: LiveWorld) -> None:
+    """target.app_role: the cut-over checks under the freeze that the application role can insert with
+    defaults (rolled back), flips, and the application's first real insert takes an identity past the
+    tenant's rows — tasks a live writer kept adding after the copy, until the freeze."""
+    live.write_playbook(app_role=APP_ROLE)
+    writer = Writer(live.source_dsn("acme", APP_ROLE), rate=100).start()
+    writer.wait_for(10)
+    try:
+        result = api.run(live.playbook, environ=live.environ)
+    finally:
+        writer.stop()
+    assert result.ok, [t.error for t in result.tenants]
+    cutover = next(s for s in result.tenants[0].steps if s.kind == "cutover")
+    assert cutover.details["write_ready"] is True
+    assert {"organizations", "tasks", "comments"} <= set(cutover.details["insert_proved"])
+    backfill = next(s for s in result.tenants[0].steps if s.kind == "backfill")
+    with live.target() as conn, conn.transaction():
+        conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(APP_ROLE)))
+        conn.execute(SET_TENANT_SQL, ("acme",))
+        highest = conn.execute("SELECT max(id) FROM app.tasks").fetchone()[0]  # type: ignore[index]
+        assert highest > backfill.details["sequences"]["app.tasks_id_seq"]  # the writer's, after the copy
+        new = conn.execute(
+            "INSERT INTO app.tasks (project_id, title, status) SELECT project_id, 'after the flip', status"
+            " FROM app.tasks LIMIT 1 RETURNING id"
+        ).fetchone()[0]  # type: ignore[index]
+    assert new > highest
 
 
 def app_can_write(live: LiveWorld) -> bool:

@@ -389,51 +389,118 @@ def _insert_with_defaults(
     tables: Sequence[SourceTable],
     role: str,
 ) -> str | None:
-    """None when the insert worked (and was rolled back), else PostgreSQL's message."""
+    """None when the insert worked (and was rolled back), else PostgreSQL's message.
+
+    The row is one of the tenant's own with every defaulted column left out. When it collides on
+    a unique key no default feeds (an e-mail), that key's columns get fresh values where their
+    type allows (text, date/time, uuid) and it is tried again; as a last resort a row nothing
+    references is deleted and written again with its defaults, in one statement.
+    """
+    defaulted = {c.name for c in table.columns if c.defaulted}
     given = [c.name for c in table.columns if not c.defaulted and c.generated is None]
     target = sql.Identifier(schema, table.name)
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in given)
-    copy_one = (
-        sql.SQL("INSERT INTO {t} ({c}) SELECT {c} FROM {t} LIMIT 1").format(t=target, c=cols)
-        if given
-        else sql.SQL("INSERT INTO {t} DEFAULT VALUES").format(t=target)
-    )
-    # A row no other row references, deleted and written again with its defaults in one
-    # statement: the unique values it holds are free, and no foreign key loses its row.
-    again = sql.SQL(
-        "WITH gone AS (DELETE FROM {t} WHERE ctid = (SELECT r.ctid FROM {t} AS r WHERE {free} LIMIT 1)"
-        " RETURNING {c}) INSERT INTO {t} ({c}) SELECT {c} FROM gone"
-    ).format(t=target, c=cols, free=_unreferenced(schema, table, tables))
+    fresh: dict[str, sql.Composable] = {}
     first: str | None = None
-    for attempt in (copy_one, again) if given else (copy_one,):
+    for _ in range(4):
+        values = sql.SQL(", ").join(fresh.get(c, sql.Identifier(c)) for c in given)
+        attempt = (
+            sql.SQL("INSERT INTO {t} ({c}) SELECT {v} FROM {t} LIMIT 1").format(t=target, c=cols, v=values)
+            if given
+            else sql.SQL("INSERT INTO {t} DEFAULT VALUES").format(t=target)
+        )
         try:
-            with conn.transaction():
-                conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role)))
-                conn.execute(set_tenant_sql(), (tenant,))
-                cur = conn.execute(attempt)
-                if cur.rowcount == 0:  # the tenant has no row to model one on
-                    conn.execute(sql.SQL("INSERT INTO {t} DEFAULT VALUES").format(t=target))
-                raise _Undo
+            _try(conn, tenant, role, attempt, target)
         except _Undo:
             return None
         except pgerr.UniqueViolation as exc:
             first = first or _message(exc)
-            if _feeds(table, exc.diag.constraint_name):
+            unique = _unique_columns(conn, schema, exc.diag.constraint_name)
+            if defaulted & set(unique):
                 return first  # the default itself collides: a sequence is behind
-            continue
+            more = {
+                c: f for c, kind in unique.items() if c not in fresh and (f := _fresh(c, kind)) is not None
+            }
+            if not more:
+                break
+            fresh.update(more)
         except psycopg.Error as exc:
             return first or _message(exc)
+    if not given:
+        return first
+    again = sql.SQL(
+        "WITH gone AS (DELETE FROM {t} WHERE ctid = (SELECT r.ctid FROM {t} AS r WHERE {free} LIMIT 1)"
+        " RETURNING {c}) INSERT INTO {t} ({c}) SELECT {c} FROM gone"
+    ).format(t=target, c=cols, free=_unreferenced(schema, table, tables))
+    try:
+        _try(conn, tenant, role, again, None)
+    except _Undo:
+        return None
+    except psycopg.Error:
+        pass
     return first
 
 
-def _feeds(table: SourceTable, constraint: str | None) -> bool:
-    """Whether the unique constraint named holds a column that takes a default."""
-    defaulted = {c.name for c in table.columns if c.defaulted}
-    keys = [table.primary_key_info, *table.unique_keys]
-    for key in keys:
-        if key is not None and key.name == constraint:
-            return bool(defaulted & set(key.columns))
-    return False  # a unique index: the second way tells (it fails the same way if the default collides)
+def _try(
+    conn: psycopg.Connection[Any],
+    tenant: str,
+    role: str,
+    statement: sql.Composed,
+    empty_fallback: sql.Composable | None,
+) -> None:
+    """Run ``statement`` as ``role`` for ``tenant`` in a transaction that is always rolled back
+    (raises _Undo when it worked). When it wrote nothing — the tenant has no row to model one on —
+    ``INSERT … DEFAULT VALUES`` into ``empty_fallback`` instead."""
+    with conn.transaction():
+        conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role)))
+        conn.execute(set_tenant_sql(), (tenant,))
+        if conn.execute(statement).rowcount == 0:
+            if empty_fallback is None:
+                raise psycopg.DataError("no row to write again")
+            conn.execute(sql.SQL("INSERT INTO {} DEFAULT VALUES").format(empty_fallback))
+        raise _Undo
+
+
+_UNIQUE_COLUMNS = """
+SELECT a.attname, t.typcategory, a.atttypmod, t.typname
+FROM pg_class ic
+JOIN pg_index i ON i.indexrelid = ic.oid
+JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+JOIN pg_type t ON t.oid = a.atttypid
+WHERE ic.relname = %s AND ic.relnamespace = to_regnamespace(%s)
+"""
+
+
+def _unique_columns(conn: psycopg.Connection[Any], schema: str, index: str | None) -> dict[str, str]:
+    """The columns of the unique index (or constraint's index) ``index``, but the tenant column:
+    name -> a kind _fresh understands ('text:N', 'datetime', 'uuid', or the type's category)."""
+    if index is None:
+        return {}
+    out: dict[str, str] = {}
+    quoted = sql.Identifier(schema).as_string(None)
+    for name, category, typmod, typname in conn.execute(_UNIQUE_COLUMNS, (index, quoted)):
+        if name == TENANT_COLUMN:
+            continue
+        if category == "S":
+            out[name] = f"text:{typmod - 4 if typmod > 4 else 64}"
+        elif category == "D":
+            out[name] = "datetime"
+        else:
+            out[name] = "uuid" if typname == "uuid" else str(category)
+    return out
+
+
+def _fresh(column: str, kind: str) -> sql.Composable | None:
+    """A value of the column's type that no row holds yet (in all likelihood), or None."""
+    if kind.startswith("text:"):
+        return sql.SQL("left(md5(random()::text) || md5(random()::text), {})").format(
+            sql.Literal(min(64, int(kind[5:])))
+        )
+    if kind == "datetime":
+        return sql.SQL("{} + make_interval(secs => 1 + random())").format(sql.Identifier(column))
+    if kind == "uuid":
+        return sql.SQL("gen_random_uuid()")
+    return None
 
 
 def _message(exc: psycopg.Error) -> str:
