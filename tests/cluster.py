@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,8 +78,9 @@ def wheel_bin_dir() -> Path:
     return embedded._tools(embedded._run_as())
 
 
-def start_cluster(root: Path, bin_dir: Path) -> Cluster:
-    """initdb a new cluster in ``root`` (an empty folder) and start it on a free port."""
+def start_cluster(root: Path, bin_dir: Path, settings: Mapping[str, str] = SETTINGS) -> Cluster:
+    """initdb a new cluster in ``root`` (an empty folder) and start it on a free port (``settings``:
+    postgresql.conf's, e.g. ``{**SETTINGS, "max_connections": "100"}``)."""
     who = embedded._run_as()
     if who is not None:
         os.chown(root, who.pw_uid, who.pw_gid)
@@ -91,7 +93,7 @@ def start_cluster(root: Path, bin_dir: Path) -> Cluster:
         "-E", "UTF8", "--no-sync", "--no-instructions", timeout=120)  # fmt: skip
     with (data / "postgresql.conf").open("a") as conf:
         conf.write("\n# tenant-migrate's tests: a throwaway cluster (tests/cluster.py)\n")
-        conf.writelines(f"{name} = {value}\n" for name, value in SETTINGS.items())
+        conf.writelines(f"{name} = {value}\n" for name, value in settings.items())
         conf.write(f"unix_socket_directories = '{sockets}'\n")
     # A free port may be taken by another process before the postmaster binds it: try another.
     for attempt in range(3):

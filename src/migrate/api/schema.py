@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Sequence
-from contextlib import ExitStack
+from functools import partial
 from pathlib import Path
 
 import psycopg
@@ -28,6 +28,7 @@ from migrate.log import redact
 from migrate.playbook import load_playbook
 from migrate.schemagen.consolidate import UniqueAcrossTenants
 from migrate.schemagen.generate import GenerateResult, generate
+from migrate.schemagen.sources import DEFAULT_LIMIT, Sources
 
 _NAMED_SOURCE = re.compile(r"^([a-z0-9][a-z0-9_-]{0,62})=(.+)$", re.DOTALL)
 
@@ -80,6 +81,7 @@ def schema_generate(
     unique_across: Sequence[str] = (),
     tenant_context: str | None = None,
     region: str | None = None,
+    max_connections: int | None = None,
     environ: Environ | None = None,
 ) -> GenerateResult:
     """The shared schema as an alembic revision in ``out``, and the consolidation report.
@@ -87,7 +89,8 @@ def schema_generate(
     The sources are the playbook's tenants (those of ``region``'s target, when given), or
     ``sources`` (``[NAME=]DSN`` each); the first is the model of the schema, all of them are
     compared. With a target per region, the consolidation report runs per target: rows
-    collide only with rows of the same shared database.
+    collide only with rows of the same shared database. At most ``max_connections`` sources
+    are open at once (the playbook's ``source.max_connections``, else 8).
     """
     environ = os.environ if environ is None else environ
     if (playbook is None) == (not sources):
@@ -102,6 +105,7 @@ def schema_generate(
     uniques = [_unique_declaration(u) for u in unique_across]
     labelled: list[tuple[str, str, str]] = []
     groups: dict[str, list[str]] | None = None
+    loaded_limit: int | None = None
     if playbook is not None:
         loaded = load_playbook(playbook)
         pb = loaded.playbook
@@ -110,6 +114,7 @@ def schema_generate(
         source_schema = source_schema or pb.source.schema_
         globals_ += list(pb.global_tables)
         tenant_context = tenant_context or chosen[0].tenant_context
+        loaded_limit = pb.source.max_connections
         uniques += [UniqueAcrossTenants(u.table, tuple(u.columns)) for u in pb.unique_across_tenants]
         names = {t.name for t in chosen}
         tenants = [t for t in loaded.tenants if pb.target_name_of(t) in names]
@@ -142,19 +147,23 @@ def schema_generate(
         global_tables=frozenset(globals_),
         tenant_context=tenant_context_option(tenant_context),
     )
-    with ExitStack() as stack:
-        conns = {
-            label: stack.enter_context(connect(dsn, what=f"source {label}", var=var))
-            for label, dsn, var in labelled
-        }
-        try:
-            return generate(
-                conns,
-                source_schema=identifier_option(source_schema or "public", "--source-schema"),
-                options=options,
-                out=Path(out),
-                unique_across=uniques,
-                groups=groups,
-            )
-        except psycopg.Error as exc:
-            raise StepFailed(redact(str(exc).strip()), where="schema generate") from exc
+    if max_connections is not None and not 1 <= max_connections <= 1000:
+        raise ArgumentError(
+            f"--max-connections must be between 1 and 1000, not {max_connections}",
+            where="--max-connections",
+            hint=f"the default is {DEFAULT_LIMIT}: well under a server's max_connections",
+        )
+    limit = max_connections or (loaded_limit if loaded_limit is not None else DEFAULT_LIMIT)
+    # Each source is opened when it is visited, at most `limit` at once (schemagen/sources.py).
+    openers = {label: partial(connect, dsn, what=f"source {label}", var=var) for label, dsn, var in labelled}
+    try:
+        return generate(
+            Sources(openers, limit),
+            source_schema=identifier_option(source_schema or "public", "--source-schema"),
+            options=options,
+            out=Path(out),
+            unique_across=uniques,
+            groups=groups,
+        )
+    except psycopg.Error as exc:
+        raise StepFailed(redact(str(exc).strip()), where="schema generate") from exc

@@ -85,11 +85,38 @@ _NO_ANSWER = re.compile(
 )
 
 
+# A server that answered but has no connection slot for us (SQLSTATE 53300; libpq reports no
+# SQLSTATE for a failed connection, so its words): the settings are right.
+_NO_SLOT = re.compile(r"(?i)too many clients|too many connections|remaining connection slots are reserved")
+
+
 def does_not_answer(exc: psycopg.OperationalError) -> bool:
     """Whether a failed connection means the server did not answer (not that a setting is wrong)."""
     if exc.sqlstate is not None:
         return exc.sqlstate in _PASSING_STATES
     return bool(_NO_ANSWER.search(str(exc)))
+
+
+def server_of(dsn: str) -> str:
+    """host:port/dbname of a DSN — never its user's password — to say which server refused."""
+    try:
+        given = psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "(an unreadable connection string)"
+    host = str(given.get("host") or given.get("hostaddr") or "localhost")
+    port = str(given.get("port") or "5432")
+    dbname = str(given.get("dbname") or given.get("user") or "")
+    return f"{host}:{port}/{dbname}"
+
+
+def _reason(exc: psycopg.OperationalError) -> str:
+    """The server's (or libpq's) own words, the password masked; the last line that says something."""
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    # libpq prefixes "connection to server at … failed:" and puts the server's FATAL after it.
+    fatal = [ln for ln in lines if ln.startswith(("FATAL:", "ERROR:"))]
+    return redact(fatal[0] if fatal else lines[0])
 
 
 def connect(dsn: str, *, what: str, var: str, replication: bool = False) -> psycopg.Connection[Any]:
@@ -113,16 +140,25 @@ def connect(dsn: str, *, what: str, var: str, replication: bool = False) -> psyc
             conn.execute(_CHECK_CLIENT)
         return conn
     except psycopg.OperationalError as exc:
-        reason = redact(str(exc).strip().splitlines()[0]) if str(exc).strip() else type(exc).__name__
+        reason = _reason(exc)
+        server = server_of(dsn)
+        if exc.sqlstate == "53300" or _NO_SLOT.search(reason):
+            raise Unreachable(
+                f"{what} at {server} refused the connection: its connection slots are all taken ({reason})",
+                where=var,
+                hint="the settings are right; the server's max_connections is used up (by this command "
+                "too): lower --max-connections or source.max_connections (schema generate), --jobs "
+                "(run), or raise max_connections on that server, then run the same command again",
+            ) from exc
         if does_not_answer(exc):
             raise Unreachable(
-                f"{what} does not answer: {reason}",
+                f"{what} at {server} does not answer: {reason}",
                 where=var,
                 hint="the server is down, restarting or out of reach (the settings may well be right); "
                 "nothing was changed by this attempt: run the same command again once it answers",
             ) from exc
         raise SettingsError(
-            f"cannot connect to {what}: {reason}",
+            f"cannot connect to {what} at {server}: {reason}",
             where=var,
             hint=f"check {var}: its host, port, database, user and password",
         ) from exc

@@ -653,6 +653,14 @@ def schema_generate(
             show_default=False,
         ),
     ] = None,
+    max_connections: Annotated[
+        int | None,
+        typer.Option(
+            "--max-connections",
+            help="Sources open at once at most (default: the playbook's source.max_connections, else 8).",
+            show_default=False,
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Write the shared schema as an alembic revision; report what sharing changes (exit 1: collisions)."""
@@ -669,6 +677,7 @@ def schema_generate(
         global_tables=global_table or (),
         unique_across=unique or (),
         region=region,
+        max_connections=max_connections,
     )
     if as_json:
         out.print_json(data=render.schema_generate_json(result))

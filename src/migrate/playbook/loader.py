@@ -545,6 +545,7 @@ _LATER_FIELDS: tuple[tuple[tuple[str, ...], object], ...] = (
     (("targets", "*", "app_role"), None),
     (("ledger",), LedgerSettings().model_dump(mode="json", by_alias=True)),
     (("source", "app_roles"), []),
+    (("source", "max_connections"), 8),
     (("cutover",), Cutover().model_dump(mode="json", by_alias=True)),
 )
 """Fields added after playbooks were in use, with the default that leaves a playbook's version as it was."""

@@ -92,6 +92,13 @@ class Source(Model):
         "e.g. postgresql://migrator@db-{tenant}.internal/app.",
     )
     schema_: Identifier = Field(default="public", alias="schema")
+    max_connections: int = Field(
+        default=8,
+        ge=1,
+        le=1000,
+        description="Source connections a command that reads many sources ('schema generate') opens at "
+        "once at most: well under the servers' max_connections.",
+    )
     app_roles: tuple[Identifier, ...] = Field(
         default=(),
         description="The roles the application writes the source as: a freeze revokes their INSERT, "

@@ -10,15 +10,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
-
-import psycopg
 
 from migrate.catalog.ddl import Note, Options, SharedSchema, build
 from migrate.catalog.reflect import SourceSchema, reflect_schema
 from migrate.log import get_logger
 from migrate.schemagen.consolidate import UniqueAcrossTenants, consolidate
 from migrate.schemagen.revision import RevisionFile, write
+from migrate.schemagen.sources import Sources
 
 _ORDER = {"error": 0, "warning": 1, "info": 2}
 
@@ -40,7 +38,7 @@ class GenerateResult:
 
 
 def generate(
-    sources: Mapping[str, psycopg.Connection[Any]],
+    sources: Sources,
     *,
     source_schema: str,
     options: Options,
@@ -52,9 +50,7 @@ def generate(
     per group of sources (``groups``: a target's name → its sources' labels) when given: sources
     that land in different shared databases cannot collide."""
     log = get_logger()
-    schemas: dict[str, SourceSchema] = {
-        label: reflect_schema(conn, source_schema) for label, conn in sources.items()
-    }
+    schemas: dict[str, SourceSchema] = sources.each(lambda _label, conn: reflect_schema(conn, source_schema))
     model = schemas[next(iter(schemas))]
     shared = build(model, options)
     notes = list(shared.notes)
@@ -62,14 +58,14 @@ def generate(
         notes += consolidate(sources, schemas, options, unique_across)
     for target, labels in (groups or {}).items():
         found = consolidate(
-            {label: sources[label] for label in labels},
+            sources.only(labels),
             {label: schemas[label] for label in labels},
             options,
             unique_across,
         )
         notes += [replace(note, target=target) for note in found]
     notes.sort(key=lambda n: _ORDER[n.severity])
-    revision = write(shared, out, sources=list(sources))
+    revision = write(shared, out, sources=sources.labels)
     log.info(
         "schema_generated",
         revision=revision.revision,
@@ -78,4 +74,4 @@ def generate(
         tenant_tables=len(shared.tenant_tables),
         errors=sum(1 for n in notes if n.severity == "error"),
     )
-    return GenerateResult(revision, shared, tuple(sources), tuple(notes))
+    return GenerateResult(revision, shared, tuple(sources.labels), tuple(notes))
