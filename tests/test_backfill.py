@@ -195,21 +195,21 @@ def test_a_chunk_and_its_checkpoint_commit_together_or_not_at_all(world: World, 
     assert world.target_counts("acme") == world.source_counts("acme")
 
 
-def test_a_table_without_primary_key_fails_naming_it_and_the_fix(
+def test_a_table_without_any_key_is_copied_whole_in_one_chunk(
     database_factory: DatabaseFactory, tmp_path: Path
 ) -> None:
-    """No primary key and no declared key: the tenant fails at once, nothing of that table is copied."""
+    """No primary key and no declared key: the table is one chunk (one transaction with its
+    checkpoint), however small chunk_rows is, and arrives whole."""
     ddl = "CREATE TABLE audit (at timestamptz NOT NULL, seq int NOT NULL, msg text);" + (
         "INSERT INTO audit SELECT now(), g, 'm' FROM generate_series(1, 10) g;"
     )
     world = custom_world(database_factory, tmp_path, ddl, ("acme",))
-    result = api.run(playbook(tmp_path, ("acme",)), environ=world.environ)
-    error = result.tenants[0].error
-    assert not result.ok and error is not None
-    assert "table audit has no primary key" in error.message
-    assert error.hint and "{name: audit, key: [COLUMN, …]}" in error.hint
+    with capture_logs() as logs:
+        result = api.run(playbook(tmp_path, ("acme",), chunk_rows=3), environ=world.environ)
+    assert result.ok, result.tenants[0].error
+    assert [e["rows"] for e in logs if e["event"] == "chunk_copied"] == [10]
     with world.target() as conn:
-        assert conn.execute("SELECT count(*) FROM app.audit").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM app.audit").fetchone() == (10,)
 
 
 def test_a_declared_key_copies_a_keyless_table_in_chunks_even_with_ties(

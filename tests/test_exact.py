@@ -3,12 +3,19 @@ on every schema `run` can load (foreign-key cycles too)."""
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
+from psycopg import sql
 
 from databases import DatabaseFactory
+from kill import application_name, checkpoints, sessions_gone, start_run
 from migrate import api
 from migrate.cli.app import main
 from world import CYCLE, World, custom_world
@@ -160,3 +167,101 @@ def test_verify_and_diff_work_on_a_foreign_key_cycle(
     assert "MISMATCH acme/members" in capsys.readouterr().out
     assert main(["diff", str(book), "--tenant", "acme", "--table", "members"]) == 1
     assert "changed: 1\n  id=7: name 'member 7' → 'renamed'" in capsys.readouterr().out
+
+
+# No primary key, every column nullable, no unique key; rows that repeat and rows of NULLs only.
+KEYLESS = """
+CREATE TABLE notes (id int PRIMARY KEY, body text);
+INSERT INTO notes SELECT g, 'n' || g FROM generate_series(1, 50) AS g;
+CREATE TABLE events (at timestamptz, kind text, payload jsonb, note_id int REFERENCES notes);
+INSERT INTO events VALUES
+  ('2024-01-01 00:00+00', 'login', '{"ip": "10.0.0.1"}', 1),
+  ('2024-01-01 00:00+00', 'login', '{"ip": "10.0.0.1"}', 1),
+  (NULL, NULL, NULL, NULL),
+  (NULL, NULL, NULL, NULL),
+  (NULL, '', NULL, NULL);
+INSERT INTO events SELECT timestamptz '2024-01-01' + (g % 97) * interval '1 min', 'k' || (g % 5),
+    jsonb_build_object('g', g % 13), 1 + g % 50
+FROM generate_series(1, {rows}) AS g;
+"""
+
+
+def sorted_rows(conn: psycopg.Connection[Any], table: str, tenant: str | None = None) -> list[str]:
+    where = sql.SQL(" WHERE tenant_id = %s") if tenant else sql.SQL("")
+    query = sql.SQL("SELECT ROW(at, kind, payload, note_id)::text AS r FROM {}{} ORDER BY r").format(
+        sql.SQL(table), where
+    )
+    with conn.transaction():
+        conn.execute("SET LOCAL TimeZone = 'UTC'")
+        return [r[0] for r in conn.execute(query, (tenant,) if tenant else ())]
+
+
+def test_a_keyless_table_with_repeated_and_null_rows_arrives_exactly_and_diff_names_rows_by_content(
+    database_factory: DatabaseFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """events has no key at all: it is copied whole, every repeated row as often as in the source;
+    one duplicate gone or one value changed fails verify, and diff names the rows by their content."""
+    world = custom_world(database_factory, tmp_path, KEYLESS.replace("{rows}", "2000"), ("acme",))
+    book = playbook(tmp_path)
+    result = api.run(book, environ=world.environ)
+    assert result.ok, result.tenants[0].error
+    with world.source("acme") as src, world.target() as dst:
+        assert sorted_rows(src, "events") == sorted_rows(dst, "app.events", "acme")
+    for name, value in world.environ.items():
+        monkeypatch.setenv(name, value)
+    assert main(["diff", str(book), "--tenant", "acme", "--table", "events"]) == 0
+    capsys.readouterr()
+    with world.target() as conn:  # one of the two identical logins, one of the two all-NULL rows
+        conn.execute(
+            "DELETE FROM app.events WHERE ctid IN (SELECT ctid FROM app.events WHERE tenant_id = 'acme'"
+            " AND kind = 'login' LIMIT 1)"
+        )
+        conn.execute("UPDATE app.events SET kind = 'x' WHERE tenant_id = 'acme' AND kind = ''")
+    assert main(["verify", str(book), "--tenant", "acme", "--table", "events"]) == 1
+    out = capsys.readouterr().out
+    assert "MISMATCH acme/events: row counts differ (rows 2,005 vs 2,004" in out, out
+    assert main(["diff", str(book), "--tenant", "acme", "--table", "events"]) == 1
+    out = capsys.readouterr().out
+    assert "missing in target: 2\n" in out, out
+    assert """  row=("2024-01-01 00:00:00+00",login,"{""ip"": ""10.0.0.1""}",1)\n""" in out
+    assert '  row=(,"",,)\n' in out
+    assert "extra in target: 1\n  row=(,x,,)\n" in out
+    assert "2 missing, 1 extra, 0 changed" in out
+
+
+def test_a_keyless_table_killed_mid_copy_is_all_or_nothing_and_the_next_run_is_exact(
+    database_factory: DatabaseFactory, tmp_path: Path
+) -> None:
+    """kill -9 while the keyless table streams: none of its rows stay behind (one transaction with
+    its checkpoint); the next run copies it whole again, and validation passes."""
+    world = custom_world(database_factory, tmp_path, KEYLESS.replace("{rows}", "400000"), ("acme",))
+    book = playbook(tmp_path)
+    runner = start_run(world, book, "acme")
+    deadline = time.monotonic() + 60
+    with psycopg.connect(world.admin_dsn, autocommit=True) as mon:
+        while time.monotonic() < deadline:
+            row = mon.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
+                " AND query LIKE 'COPY %%events%%'",
+                (application_name(runner.pid),),
+            ).fetchone()
+            if row and row[0]:
+                break
+            assert runner.proc.poll() is None, runner.output()
+            time.sleep(0.005)
+        else:
+            raise AssertionError("the copy of events never started")
+    time.sleep(0.2)  # well into the stream
+    os.kill(runner.pid, signal.SIGKILL)
+    runner.proc.wait(10)
+    assert sessions_gone(world, runner.pid)
+    with world.target() as conn:
+        assert conn.execute("SELECT count(*) FROM app.events").fetchone() == (0,)
+    assert "events" not in checkpoints(world, "acme") or not checkpoints(world, "acme")["events"][1]
+    result = api.run(book, environ=world.environ)
+    assert result.ok, result.tenants[0].error
+    with world.source("acme") as src, world.target() as dst:
+        assert sorted_rows(src, "events") == sorted_rows(dst, "app.events", "acme")

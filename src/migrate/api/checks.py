@@ -28,6 +28,7 @@ from migrate.checks import readiness as write_readiness
 from migrate.checks.checksum import Mode, Side, TableFigures, choose_mode, table_shapes
 from migrate.checks.diff import DiffResult, diff_table
 from migrate.checks.isolation import IsolationReport, check_isolation
+from migrate.checks.multiset import diff_rows
 from migrate.checks.readiness import Readiness
 from migrate.engine.session import tenant_tables
 from migrate.errors import (
@@ -195,12 +196,14 @@ def diff(
     env = environment(loaded, environ, region=pb.target_name_of(the_tenant), with_flags=False)
     with env.connect_target() as target, env.connect_source(the_tenant) as source:
         (source_table,) = _tables(loaded, source, [table])
+        sides = (
+            Side(source, pb.source.schema_),
+            Side(target, env.target.schema_, TENANT_COLUMN, the_tenant.id, label="target"),
+        )
         if not source_table.primary_key:
-            raise ArgumentError(
-                f"table '{table}' has no primary key, and diff narrows differences down by key ranges",
-                where="--table",
-                hint="compare its counts and checksums with 'migrate verify'",
-            )
+            # No key to bisect by: rows are compared as multisets and named by their content.
+            (shape,) = table_shapes(source, pb.source.schema_, {table: ()})
+            return diff_rows(*sides, shape, mode or choose_mode(source, target), sample=sample)
         (shape,) = table_shapes(source, pb.source.schema_, {table: source_table.primary_key})
         return diff_table(
             Side(source, pb.source.schema_),

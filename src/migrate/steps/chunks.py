@@ -1,5 +1,10 @@
 """One table's copy in chunks of consecutive keys: the key, the ranges, the statements, the pipe.
 
+A table with no key (no primary key and none declared in the playbook — its columns may
+all allow NULL, its rows may repeat) is one chunk: copied whole in one transaction with its
+checkpoint, so it is there entirely or not at all; its validation is the same count and
+sum of row hashes, which compares rows as multisets (duplicates count).
+
 A chunk is every source row with ``last < key <= upper``. The source names
 ``upper`` itself (``ORDER BY key OFFSET n-1 LIMIT 1``: an index-only scan of the
 chunk's keys, about 2 % of the copy), so key ranges are compared on the source
@@ -43,7 +48,7 @@ class TablePlan:
 
 
 def key_of(table: SourceTable, declared: Sequence[str] | None) -> tuple[str, ...]:
-    """The declared key, else the primary key, else an error naming the table and the fix."""
+    """The declared key, else the primary key, else () — the table is copied whole, in one chunk."""
     if declared:
         columns = {c.name: c for c in table.columns}
         for name in declared:
@@ -59,14 +64,10 @@ def key_of(table: SourceTable, declared: Sequence[str] | None) -> tuple[str, ...
                     hint=f"declare NOT NULL columns as its key, or make {name} NOT NULL in the source",
                 )
         return tuple(declared)
-    if table.primary_key:
-        return table.primary_key
-    raise StepFailed(
-        f"table {table.name} has no primary key, so the backfill cannot copy it in checkpointed "
-        "chunks nor resume it without duplicating rows",
-        hint=f"declare a key for it in the playbook: 'tables: [… , {{name: {table.name}, "
-        "key: [COLUMN, …]}]' with NOT NULL columns that order its rows (unique ones keep the chunks even)",
-    )
+    # No key at all (no primary key, none declared; its columns may all allow NULL): the whole
+    # table is one chunk, copied in one transaction with its checkpoint — all or nothing, so a
+    # kill -9 leaves none of its rows and the next run copies it again from the start.
+    return table.primary_key or ()
 
 
 def table_plans(tables: Sequence[SourceTable], declared: Mapping[str, tuple[str, ...]]) -> list[TablePlan]:
@@ -145,8 +146,11 @@ def upper_key(
     """The next chunk's last key and whether it ends the table; ``(None, True)`` when nothing is left.
 
     One round trip: the ``rows``-th key after ``last`` and the table's last key, both
-    read through the key's index (a backward scan for the second).
+    read through the key's index (a backward scan for the second). A table without a key is
+    one chunk: ``([], True)``.
     """
+    if not plan.key:
+        return [], True
     key = _key_list(plan.key)
     desc = sql.SQL(", ").join(sql.SQL("s.{} DESC").format(sql.Identifier(c)) for c in plan.key)
     as_text = sql.SQL(", ").join(sql.SQL("s.{}::text").format(sql.Identifier(c)) for c in plan.key)
