@@ -58,6 +58,7 @@ CASES: dict[str, tuple[list[str], list[str] | None]] = {
     "plan": (["plan", MISSING], None),
     "runbook": (["runbook", MISSING], None),
     "run": (["run", MISSING], ["run", str(DEMO)]),
+    "readiness": (["readiness", MISSING], ["readiness", str(DEMO)]),
     "approve": (["approve", MISSING, "--wave", "main"], ["approve", str(DEMO), "--wave", "main"]),
     "status": (["status", MISSING], ["status", str(DEMO)]),
     "verify": (["verify", MISSING], ["verify", str(DEMO)]),

@@ -25,6 +25,7 @@ from sqlalchemy.pool import NullPool
 from databases import DatabaseFactory, dsn_for
 from migrate import api
 from migrate.catalog.ddl import SET_TENANT_SQL
+from migrate.cli.app import main
 from world import ROOT, World, custom_world
 
 KEYS = """
@@ -180,7 +181,11 @@ def test_the_schema_step_grants_the_app_role_what_it_needs_and_never_truncate(
 
 
 def test_the_flip_is_refused_naming_a_missing_privilege_and_a_missing_default(
-    database_factory: DatabaseFactory, tmp_path: Path, app_role: str
+    database_factory: DatabaseFactory,
+    tmp_path: Path,
+    app_role: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Without INSERT on a table, or with a default gone, the flag step does not flip and says exactly
     what is missing; once fixed, the run flips."""
@@ -198,6 +203,14 @@ def test_the_flip_is_refused_naming_a_missing_privilege_and_a_missing_default(
     assert f"privilege app.invoices: {app_role} lacks INSERT" in error.message
     assert "default app.orders.no: the source column has the default nextval(" in error.message
     assert not api.flags_status(flip, environ=world.environ).tenants[0].flags["tenant-shared-db"]
+    # `migrate readiness` says the same, with each fix; exit 1.
+    for name, value in world.environ.items():
+        monkeypatch.setenv(name, value)
+    assert main(["readiness", str(flip), "--tenant", "acme"]) == 1
+    out = capsys.readouterr().out
+    assert f"acme: NOT write-ready on schema app as {app_role}:" in out
+    assert f'    fix: GRANT INSERT ON "app"."invoices" TO "{app_role}"' in out
+    assert "0 of 1 tenant(s) write-ready" in out
 
 
 def test_readiness_names_a_sequence_behind_and_the_flip_moves_it_forward(

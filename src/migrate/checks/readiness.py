@@ -180,8 +180,8 @@ def _sequences(
                     use.qualified,
                     f"hands out {following} next, but tenant '{tenant}' already holds "
                     f"{use.table}.{use.column} = {highest}: the first insert would hit a duplicate key",
-                    "run the tenant's steps again ('migrate run'): the backfill and the flip move every "
-                    "shared sequence past the tenant's values",
+                    "the backfill and the flip move it past the tenant's values themselves; by hand: "
+                    f"SELECT setval('{use.qualified}', {highest})",
                 )
             )
     return out

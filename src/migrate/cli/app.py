@@ -429,6 +429,32 @@ def verify(
 
 
 @app.command()
+def readiness(
+    playbook: PlaybookArg,
+    tenant: TenantOpt = None,
+    app_role: Annotated[
+        str | None,
+        typer.Option(
+            "--app-role",
+            help="The application's role (default: the playbook's target.app_role).",
+            show_default=False,
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Can the application write each tenant's rows in the shared schema now? What the flip demands:
+    sequences, defaults, privileges, and an insert with defaults as the app role (rolled back); exit 1
+    naming what is missing."""
+    result = api.readiness(playbook, tenant, app_role=app_role)
+    if as_json:
+        out.print_json(data=machine.readiness_json(result))
+    else:
+        render.readiness(out, result)
+    if not all(r.ok for r in result):
+        raise typer.Exit(1)
+
+
+@app.command()
 def diff(
     playbook: PlaybookArg,
     tenant: Annotated[str, typer.Option("--tenant", "-t", help="The tenant.")],

@@ -4,10 +4,11 @@ report, status's and the others' live beside their text in render.py). Keys are 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from migrate.api import Approved, DiffResult, Plan, RollbackResult, VerifyResult
+    from migrate.api import Approved, DiffResult, Plan, Readiness, RollbackResult, VerifyResult
 
 
 def plan_json(plan: Plan) -> dict[str, Any]:
@@ -90,3 +91,21 @@ def diff_json(tenant: str, result: DiffResult) -> dict[str, Any]:
 
 def approve_json(result: Approved) -> dict[str, Any]:
     return {**dataclasses.asdict(result), "tenants": list(result.tenants)}
+
+
+def readiness_json(result: Sequence[Readiness]) -> dict[str, Any]:
+    return {
+        "ready": all(r.ok for r in result),
+        "tenants": [
+            {
+                "tenant": r.tenant,
+                "schema": r.schema,
+                "app_role": r.app_role,
+                "ready": r.ok,
+                "missing": [dataclasses.asdict(m) for m in r.missing],
+                "insert_proved": list(r.proved),
+                "sequences": dict(r.sequences),
+            }
+            for r in result
+        ],
+    }

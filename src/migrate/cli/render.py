@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -700,6 +701,22 @@ def _key(columns: tuple[str, ...], key: tuple[str, ...]) -> str:
 
 def _shown_value(value: str | None) -> str:
     return "NULL" if value is None else "'" + value.replace("'", "''") + "'"
+
+
+def readiness(console: Console, result: Sequence[api.Readiness]) -> None:
+    """Per tenant: write-ready, or each thing missing with its fix."""
+    for r in result:
+        role = f" as {r.app_role}" if r.app_role else " (no target.app_role: privileges not checked)"
+        if r.ok:
+            proved = f"; an insert with defaults works in {len(r.proved)} table(s)" if r.proved else ""
+            console.print(f"{r.tenant}: write-ready on schema {r.schema}{role}{proved}", markup=False)
+            continue
+        console.print(f"{r.tenant}: NOT write-ready on schema {r.schema}{role}:", markup=False)
+        for m in r.missing:
+            console.print(f"  {m.text()}", markup=False)
+            console.print(f"    fix: {m.fix}", markup=False)
+    ready = sum(1 for r in result if r.ok)
+    console.print(f"{ready} of {len(result)} tenant(s) write-ready", markup=False)
 
 
 def diff(console: Console, tenant: str, result: DiffResult) -> None:

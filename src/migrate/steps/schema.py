@@ -2,8 +2,10 @@
 
 The first tenant creates the shared tables — with the very statements
 ``migrate schema generate`` writes into its alembic revision (catalog/ddl.py is
-the one source of truth), less the grants, which need an application role — under
-a lock and in one transaction, so two runners never half-create them. Objects that
+the one source of truth) — under a lock and in one transaction, so two runners
+never half-create them. With ``target.app_role`` the grants the application needs
+are made too (under the same lock, only when something is missing), and verify
+checks them. Objects that
 already exist (from an applied revision, or from an earlier tenant) are left as
 they are. Every tenant then checks that its source columns have the same names and
 types as the shared tables, because COPY in binary format moves values only
