@@ -316,3 +316,18 @@ def test_a_generated_revision_carries_the_unowned_sequence_and_grants_then_the_f
     with world.target() as conn:
         insert_as_app(conn, app_role, "acme")
         insert_as_app(conn, app_role, "globex")
+
+
+def test_readiness_before_the_shared_tables_exist_says_to_create_them(
+    database_factory: DatabaseFactory, tmp_path: Path, app_role: str
+) -> None:
+    """Nothing migrated yet: each missing shared table is named, with the step that creates it."""
+    world = keys_world(database_factory, tmp_path)
+    (acme, _globex) = api.readiness(playbook(tmp_path, app_role, steps=ALL), environ=world.environ)
+    assert not acme.ok
+    assert {m.subject for m in acme.missing if m.kind == "table"} == {
+        "app.customers",
+        "app.invoices",
+        "app.orders",
+        "app.returns",
+    }

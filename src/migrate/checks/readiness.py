@@ -36,7 +36,7 @@ from migrate.catalog import TENANT_COLUMN
 from migrate.catalog.ddl import set_tenant_sql
 from migrate.catalog.reflect import SourceTable
 
-MissingKind = Literal["sequence", "default", "privilege", "role", "insert"]
+MissingKind = Literal["table", "sequence", "default", "privilege", "role", "insert"]
 
 
 @dataclass(frozen=True)
@@ -141,8 +141,28 @@ def check(
     role may ``SET ROLE app_role``; ``tables`` are the tenant's source tables. Reads only: the
     insert proof runs in a transaction (a savepoint) that is always rolled back.
     """
-    names = [t.name for t in tables]
     missing: list[Missing] = []
+    present = {
+        r[0]
+        for r in conn.execute(
+            "SELECT c.relname FROM pg_class c WHERE c.relnamespace = to_regnamespace(%s)"
+            " AND c.relkind IN ('r', 'p') AND c.relname = ANY(%s)",
+            (sql.Identifier(schema).as_string(None), [t.name for t in tables]),
+        )
+    }
+    for table in tables:
+        if table.name not in present:
+            missing.append(
+                Missing(
+                    "table",
+                    f"{schema}.{table.name}",
+                    "the shared table does not exist",
+                    "create the shared tables first: the playbook's schema step ('migrate run'), or "
+                    "apply the revision 'migrate schema generate' wrote",
+                )
+            )
+    tables = [t for t in tables if t.name in present]
+    names = [t.name for t in tables]
     positions: dict[str, int] = {}
     uses = sequence_uses(conn, schema, names)
     missing += _sequences(conn, schema, tenant, uses, positions)
@@ -151,7 +171,7 @@ def check(
     if app_role is not None:
         role_missing = _role(conn, app_role)
         missing += role_missing
-        if not role_missing:
+        if not role_missing and names:  # no shared table yet: nothing to hold privileges on
             missing += _privileges(conn, schema, app_role, names, uses)
             if prove:
                 found, made = _prove(conn, schema, tenant, tables, app_role)
