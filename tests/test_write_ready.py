@@ -331,3 +331,19 @@ def test_readiness_before_the_shared_tables_exist_says_to_create_them(
         "app.orders",
         "app.returns",
     }
+
+
+def test_a_rehearsal_goes_through_the_same_write_readiness_gate(
+    database_factory: DatabaseFactory, tmp_path: Path, app_role: str
+) -> None:
+    """`run --dry-run` proves write-readiness the same way (inside its transaction, rolled back with
+    it), and the real run after it flips as well."""
+    world = keys_world(database_factory, tmp_path)
+    book = playbook(tmp_path, app_role, steps=ALL)
+    rehearsal = api.run(book, environ=world.environ, dry_run=True)
+    assert rehearsal.ok, [t.error for t in rehearsal.tenants]
+    flag = next(s for s in rehearsal.tenants[0].steps if s.kind == "flag")
+    assert flag.details["write_ready"] is True
+    with world.target() as conn:
+        assert conn.execute("SELECT to_regclass('app.orders')").fetchone() == (None,)
+    assert api.run(book, environ=world.environ).ok

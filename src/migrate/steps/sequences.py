@@ -21,10 +21,12 @@ and the real run sets the very same values.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
-from psycopg import sql
+from psycopg import pq, sql
 
 from migrate.checks.readiness import SequenceUse, next_value, sequence_uses, tenant_highest
 from migrate.control import locks
@@ -46,6 +48,24 @@ def _source_positions(
     return out
 
 
+@contextmanager
+def _locked(conn: psycopg.Connection[Any], qualified: str, *, nested: bool) -> Iterator[None]:
+    """The sequence's advisory lock for the block: transaction-level; but inside an outer
+    transaction (a rehearsal's, which lasts the whole tenant) a session-level one released at
+    the block's end, so a real runner never waits for a rehearsal to finish."""
+    key = (locks.SEQUENCE, qualified)
+    if not nested:
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s), hashtext(%s))", key)
+        yield
+        return
+    conn.execute("SELECT pg_advisory_lock(hashtext(%s), hashtext(%s))", key)
+    try:
+        yield
+    finally:
+        if conn.info.transaction_status != pq.TransactionStatus.INERROR:
+            conn.execute("SELECT pg_advisory_unlock(hashtext(%s), hashtext(%s))", key)
+
+
 def advance_sequences(ctx: StepContext, *, target: psycopg.Connection[Any] | None = None) -> dict[str, int]:
     """Move every shared sequence the tenant's tables use past its values; returns those moved."""
     conn = target or ctx.target
@@ -63,11 +83,9 @@ def advance_sequences(ctx: StepContext, *, target: psycopg.Connection[Any] | Non
         if highest > wanted.get(use.qualified, (use, 0))[1]:
             wanted[use.qualified] = (use, highest)
     moved: dict[str, int] = {}
+    nested = conn.info.transaction_status != pq.TransactionStatus.IDLE
     for qualified, (use, highest) in sorted(wanted.items()):
-        with conn.transaction():
-            conn.execute(
-                "SELECT pg_advisory_xact_lock(hashtext(%s), hashtext(%s))", (locks.SEQUENCE, qualified)
-            )
+        with conn.transaction(), _locked(conn, qualified, nested=nested):
             following, increment = next_value(conn, use.schema, use.sequence)
             if increment > 0 and following <= highest:
                 conn.execute(
