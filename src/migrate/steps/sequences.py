@@ -36,11 +36,13 @@ from migrate.steps.context import StepContext
 def _source_positions(
     conn: psycopg.Connection[Any], schema: str, tables: list[str]
 ) -> dict[tuple[str, str], int]:
-    """(table, column) -> the last value its source sequence handed out (None: never drawn)."""
+    """(table, column) -> the last value its source sequence handed out (left out: never drawn, or
+    the migrator may not read it — the tenant's own values then set the mark, as they must)."""
     out: dict[tuple[str, str], int] = {}
     for use in sequence_uses(conn, schema, tables):
         last = conn.execute(
-            "SELECT pg_sequence_last_value(%s::regclass)",
+            "SELECT CASE WHEN has_sequence_privilege(s, 'SELECT') OR has_sequence_privilege(s, 'USAGE')"
+            " THEN pg_sequence_last_value(s) END FROM (SELECT %s::regclass AS s) AS q",
             (sql.Identifier(use.schema, use.sequence).as_string(None),),
         ).fetchone()
         if last is not None and last[0] is not None:
