@@ -378,7 +378,11 @@ class FlagStep(StepBase):
 
     def checks(self) -> str:
         state = "on" if self.action == "enable" else "off"
-        return f"the application's SDK sees '{self.flag}' {state} for the tenant"
+        sees = f"the application's SDK sees '{self.flag}' {state} for the tenant"
+        if self.action == "enable":
+            # steps/ready.py: the flip waits until the application can write the tenant's rows.
+            return f"before the flip, the tenant is write-ready (`migrate readiness`); after it, {sees}"
+        return sees
 
 
 class FreezeStep(StepBase):
