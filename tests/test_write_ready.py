@@ -347,3 +347,22 @@ def test_a_rehearsal_goes_through_the_same_write_readiness_gate(
     with world.target() as conn:
         assert conn.execute("SELECT to_regclass('app.orders')").fetchone() == (None,)
     assert api.run(book, environ=world.environ).ok
+
+
+def test_a_tenant_whose_table_is_empty_is_write_ready_and_its_first_insert_works(
+    database_factory: DatabaseFactory, tmp_path: Path, app_role: str
+) -> None:
+    """globex has no orders (nor returns): no row to model the proof's insert on, yet the defaults,
+    privileges and policy are proven, the flag flips, and the application's first order works."""
+    world = custom_world(database_factory, tmp_path, "SELECT 1", ("acme", "globex"))
+    for tenant, sizes in {**SIZES, "globex": {**SIZES["globex"], "orders": 0}}.items():
+        with world.source(tenant) as conn:
+            conn.execute(KEYS.format(**sizes))
+    result = api.run(playbook(tmp_path, app_role, steps=ALL), environ=world.environ)
+    assert result.ok, [t.error for t in result.tenants]
+    globex = next(t for t in result.tenants if t.tenant == "globex")
+    flag = next(s for s in globex.steps if s.kind == "flag")
+    assert {"orders", "returns"} <= set(flag.details["insert_proved"])
+    with world.target() as conn:
+        assert conn.execute("SELECT count(*) FROM app.orders WHERE tenant_id = 'globex'").fetchone() == (0,)
+        insert_as_app(conn, app_role, "globex")
