@@ -53,6 +53,7 @@ from uuid import UUID, uuid4
 
 import psycopg
 
+from migrate.catalog.built import SharedSchemas
 from migrate.control.rollbacks import UnfinishedRollback
 from migrate.control.store import StepRecord
 from migrate.engine.retry import Outage, gave_up, retrying
@@ -296,6 +297,7 @@ def run_tenant(
     progress: ProgressSink = no_progress,
     targets: TargetConnections | None = None,
     options: RunOptions | None = None,
+    shared_schemas: SharedSchemas | None = None,
 ) -> TenantResult:
     options = options or RunOptions()
     record = options.record
@@ -321,6 +323,8 @@ def run_tenant(
         record_holder=not record.rehearsal,
         stopping=options.stop.is_set,
         rehearsal=record.rehearsal,
+        catalog=any(s.kind == "schema" for s in plan.remaining),
+        shared_schemas=shared_schemas,
     )
     sink = record.sink(session, env, run_id)
     first = next((s for s in plan.remaining if not s.is_point), None)  # the step that could not start
@@ -540,6 +544,7 @@ def _run(
     progress(ProgressEvent("run_started", tenants=sum(1 for tp in plan.tenants if tp.remaining)))
     budget = _Budget(options.max_failures)
     rehearsed: set[str] = set()
+    shared_schemas = SharedSchemas()  # built once per distinct source schema of this run
 
     def one(tp: TenantPlan) -> TenantResult:
         if tp.tenant.id in unfinished:  # refused even with nothing left to run: status says why
@@ -553,7 +558,7 @@ def _run(
                 note=f"--max-failures {options.max_failures} reached",
             )
         env = regions.of(tp.tenant)
-        outcome = run_tenant(env, tp, run_id, progress, pools[env.name], options)
+        outcome = run_tenant(env, tp, run_id, progress, pools[env.name], options, shared_schemas)
         if outcome.outcome in ("failed", "refused"):
             budget.add_failure()
         return outcome

@@ -21,8 +21,9 @@ from uuid import UUID
 import psycopg
 from psycopg import pq
 
+from migrate.catalog.built import SharedSchemas
 from migrate.catalog.order import select_in_load_order
-from migrate.catalog.reflect import SourceTable, reflect
+from migrate.catalog.reflect import SourceSchema, SourceTable, reflect, reflect_schema
 from migrate.control.ledger import Entry, Ledger
 from migrate.control.rollbacks import Rollbacks
 from migrate.control.signing import Signer
@@ -148,10 +149,23 @@ class Regions:
 
 def tenant_tables(env: Environment, source: psycopg.Connection[Any]) -> list[SourceTable]:
     """The playbook's tables of this source (all when ``auto``, less global tables), in load order."""
+    return _in_load_order(env, reflect(source, env.loaded.playbook.source.schema_))
+
+
+def tenant_catalog(
+    env: Environment, source: psycopg.Connection[Any]
+) -> tuple[SourceSchema, list[SourceTable]]:
+    """The source's whole schema, read once, and the playbook's tables of it, in load order: for a
+    tenant whose schema step is to run, which would otherwise read the catalog a second time."""
+    read = reflect_schema(source, env.loaded.playbook.source.schema_)
+    return read, _in_load_order(env, read.tables)
+
+
+def _in_load_order(env: Environment, tables: Mapping[str, SourceTable]) -> list[SourceTable]:
     pb = env.loaded.playbook
     specs = pb.table_specs()
     return select_in_load_order(
-        reflect(source, pb.source.schema_),
+        dict(tables),
         None if specs is None else [t.name for t in specs],
         schema=pb.source.schema_,
         exclude=pb.global_tables,
@@ -169,6 +183,8 @@ def step_context(
     progress: ProgressSink = no_progress,
     stopping: Callable[[], bool] = never,
     rehearsal: bool = False,
+    catalog: SourceSchema | None = None,
+    shared_schemas: SharedSchemas | None = None,
 ) -> StepContext:
     """The one place a StepContext is made, for run and rollback alike — and so the one place the
     residency guard runs (engine/residency.py): on the connection that will write, before any step.
@@ -204,6 +220,8 @@ def step_context(
             None if env.connect_replication is None else _bind(env.connect_replication, tenant)
         ),
         connect_source=_bind(env.connect_source, tenant),
+        source_catalog=catalog,
+        shared_schemas=shared_schemas if shared_schemas is not None else SharedSchemas(),
     )
 
 
@@ -271,7 +289,11 @@ class TenantSession:
         record_holder: bool = True,
         stopping: Callable[[], bool] = never,
         rehearsal: bool = False,
+        catalog: bool = False,
+        shared_schemas: SharedSchemas | None = None,
     ) -> None:
+        """``catalog``: read the source's whole schema when opening (the schema step is to run and
+        reuses it); ``shared_schemas``: the run's, so tenants with equal source schemas share one build."""
         self.env = env
         self.tenant = tenant
         self.run_id = run_id
@@ -281,6 +303,8 @@ class TenantSession:
         self.record_holder = record_holder
         self.stopping = stopping
         self.rehearsal = rehearsal
+        self.catalog = catalog
+        self.shared_schemas = shared_schemas if shared_schemas is not None else SharedSchemas()
         self._ctx: StepContext | None = None
 
     @property
@@ -323,7 +347,11 @@ class TenantSession:
         source: psycopg.Connection[Any] | None = None
         try:
             source = self.env.connect_source(self.tenant)
-            tables = tenant_tables(self.env, source)
+            read: SourceSchema | None = None
+            if self.catalog:
+                read, tables = tenant_catalog(self.env, source)
+            else:
+                tables = tenant_tables(self.env, source)
             self._ctx = step_context(
                 self.env,
                 self.tenant,
@@ -334,6 +362,8 @@ class TenantSession:
                 progress=self.progress,
                 stopping=self.stopping,
                 rehearsal=self.rehearsal,
+                catalog=read,
+                shared_schemas=self.shared_schemas,
             )
         except BaseException as exc:  # the lock goes with the connection: a refused tenant is let go at once
             if on_failure is not None and isinstance(exc, MigrateError | psycopg.Error):

@@ -11,7 +11,8 @@ from uuid import UUID
 import psycopg
 from psycopg import pq, sql
 
-from migrate.catalog.reflect import SourceTable
+from migrate.catalog.built import SharedSchemas
+from migrate.catalog.reflect import SourceSchema, SourceTable
 from migrate.control.store import ControlStore
 from migrate.playbook.model import Cutover, Step, Tenant
 from migrate.ports import FlagProvider
@@ -118,6 +119,11 @@ class StepContext:
     carry: Details = field(default_factory=dict)
     """What one run of a step keeps across its attempts: the engine gives every attempt after a
     passing fault the same dict (the backfill keeps its rows before the first attempt there)."""
+    source_catalog: SourceSchema | None = None
+    """The source schema the session read when it opened (``tables`` come from it), so the
+    schema step does not read the source's catalog a second time; None: the step reads it."""
+    shared_schemas: SharedSchemas = field(default_factory=SharedSchemas)
+    """The run's shared schemas built so far (catalog/built.py), by the source schema they came from."""
 
 
 class StepKind(Protocol):

@@ -67,11 +67,12 @@ class SchemaStep:
         self.spec = spec
 
     def apply(self, ctx: StepContext) -> Details:
-        source = reflect_schema(ctx.source, ctx.source_schema).restricted(t.name for t in ctx.tables)
+        read = ctx.source_catalog or reflect_schema(ctx.source, ctx.source_schema)
+        source = read.restricted(t.name for t in ctx.tables)
         options = ddl.Options(
             schema=ctx.target_schema, tenant_context=ctx.tenant_context, app_role=ctx.app_role
         )
-        shared = ddl.build(source, options)
+        shared = ctx.shared_schemas.build(source, options)
         created: list[str] = []
         granted = False
         # Only a tenant that finds something missing takes the lock: once the shared tables
