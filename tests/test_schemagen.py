@@ -184,6 +184,7 @@ def test_realistic_schema_round_trips_with_the_alembic_cli_and_a_backfill_valida
         out=out,
         app_role=app_role,
         global_tables=["countries"],
+        leave_behind=["rule public.countries.countries_keep"],
     )
     assert result.ok, [n for n in result.notes if n.severity == "error"]
     env = {**os.environ, "MIGRATE_TARGET_DSN": target}
@@ -245,6 +246,7 @@ def test_realistic_schema_round_trips_with_the_alembic_cli_and_a_backfill_valida
         "tenants: [{id: acme}, {id: globex}]\n"
         f"tables: [{', '.join(REALISTIC_TABLES)}]\n"
         "global_tables: [countries]\n"
+        "schema: {leave_behind: [{object: rule public.countries.countries_keep, reason: reference data}]}\n"
         "phases:\n  - name: copy\n    steps: [{kind: schema}, {kind: backfill}, {kind: validate}]\n"
     )
     environ = {
@@ -279,11 +281,12 @@ def test_the_schema_step_creates_exactly_what_the_revision_creates(
     source = realistic(database_factory, prefix, "acme")
     by_revision, by_step = database_factory.create("target"), database_factory.create("target")
     out = tmp_path / "shared"
-    api.schema_generate(sources=[source], out=out)
+    api.schema_generate(sources=[source], out=out, leave_behind=["rule public.countries.countries_keep"])
     alembic(out, by_revision, "upgrade", "head")
     playbook = tmp_path / "p.yaml"
     playbook.write_text(
         "name: step\ntarget: {dsn_env: T}\nsource: {dsn_template_env: S}\ntenants: [{id: acme}]\n"
+        "schema: {leave_behind: [{object: rule public.countries.countries_keep, reason: kept by hand}]}\n"
         "phases:\n  - name: prepare\n    steps: [{kind: schema}]\n"
     )
     environ = {
@@ -375,12 +378,9 @@ def test_consolidation_names_colliding_values_and_tenants_and_exits_1(
     assert "(tenant_id, slug)" in by_rule["unique-per-tenant"][0]["detail"]
     composite = {f["subject"] for f in by_rule["foreign-key-composite"]}
     assert "tasks.tasks_parent_id_fkey" in composite and "accounts.accounts_country_fkey" not in composite
-    not_carried = {f["subject"] for f in by_rule["not-carried"]}
-    assert {
-        "trigger tasks.tasks_touch",
-        "function touch_meta()",
-        "rule countries.countries_keep",
-    } <= not_carried
+    # The trigger and its function (it only touches NEW) are carried; the rule cannot be, and stops it.
+    assert {f["subject"] for f in by_rule["not-carried"]} == {"rule public.countries.countries_keep"}
+    assert {"trigger public.tasks.tasks_touch", "function public.touch_meta()"} <= set(report["carried"])
     assert Path(report["path"]).is_file()  # the schema is right; the data must change before a copy
 
 

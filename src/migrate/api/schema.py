@@ -82,6 +82,7 @@ def schema_generate(
     tenant_context: str | None = None,
     region: str | None = None,
     max_connections: int | None = None,
+    leave_behind: Sequence[str] = (),
     environ: Environ | None = None,
 ) -> GenerateResult:
     """The shared schema as an alembic revision in ``out``, and the consolidation report.
@@ -106,6 +107,8 @@ def schema_generate(
     labelled: list[tuple[str, str, str]] = []
     groups: dict[str, list[str]] | None = None
     loaded_limit: int | None = None
+    acknowledged = {" ".join(o.split()) for o in leave_behind}
+    tables: list[str] | None = None
     if playbook is not None:
         loaded = load_playbook(playbook)
         pb = loaded.playbook
@@ -116,6 +119,9 @@ def schema_generate(
         tenant_context = tenant_context or chosen[0].tenant_context
         loaded_limit = pb.source.max_connections
         uniques += [UniqueAcrossTenants(u.table, tuple(u.columns)) for u in pb.unique_across_tenants]
+        acknowledged |= pb.schema_.objects()
+        specs = pb.table_specs()
+        tables = None if specs is None else [t.name for t in specs]
         names = {t.name for t in chosen}
         tenants = [t for t in loaded.tenants if pb.target_name_of(t) in names]
         for tenant in tenants:
@@ -146,6 +152,7 @@ def schema_generate(
         app_role=identifier_option(app_role, "--app-role") if app_role else None,
         global_tables=frozenset(globals_),
         tenant_context=tenant_context_option(tenant_context),
+        leave_behind=frozenset(acknowledged),
     )
     if max_connections is not None and not 1 <= max_connections <= 1000:
         raise ArgumentError(
@@ -164,6 +171,7 @@ def schema_generate(
             out=Path(out),
             unique_across=uniques,
             groups=groups,
+            tables=tables,
         )
     except psycopg.Error as exc:
         raise StepFailed(redact(str(exc).strip()), where="schema generate") from exc

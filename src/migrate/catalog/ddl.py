@@ -30,7 +30,7 @@ from typing import Literal
 
 from psycopg import sql
 
-from migrate.catalog import TENANT_COLUMN, TENANT_SETTING, TENANT_XACT_SETTING, XACT_START, sqltext
+from migrate.catalog import TENANT_COLUMN, TENANT_SETTING, TENANT_XACT_SETTING, XACT_START, routines, sqltext
 from migrate.catalog.reflect import (
     Column,
     ForeignKey,
@@ -42,6 +42,7 @@ from migrate.catalog.reflect import (
     View,
     partition_roots,
 )
+from migrate.catalog.tenantjoin import tenant_joins
 from migrate.errors import StepFailed
 
 POLICY = "tenant_isolation"
@@ -83,13 +84,22 @@ class Options:
     app_role: str | None = None
     global_tables: frozenset[str] = frozenset()
     tenant_context: TenantContext = "session"
+    # Objects a person chose to leave behind (playbook schema.leave_behind, --leave-behind), by
+    # the name the report gives them, e.g. "function public.f(integer)": reported, not blocking.
+    leave_behind: frozenset[str] = frozenset()
+
+
+LEAVE_BEHIND_FIX = (
+    "carry it by hand after the revision, or acknowledge leaving it behind in the playbook: "
+    'schema: {{leave_behind: [{{object: "{subject}", reason: "…"}}]}} (or --leave-behind "{subject}")'
+)
 
 
 @dataclass(frozen=True)
 class Statement:
     sql: str
-    # role | schema | type | sequence | table | comment | partition | check | foreign_key | index | rls
-    # | view | grant
+    # role | extension | schema | type | sequence | function | table | comment | partition | check
+    # | foreign_key | index | trigger | rls | view | grant
     kind: str
     object: str = ""  # the table (or type, view) the statement belongs to
 
@@ -117,6 +127,8 @@ class SharedSchema:
     types: tuple[str, ...] = ()
     views: tuple[str, ...] = ()
     partitions: tuple[str, ...] = field(default=())
+    carried: tuple[str, ...] = ()  # every source object re-created, as the report names it
+    left_behind: tuple[str, ...] = ()  # acknowledged: not re-created
 
 
 def _text(composed: sql.Composable) -> str:
@@ -177,6 +189,17 @@ class _Builder:
         )
         self.tenant = {n for n in source.tables if n not in options.global_tables}
         self.sequence_names = {q.name for q in source.sequences}
+        self.roots = partition_roots(source)
+        # What a function body may read: every relation of the schema (not its types: a domain
+        # called "year" is no table, and EXTRACT(YEAR …) no read).
+        relations = set(source.tables) | parts | {v.name for v in source.views}
+        relations |= {u.name.split(".")[-1] for u in source.uncarried if u.kind.endswith(("view", "table"))}
+        relations |= {u.name.split(".")[-1] for u in source.omitted if u.kind in ("table", "view")}
+        self.verdicts = routines.decide(source, relations)
+        self.carried |= {r.name for r in self.verdicts.routines}
+        self.blocked: dict[str, str] = dict(self.verdicts.blocked)
+        self.views_sql: dict[str, str] = {}
+        self.carried_objects: list[str] = []
 
     # ------------------------------------------------------------------ helpers
     def rq(self, text: str) -> str:
@@ -192,9 +215,17 @@ class _Builder:
     def note(self, severity: Severity, rule: str, subject: str, detail: str, fix: str = "") -> None:
         self.notes.append(Note(severity, rule, subject, detail, fix))
 
+    def is_tenant(self, table: str) -> bool:
+        """A tenant table, or a partition of one."""
+        return self.roots.get(table, table) in self.tenant
+
+    def owner(self, table: str) -> str:
+        """The table a statement belongs to: a partition's root (the schema step creates them together)."""
+        return self.roots.get(table, table)
+
     def keycols(self, table: str, columns: Iterable[str]) -> sql.Composable:
         names = list(columns)
-        if table in self.tenant:
+        if self.is_tenant(table):
             names = [self.o.tenant_column, *names]
         return sql.SQL(", ").join(sql.Identifier(n) for n in names)
 
@@ -371,6 +402,29 @@ class _Builder:
                 ),
             )
 
+    def partition_objects(self) -> None:
+        """Keys, checks, foreign keys and indexes declared on a partition itself (not its parent)."""
+        for p in self.source.partitions:
+            t = p.as_table()
+            for kind, key in p.keys:
+                self.add(
+                    "check",
+                    self.owner(p.name),
+                    sql.SQL("ALTER TABLE {} ADD {}").format(self.ident(p.name), self.key(p.name, kind, key)),
+                )
+            for check in p.checks:
+                self.add(
+                    "check",
+                    self.owner(p.name),
+                    sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
+                        self.ident(p.name), sql.Identifier(check.name), sql.SQL(self.rq(check.definition))
+                    ),
+                )
+            for fk in p.foreign_keys:
+                self.foreign_key(t, fk)
+            for index in p.indexes:
+                self.index(t, index)
+
     def covered(self, t: SourceTable, columns: tuple[str, ...]) -> bool:
         """An index already leads with (tenant_id, columns…): the FK needs no index of its own."""
         prefixes = [t.primary_key, *t.uniques]
@@ -390,9 +444,9 @@ class _Builder:
                 "add it by hand once the referenced table exists in the target",
             )
             return
-        if fk.ref_table not in self.source.tables:
+        if fk.ref_table not in self.source.tables and fk.ref_table not in self.roots:
             return  # the referenced table is not part of this shared schema (restricted set)
-        child_tenant, parent_tenant = t.name in self.tenant, fk.ref_table in self.tenant
+        child_tenant, parent_tenant = self.is_tenant(t.name), self.is_tenant(fk.ref_table)
         if parent_tenant and not child_tenant:
             self.note(
                 "error",
@@ -438,7 +492,7 @@ class _Builder:
             clauses += " DEFERRABLE" + (" INITIALLY DEFERRED" if fk.deferred else "")
         self.add(
             "foreign_key",
-            t.name,
+            self.owner(t.name),
             sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {} ({}){}").format(
                 self.ident(t.name),
                 sql.Identifier(fk.name),
@@ -453,7 +507,7 @@ class _Builder:
             # FK checks and tenant deletes look up the referencing side: index it, tenant first.
             self.add(
                 "index",
-                t.name,
+                self.owner(t.name),
                 sql.SQL("CREATE INDEX {} ON {} ({})").format(
                     sql.Identifier(f"{fk.name}_idx"[:63]),
                     self.ident(t.name),
@@ -471,7 +525,7 @@ class _Builder:
             return
         rest = self.rq("".join(tok.text for tok in toks[paren + 1 :]))
         lead = ""
-        if t.name in self.tenant:
+        if self.is_tenant(t.name):
             if index.method == "btree":
                 lead = _text(sql.Identifier(self.o.tenant_column)) + ", "
             else:
@@ -484,7 +538,7 @@ class _Builder:
                 )
         self.add(
             "index",
-            t.name,
+            self.owner(t.name),
             sql.SQL("CREATE {}INDEX {} ON {} USING {} ({}").format(
                 sql.SQL("UNIQUE ") if index.unique else sql.SQL(""),
                 sql.Identifier(index.name),
@@ -507,7 +561,45 @@ class _Builder:
             ),
         )
 
+    def plan_views(self) -> None:
+        """Each view with the tenant equality on its joins (tenantjoin.py), or why it cannot be carried."""
+        tenant = {n for n in set(self.source.tables) | set(self.roots) if self.is_tenant(n)}
+        names = {v.name for v in self.source.views}
+        for v in self.source.views:
+            key = f"view {self.source.name}.{v.name}"
+            needs = sorted(
+                s
+                for s in self.blocked
+                if s.startswith(("function ", "aggregate ")) and key in self._dependents(s)
+            )
+            gone = [r for r in v.reads if f"view {self.source.name}.{r}" in self.blocked]
+            if needs:
+                self.blocked[key] = f"calls {needs[0]}, which is not carried"
+                continue
+            if gone:
+                self.blocked[key] = f"reads view {gone[0]}, which is not carried"
+                continue
+            rewritten = tenant_joins(
+                v.definition,
+                schema=self.source.name,
+                tenant_tables=tenant,
+                views=names,
+                column=self.o.tenant_column,
+            )
+            if rewritten.sql is None:
+                self.blocked[key] = rewritten.reason
+            else:
+                self.views_sql[v.name] = rewritten.sql
+
+    def _dependents(self, subject: str) -> tuple[str, ...]:
+        for r in self.source.routines:
+            if routines.subject(self.source.name, r) == subject:
+                return r.dependents
+        return ()
+
     def view(self, v: View) -> None:
+        if v.name not in self.views_sql:
+            return
         options = [o for o in v.options if not o.lower().startswith("security_invoker=")]
         options.insert(0, "security_invoker=true")
         self.add(
@@ -516,9 +608,49 @@ class _Builder:
             sql.SQL("CREATE VIEW {} WITH ({}) AS\n{}").format(
                 self.ident(v.name),
                 sql.SQL(", ").join(sql.SQL(o) for o in options),
-                sql.SQL(self.rq(v.definition.strip().rstrip(";"))),
+                sql.SQL(self.rq(self.views_sql[v.name])),
             ),
         )
+        self.carried_objects.append(f"view {self.source.name}.{v.name}")
+
+    def extensions(self) -> None:
+        for name, schema in self.source.extension_schemas:
+            self.add(
+                "extension",
+                name,
+                sql.SQL("CREATE EXTENSION IF NOT EXISTS {} WITH SCHEMA {}").format(
+                    sql.Identifier(name), sql.Identifier(schema)
+                ),
+            )
+            self.carried_objects.append(f"extension {name}")
+
+    def search_path(self) -> str:
+        """A carried function's pinned search_path: the shared schema, the extensions', then pg_catalog."""
+        schemas = [self.o.schema, *(s for _n, s in self.source.extension_schemas)]
+        return ", ".join(_text(sql.Identifier(s)) for s in dict.fromkeys(schemas)) + ", pg_catalog"
+
+    def routines(self) -> None:
+        schema = sql.Identifier(self.o.schema)
+        for r in self.verdicts.routines:
+            self.add(
+                "function",
+                r.name,
+                routines.routine_sql(r, schema=schema, search_path=self.search_path(), rq=self.rq),
+            )
+            self.carried_objects.append(routines.subject(self.source.name, r))
+
+    def triggers(self) -> None:
+        for t in self.verdicts.triggers:
+            self.add("trigger", self.owner(t.table), self.rq(t.definition))
+            if t.enabled == "D":
+                self.add(
+                    "trigger",
+                    self.owner(t.table),
+                    sql.SQL("ALTER TABLE {} DISABLE TRIGGER {}").format(
+                        self.ident(t.table), sql.Identifier(t.name)
+                    ),
+                )
+            self.carried_objects.append(routines.trigger_subject(self.source.name, t))
 
     def grants(self) -> None:
         role = self.o.app_role
@@ -537,7 +669,10 @@ class _Builder:
                 sql.SQL("GRANT {} ON {} TO {}").format(sql.SQL(privileges), self.ident(name), who),
             )
         for v in self.source.views:
-            self.add("grant", v.name, sql.SQL("GRANT SELECT ON {} TO {}").format(self.ident(v.name), who))
+            if v.name in self.views_sql:
+                self.add(
+                    "grant", v.name, sql.SQL("GRANT SELECT ON {} TO {}").format(self.ident(v.name), who)
+                )
         for q in self.source.sequences:
             # Identity columns draw without a privilege; a default's nextval() needs USAGE.
             self.add(
@@ -548,7 +683,7 @@ class _Builder:
 
     def downgrade(self) -> list[Statement]:
         down: list[Statement] = []
-        for v in reversed(self.source.views):
+        for v in reversed([v for v in self.source.views if v.name in self.views_sql]):
             down.append(
                 Statement(_text(sql.SQL("DROP VIEW IF EXISTS {}").format(self.ident(v.name))), "view", v.name)
             )
@@ -556,6 +691,9 @@ class _Builder:
             # One statement: the foreign keys between them (cycles too) go with them.
             names = sql.SQL(", ").join(self.ident(n) for n in sorted(self.source.tables))
             down.append(Statement(_text(sql.SQL("DROP TABLE IF EXISTS {}").format(names)), "table"))
+        schema = sql.Identifier(self.o.schema)
+        for r in reversed(self.verdicts.routines):
+            down.append(Statement(routines.drop_sql(r, schema=schema, rq=self.rq), "function", r.name))
         for q in reversed(self.source.sequences):
             down.append(
                 Statement(
@@ -597,11 +735,13 @@ class _Builder:
                 "check the spelling in the playbook or --global",
             )
         self.role_check()
+        self.extensions()
         self.add(
             "schema", "", sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.o.schema))
         )
         self.types()
         self.sequences()
+        self.routines()
         for name in sorted(self.source.tables):
             self.table(self.source.tables[name])
         self.partitions()
@@ -611,6 +751,8 @@ class _Builder:
                 self.foreign_key(t, fk)
             for index in t.indexes:
                 self.index(t, index)
+        self.partition_objects()
+        self.triggers()
         roots = partition_roots(self.source)
         for name in sorted(self.tenant):
             self.rls(name, name)
@@ -618,6 +760,7 @@ class _Builder:
             if roots[p.name] in self.tenant:
                 # Reading a partition directly skips the parent's policies: each needs its own.
                 self.rls(p.name, roots[p.name])
+        self.plan_views()
         for v in self.source.views:
             self.view(v)
         self.grants()
@@ -630,38 +773,54 @@ class _Builder:
             tenant_tables=tuple(sorted(self.tenant)),
             global_tables=tuple(sorted(set(self.source.tables) - self.tenant)),
             types=tuple(t.name for t in self.source.types),
-            views=tuple(v.name for v in self.source.views),
+            views=tuple(v.name for v in self.source.views if v.name in self.views_sql),
             partitions=tuple(p.name for p in self.source.partitions),
+            carried=tuple(self.carried_objects),
+            left_behind=tuple(sorted(s for s in self._blocked_subjects() if s in self.o.leave_behind)),
         )
 
+    def _blocked_objects(self) -> list[tuple[str, str, tuple[str, ...]]]:
+        """(subject, why, what depends on it) of everything not re-created."""
+        out = [(s, why, self._dependents(s)) for s, why in self.blocked.items()]
+        for u in (*self.source.uncarried, *self.source.omitted):
+            out.append((f"{u.kind} {u.name}", " ".join(u.detail.split()), ()))
+        return sorted(out)
+
+    def _blocked_subjects(self) -> set[str]:
+        return {s for s, _w, _d in self._blocked_objects()}
+
     def _report_uncarried(self) -> None:
+        """Nothing of the source is dropped silently: each object not re-created stops the build
+        (an error) unless a person acknowledged leaving it behind (then it is reported)."""
         fixes = {
-            "trigger": "re-create it (and its function) in the target by hand, or move it to the application",
-            "function": "create it in the target schema by hand if the application needs it",
-            "procedure": "create it in the target schema by hand if the application needs it",
-            "aggregate": "create it in the target schema by hand if the application needs it",
-            "rule": "re-create it by hand, or replace it with a view or trigger",
-            "policy": "none: the tenant policy replaces the source's own row-level security",
-            "materialized view": "re-create it by hand; it ignores RLS and would hold every tenant's rows",
-            "foreign table": "re-create the foreign server and table by hand",
-            "sequence": "create it in the target by hand",
+            "rule": "replace it with a view or a trigger",
+            "policy": "the tenant policy replaces the source's own row-level security",
+            "materialized view": "it ignores row-level security and would hold every tenant's rows; "
+            "make it a view",
+            "foreign table": "re-create the foreign server and table",
+            "sequence": "nothing uses it",
             "exclusion constraint": "re-create it with the tenant column (needs btree_gist)",
+            "table": "add it to the playbook's tables",
         }
-        for u in self.source.uncarried:
+        for subject, why, dependents in self._blocked_objects():
+            kind = subject.rsplit(" ", 1)[0]
+            detail = why or "not re-created in the shared schema"
+            if dependents:
+                detail += "; used by " + ", ".join(dependents)
+            if subject in self.o.leave_behind:
+                self.note("info", "left-behind", subject, detail, "acknowledged in schema.leave_behind")
+                continue
+            fix = LEAVE_BEHIND_FIX.format(subject=subject)
+            if kind in fixes:
+                fix = f"{fixes[kind]}; or {fix}"
+            self.note("error", "not-carried", subject, detail, fix)
+        for unknown in sorted(self.o.leave_behind - self._blocked_subjects() - set(self.carried_objects)):
             self.note(
                 "warning",
-                "not-carried",
-                f"{u.kind} {u.name}",
-                " ".join(u.detail.split()) or "not re-created in the shared schema",
-                fixes.get(u.kind, "re-create it by hand"),
-            )
-        for ext in self.source.extensions:
-            self.note(
-                "info",
-                "extension-needed",
-                f"extension {ext}",
-                "the source has this extension; objects that use it need it in the target",
-                "CREATE EXTENSION in the target before applying the revision",
+                "leave-behind-unknown",
+                unknown,
+                "acknowledged in schema.leave_behind, but the source has no such object left behind",
+                "check the spelling against the report's names, or remove the entry",
             )
 
 

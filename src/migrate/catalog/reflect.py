@@ -139,6 +139,80 @@ class Partition:
     parent: str
     bound: str  # pg_get_expr(relpartbound): "FOR VALUES FROM (…) TO (…)" or "DEFAULT"
     partition_key: str | None = None  # set when the partition is partitioned itself
+    # Declared on the partition itself (not its share of the parent's): carried onto the same
+    # partition of the shared table, made tenant-aware as the parent's are.
+    keys: tuple[tuple[str, Key], ...] = ()  # ("PRIMARY KEY" | "UNIQUE", key)
+    foreign_keys: tuple[ForeignKey, ...] = ()
+    checks: tuple[Check, ...] = ()
+    indexes: tuple[Index, ...] = ()
+
+    def as_table(self, columns: tuple[Column, ...] = ()) -> SourceTable:
+        """Its own keys, foreign keys and indexes in a table's shape, for the DDL builder."""
+        pk = next((k for kind, k in self.keys if kind == "PRIMARY KEY"), None)
+        return SourceTable(
+            name=self.name,
+            columns=columns,
+            primary_key=pk.columns if pk else (),
+            uniques=tuple(k.columns for kind, k in self.keys if kind == "UNIQUE"),
+            foreign_keys=self.foreign_keys,
+            primary_key_name=pk.name if pk else None,
+            unique_keys=tuple(k for kind, k in self.keys if kind == "UNIQUE"),
+            checks=self.checks,
+            indexes=self.indexes,
+            primary_key_info=pk,
+        )
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """How an aggregate is made: its transition function and state, and what the tool cannot re-create."""
+
+    kind: str  # n normal, o ordered-set, h hypothetical-set
+    transition: str  # regproc text, qualified outside pg_catalog
+    state_type: str
+    final: str | None = None
+    combine: str | None = None
+    initial: str | None = None
+    unsupported: bool = False  # moving-aggregate, sort operator, serial/final-extra options
+
+
+@dataclass(frozen=True)
+class Routine:
+    """A function, procedure or aggregate of the source schema (none of an extension's)."""
+
+    name: str
+    args: str  # the input argument types, "integer, integer": with the name, how a person names it
+    kind: str  # f function, p procedure, a aggregate, w window function
+    language: str
+    definition: str | None  # pg_get_functiondef(): functions and procedures
+    body: str  # prosrc: what it runs (its relations are read from here)
+    returns_trigger: bool = False
+    security_definer: bool = False
+    result: str = ""
+    arguments: str = ""  # pg_get_function_arguments(): with names and defaults
+    aggregate: Aggregate | None = None
+    dependents: tuple[str, ...] = ()  # "view public.film_list", "trigger public.film.t", …
+
+    @property
+    def kind_word(self) -> str:
+        return {"a": "aggregate", "p": "procedure", "w": "window function"}.get(self.kind, "function")
+
+    @property
+    def signature(self) -> str:
+        return f"{self.name}({self.args})"
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """A user trigger declared on a table or a partition (not a clone of its parent's)."""
+
+    table: str
+    name: str
+    definition: str  # pg_get_triggerdef()
+    per_row: bool
+    function_schema: str
+    function: str  # name(argument types)
+    enabled: str = "O"  # pg_trigger.tgenabled: O origin, D disabled, R replica, A always
 
 
 @dataclass(frozen=True)
@@ -185,17 +259,47 @@ class SourceSchema:
     uncarried: tuple[Uncarried, ...] = ()
     extensions: tuple[str, ...] = field(default=())
     sequences: tuple[SourceSequence, ...] = ()
+    routines: tuple[Routine, ...] = ()
+    triggers: tuple[Trigger, ...] = ()
+    extension_schemas: tuple[tuple[str, str], ...] = ()  # (extension, the schema it lives in)
+    # What a restriction to some tables left out (tables, and views that read them): never
+    # silently — the shared schema's build names each one unless it is acknowledged.
+    omitted: tuple[Uncarried, ...] = ()
 
-    def restricted(self, names: Iterable[str]) -> SourceSchema:
-        """Only these tables (their partitions, the views that read only them, all types)."""
+    def restricted(self, names: Iterable[str], *, globals_: Iterable[str] = ()) -> SourceSchema:
+        """Only these tables (their partitions, the views that read only them or ``globals_``,
+        all types); every other table and view is recorded in ``omitted``."""
         keep = set(names)
+        known = keep | (set(globals_) & set(self.tables))
         parts = _partition_roots(self.partitions)
+        views = self.views
+        while True:  # a view that reads a view left out is left out too
+            names = {w.name for w in views}
+            kept = tuple(v for v in views if set(v.reads) <= known | names)
+            if len(kept) == len(views):
+                break
+            views = kept
+        view_names = {w.name for w in views}
+        dropped = [v for v in self.views if v not in views]
+        omitted = [
+            Uncarried("table", f"{self.name}.{n}", "not in the playbook's tables")
+            for n in sorted(set(self.tables) - known)
+        ]
+        omitted += [
+            Uncarried(
+                "view",
+                f"{self.name}.{v.name}",
+                "reads " + ", ".join(sorted(set(v.reads) - known - view_names)) + ", which are not migrated",
+            )
+            for v in dropped
+        ]
         return SourceSchema(
             name=self.name,
             tables={n: t for n, t in self.tables.items() if n in keep},
             partitions=tuple(p for p in self.partitions if parts.get(p.name) in keep),
             types=self.types,
-            views=tuple(v for v in self.views if set(v.reads) <= keep | {w.name for w in self.views}),
+            views=views,
+            omitted=(*self.omitted, *omitted),
             uncarried=self.uncarried,
             extensions=self.extensions,
             sequences=tuple(
@@ -203,6 +307,9 @@ class SourceSchema:
                 for s in self.sequences
                 if any(c.sequence == s.name for n in keep if n in self.tables for c in self.tables[n].columns)
             ),
+            routines=self.routines,
+            triggers=tuple(t for t in self.triggers if t.table in keep or parts.get(t.table) in keep),
+            extension_schemas=self.extension_schemas,
         )
 
 
@@ -276,6 +383,31 @@ def _read_tables(conn: psycopg.Connection[Any], schema: str) -> dict[str, Source
                 sequence=None if identity or generated or serial else sequence,
             )
         )
+    pks, uniques, fks, checks = _read_constraints(conn, schema, partitions=False)
+    return {
+        name: SourceTable(
+            name=name,
+            columns=tuple(columns),
+            primary_key=pks[name].columns if name in pks else (),
+            uniques=tuple(k.columns for k in uniques.get(name, ())),
+            foreign_keys=tuple(fks.get(name, ())),
+            primary_key_name=pks[name].name if name in pks else None,
+            unique_keys=tuple(uniques.get(name, ())),
+            checks=tuple(checks.get(name, ())),
+            primary_key_info=pks.get(name),
+            comment=comments.get(name),
+        )
+        for name, columns in cols.items()
+    }
+
+
+_Constraints = tuple[
+    dict[str, Key], dict[str, list[Key]], dict[str, list[ForeignKey]], dict[str, list[Check]]
+]
+
+
+def _read_constraints(conn: psycopg.Connection[Any], schema: str, *, partitions: bool) -> _Constraints:
+    """Keys, foreign keys and checks by table: of the tables, or those declared on partitions."""
     pks: dict[str, Key] = {}
     uniques: dict[str, list[Key]] = {}
     fks: dict[str, list[ForeignKey]] = {}
@@ -297,7 +429,7 @@ def _read_tables(conn: psycopg.Connection[Any], schema: str) -> dict[str, Source
         nulls_not_distinct,
         validated,
         definition,
-    ) in conn.execute(_sql("reflect_constraints.sql"), {"schema": schema}):
+    ) in conn.execute(_sql("reflect_constraints.sql"), {"schema": schema, "partitions": partitions}):
         if ctype in ("p", "u"):
             key = Key(cname, tuple(columns), deferrable, deferred, nulls_not_distinct)
             if ctype == "p":
@@ -322,21 +454,60 @@ def _read_tables(conn: psycopg.Connection[Any], schema: str) -> dict[str, Source
             )
         elif ctype == "c":
             checks.setdefault(table, []).append(Check(cname, definition, validated))
-    return {
-        name: SourceTable(
-            name=name,
-            columns=tuple(columns),
-            primary_key=pks[name].columns if name in pks else (),
-            uniques=tuple(k.columns for k in uniques.get(name, ())),
-            foreign_keys=tuple(fks.get(name, ())),
-            primary_key_name=pks[name].name if name in pks else None,
-            unique_keys=tuple(uniques.get(name, ())),
-            checks=tuple(checks.get(name, ())),
-            primary_key_info=pks.get(name),
-            comment=comments.get(name),
+    return pks, uniques, fks, checks
+
+
+def _read_indexes(conn: psycopg.Connection[Any], schema: str, *, partitions: bool) -> dict[str, list[Index]]:
+    indexes: dict[str, list[Index]] = {}
+    for table, name, definition, unique, method in conn.execute(
+        _sql("reflect_indexes.sql"), {"schema": schema, "partitions": partitions}
+    ):
+        indexes.setdefault(table, []).append(Index(name, definition, unique, method))
+    return indexes
+
+
+def _read_routines(conn: psycopg.Connection[Any], schema: str) -> list[Routine]:
+    out = []
+    for (
+        name,
+        args,
+        kind,
+        language,
+        definition,
+        body,
+        returns_trigger,
+        secdef,
+        result,
+        arguments,
+        aggkind,
+        transition,
+        state_type,
+        final,
+        combine,
+        initial,
+        unsupported,
+        dependents,
+    ) in conn.execute(_sql("reflect_routines.sql"), {"schema": schema}):
+        aggregate = None
+        if kind == "a":
+            aggregate = Aggregate(aggkind, transition, state_type, final, combine, initial, bool(unsupported))
+        out.append(
+            Routine(
+                name=name,
+                args=args,
+                kind=kind,
+                language=language,
+                definition=definition,
+                body=body or "",
+                returns_trigger=bool(returns_trigger),
+                security_definer=bool(secdef),
+                result=result,
+                arguments=arguments,
+                aggregate=aggregate,
+                dependents=tuple(sorted(d for d in dependents or () if d)),
+            )
         )
-        for name, columns in cols.items()
-    }
+    return out
 
 
 def reflect(conn: psycopg.Connection[Any], schema: str) -> dict[str, SourceTable]:
@@ -349,18 +520,29 @@ def reflect_schema(conn: psycopg.Connection[Any], schema: str) -> SourceSchema:
     """Tables with their indexes and partitioning, types, views, and what cannot be carried."""
     with catalog_rendering(conn):
         tables = _read_tables(conn, schema)
-        indexes: dict[str, list[Index]] = {}
-        for table, name, definition, unique, method in conn.execute(
-            _sql("reflect_indexes.sql"), {"schema": schema}
-        ):
-            indexes.setdefault(table, []).append(Index(name, definition, unique, method))
+        indexes = _read_indexes(conn, schema, partitions=False)
+        own_pks, own_uniques, own_fks, own_checks = _read_constraints(conn, schema, partitions=True)
+        own_indexes = _read_indexes(conn, schema, partitions=True)
         keys: dict[str, str] = {}
         partitions: list[Partition] = []
         for name, key, parent, bound in conn.execute(_sql("reflect_partitions.sql"), {"schema": schema}):
             if parent is None:
                 keys[name] = key
             else:
-                partitions.append(Partition(name, parent, bound, key))
+                own_keys = [("PRIMARY KEY", own_pks[name])] if name in own_pks else []
+                own_keys += [("UNIQUE", k) for k in own_uniques.get(name, ())]
+                partitions.append(
+                    Partition(
+                        name,
+                        parent,
+                        bound,
+                        key,
+                        keys=tuple(own_keys),
+                        foreign_keys=tuple(own_fks.get(name, ())),
+                        checks=tuple(own_checks.get(name, ())),
+                        indexes=tuple(own_indexes.get(name, ())),
+                    )
+                )
         types = [
             UserType(
                 name=name,
@@ -393,6 +575,20 @@ def reflect_schema(conn: psycopg.Connection[Any], schema: str) -> SourceSchema:
             Uncarried(kind, name, detail or "")
             for kind, name, detail in conn.execute(_sql("reflect_uncarried.sql"), {"schema": schema})
         ]
+        routines = _read_routines(conn, schema)
+        triggers = [
+            Trigger(table, name, definition, per_row, fschema, function, enabled)
+            for table, name, definition, per_row, fschema, function, enabled in conn.execute(
+                _sql("reflect_triggers.sql"), {"schema": schema}
+            )
+        ]
+        extension_schemas = [
+            (name, schema_)
+            for name, schema_ in conn.execute(
+                "SELECT x.extname, n.nspname FROM pg_extension x"
+                " JOIN pg_namespace n ON n.oid = x.extnamespace WHERE x.extname <> 'plpgsql' ORDER BY 1"
+            )
+        ]
     for name, table in list(tables.items()):
         tables[name] = replace(table, indexes=tuple(indexes.get(name, ())), partition_key=keys.get(name))
     return SourceSchema(
@@ -404,6 +600,9 @@ def reflect_schema(conn: psycopg.Connection[Any], schema: str) -> SourceSchema:
         uncarried=tuple(u for u in uncarried if u.kind != "extension"),
         extensions=tuple(f"{u.name} ({u.detail})" for u in uncarried if u.kind == "extension"),
         sequences=tuple(sequences),
+        routines=tuple(routines),
+        triggers=tuple(triggers),
+        extension_schemas=tuple(extension_schemas),
     )
 
 

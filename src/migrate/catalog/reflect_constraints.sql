@@ -2,6 +2,7 @@
 -- schema's tables, with their columns in key order and what a re-creation needs:
 -- deferrability, referential actions, NULLS NOT DISTINCT (PostgreSQL 15), the
 -- columns of ON DELETE SET NULL (…), validity and the catalog's own definition.
+-- Tables, or (partitions = true) what was declared on partitions themselves.
 SELECT c.relname,
        con.conname,
        con.contype::text,
@@ -34,7 +35,9 @@ LEFT JOIN pg_class rc ON rc.oid = con.confrelid
 LEFT JOIN pg_namespace rn ON rn.oid = rc.relnamespace
 WHERE n.nspname = %(schema)s
   AND c.relkind IN ('r', 'p')
-  AND NOT c.relispartition
+  AND c.relispartition = %(partitions)s
   AND con.contype IN ('p', 'u', 'f', 'c', 'x')
   AND con.conislocal
+  -- On a partition, only what was declared on it: not the clones of its parent's keys and checks.
+  AND (NOT c.relispartition OR (con.conparentid = 0 AND con.coninhcount = 0))
 ORDER BY c.relname, con.contype, con.conname

@@ -687,9 +687,19 @@ def schema_generate(
             show_default=False,
         ),
     ] = None,
+    leave_behind: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--leave-behind",
+            help="A source object not to carry, as the report names it, e.g. 'function public.f(integer)' "
+            "(repeat; a playbook's schema.leave_behind counts too).",
+            show_default=False,
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Write the shared schema as an alembic revision; report what sharing changes (exit 1: collisions)."""
+    """Write the shared schema as an alembic revision; report what sharing changes (exit 1: collisions,
+    or a source object it cannot carry that no one acknowledged leaving behind)."""
     result = api.schema_generate(
         playbook,
         sources=source or (),
@@ -704,6 +714,7 @@ def schema_generate(
         unique_across=unique or (),
         region=region,
         max_connections=max_connections,
+        leave_behind=leave_behind or (),
     )
     if as_json:
         out.print_json(data=render.schema_generate_json(result))

@@ -813,6 +813,11 @@ def schema_generate(console: Console, result: GenerateResult) -> None:
         f"{len(shared.partitions)} partition(s); {len(shared.upgrade)} statements",
         markup=False,
     )
+    console.print(
+        f"  source objects: {len(shared.carried)} carried (functions, aggregates, triggers, views, "
+        f"extensions), {len(shared.left_behind)} left behind as acknowledged",
+        markup=False,
+    )
     ini = rev.path.parent.parent / "alembic.ini"
     if ini.exists():
         console.print(
@@ -829,7 +834,8 @@ def schema_generate(console: Console, result: GenerateResult) -> None:
             console.print(f"          fix: {n.fix}", markup=False)
     if result.errors:
         console.print(
-            f"{len(result.errors)} error(s): rows would be lost, merged or not fit; resolve them first",
+            f"{len(result.errors)} error(s): rows or objects would be lost, merged or not fit; "
+            "resolve them first",
             markup=False,
         )
     else:
@@ -850,6 +856,8 @@ def schema_generate_json(result: GenerateResult) -> dict[str, Any]:
         "types": list(shared.types),
         "views": list(shared.views),
         "partitions": list(shared.partitions),
+        "carried": list(shared.carried),
+        "left_behind": list(shared.left_behind),
         "sources": list(result.sources),
         "ok": result.ok,
         "findings": [n.__dict__ for n in result.notes],

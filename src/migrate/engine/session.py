@@ -214,6 +214,8 @@ def step_context(
         cutover=pb.cutover,
         app_roles=pb.source.app_roles,
         app_role=env.target.app_role,
+        leave_behind=pb.schema_.objects(),
+        global_tables=frozenset(pb.global_tables),
         rehearsal=rehearsal,
         connect_target=env.connect_target,
         connect_replication=(

@@ -35,6 +35,7 @@ from migrate.playbook.model import (
     LedgerSettings,
     Playbook,
     RollbackPoint,
+    SchemaSettings,
     Tenant,
     step_id,
 )
@@ -547,6 +548,7 @@ _LATER_FIELDS: tuple[tuple[tuple[str, ...], object], ...] = (
     (("source", "app_roles"), []),
     (("source", "max_connections"), 8),
     (("cutover",), Cutover().model_dump(mode="json", by_alias=True)),
+    (("schema",), SchemaSettings().model_dump(mode="json", by_alias=True)),
 )
 """Fields added after playbooks were in use, with the default that leaves a playbook's version as it was."""
 

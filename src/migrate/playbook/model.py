@@ -536,6 +536,34 @@ class UniqueAcrossTenants(Model):
     columns: tuple[Identifier, ...] = Field(min_length=1)
 
 
+class LeaveBehind(Model):
+    """A source object a person chose not to carry into the shared schema, and why."""
+
+    object: str = Field(
+        min_length=3,
+        max_length=400,
+        description="The object as the schema report names it, e.g. 'function public.f(integer)', "
+        "'view public.sales_by_store', 'table public.audit_log', 'trigger public.film.t'.",
+    )
+    reason: str = Field(min_length=1, max_length=2000, description="Why it may stay behind (for the ledger).")
+
+
+class SchemaSettings(Model):
+    """How the shared schema is made from the sources, beyond the tables."""
+
+    leave_behind: tuple[LeaveBehind, ...] = Field(
+        default=(),
+        description="Source objects the shared schema does not carry, acknowledged by a person: "
+        "without an entry, 'schema generate' and the schema step stop (exit 1) on any object "
+        "they cannot carry (a function that reads tables, a view joining tenant tables in a way "
+        "that cannot get the tenant equality, a table left out of 'tables:', a rule, …).",
+    )
+
+    def objects(self) -> frozenset[str]:
+        """The acknowledged objects' names, whitespace normalised."""
+        return frozenset(" ".join(entry.object.split()) for entry in self.leave_behind)
+
+
 class LedgerSettings(Model):
     """How the ledger is signed and where its head is published: outside the database.
 
@@ -611,6 +639,11 @@ class Playbook(Model):
         default=(),
         description="Values that must stay unique across all tenants; 'migrate schema generate' "
         "reports those that already collide.",
+    )
+    schema_: SchemaSettings = Field(
+        default=SchemaSettings(),
+        alias="schema",
+        description="What of the source schema is left behind, acknowledged (schema.leave_behind).",
     )
     flags: FlagsConfig = FileFlags()
     ledger: LedgerSettings = LedgerSettings()

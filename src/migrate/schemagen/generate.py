@@ -45,15 +45,33 @@ def generate(
     out: Path,
     unique_across: Sequence[UniqueAcrossTenants] = (),
     groups: Mapping[str, Sequence[str]] | None = None,
+    tables: Sequence[str] | None = None,
 ) -> GenerateResult:
     """Reflect every source, write the revision built from the first, and report on all of them —
     per group of sources (``groups``: a target's name → its sources' labels) when given: sources
     that land in different shared databases cannot collide."""
     log = get_logger()
     schemas: dict[str, SourceSchema] = sources.each(lambda _label, conn: reflect_schema(conn, source_schema))
-    model = schemas[next(iter(schemas))]
+    first = next(iter(schemas))
+    model = schemas[first]
+    missing: list[Note] = []
+    if tables is not None:
+        # The playbook's tables only: every other table (and the views over it) is named by the
+        # build, never silently left out; a table the playbook names that the source lacks is drift.
+        missing = [
+            Note(
+                "error",
+                "table-missing",
+                name,
+                f"the playbook names table {name}, which source {first} does not have",
+                "bring the source to the schema version that has it, or remove it from 'tables:'",
+            )
+            for name in tables
+            if name not in model.tables
+        ]
+        model = model.restricted([*tables, *options.global_tables], globals_=options.global_tables)
     shared = build(model, options)
-    notes = list(shared.notes)
+    notes = [*missing, *shared.notes]
     if groups is None:
         notes += consolidate(sources, schemas, options, unique_across)
     for target, labels in (groups or {}).items():

@@ -38,10 +38,12 @@ key the target declares with one anti-join over the tenant's rows
 foreign key, the row's key and the row. Measured (shared/notes/performance.md):
 1.35 × the load with per-row trigger checks. Only the tenant's own rows are
 written (the COPY's ``WHERE tenant_id``), so nothing of another tenant goes
-unchecked. A table the target gives triggers of its own (not a foreign key's)
-loads with every trigger on, as does everything when the writer may not set
-``session_replication_role`` — except cycles and self-references, which need
-it (see ``steps/order.py``). ``verify`` checks every foreign key of every table
+unchecked. A copy fires no trigger of the table's own either (a carried
+``last_updated`` or ``tsvector`` trigger would rewrite the rows on the way, and
+validation would rightly fail): such tables, cycles and self-references always
+load in replica mode (see ``steps/order.py``), so they need a writer that may
+set ``session_replication_role``; the others load with per-row checks when the
+writer may not. ``verify`` checks every foreign key of every table
 holding rows of the tenant, however its chunks were loaded, so a resume under
 other privileges leaves nothing unchecked either.
 
@@ -98,14 +100,11 @@ from migrate.steps.context import Details, ProgressEvent, StepContext, local_tra
 from migrate.steps.sequences import advance_sequences
 
 # The writer in one round trip: exempt from RLS; may set session_replication_role (superuser, or
-# PG 15+ a granted SET privilege); the shared tables with triggers of their own (not a foreign key's),
-# which load with every trigger on — 'O' fires in the default role, 'R' only under replica.
+# PG 15+ a granted SET privilege).
 _WRITER = (
     "SELECT r.rolsuper OR r.rolbypassrls,"
     " r.rolsuper OR (current_setting('server_version_num')::int >= 150000"
-    "  AND has_parameter_privilege('session_replication_role', 'SET')),"
-    " ARRAY(SELECT DISTINCT c.relname::text FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
-    "  WHERE NOT t.tgisinternal AND t.tgenabled IN ('O', 'R') AND c.relnamespace = to_regnamespace(%s))"
+    "  AND has_parameter_privilege('session_replication_role', 'SET'))"
     " FROM pg_roles r WHERE r.rolname = current_user"
 )
 _SOURCE_SIZES = (
@@ -127,6 +126,13 @@ _FOREIGN_KEYS = (files("migrate.steps") / "foreign_keys.sql").read_text()
 CHECK_AFTER_LOAD = True
 """Foreign keys checked once after the load (True) or per row while loading (False: only
 ``bench/backfill.py --methods perrow`` sets it, to measure the difference)."""
+# Shared tables with user triggers (carried from the source: a last_updated, a tsvector trigger),
+# by root table. The copy moves rows as they are: those triggers must not rewrite them on the way.
+_TRIGGERED = (
+    "SELECT DISTINCT r.relname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
+    " JOIN pg_class r ON r.oid = coalesce(pg_partition_root(c.oid), c.oid)"
+    " WHERE c.relnamespace = to_regnamespace(%s) AND NOT t.tgisinternal"
+)
 
 
 @dataclass
@@ -170,8 +176,8 @@ def _check_target(ctx: StepContext, plans: Sequence[TablePlan]) -> None:
 def _check_writer(ctx: StepContext, plans: Sequence[TablePlan]) -> list[TablePlan]:
     """The writer may COPY under RLS; the plans, every table whose foreign keys may be checked
     after the load ``deferred`` (see the module's docstring)."""
-    row = ctx.target.execute(_WRITER, (ctx.target_schema,)).fetchone()
-    exempt, may, triggered = row if row is not None else (False, False, [])
+    row = ctx.target.execute(_WRITER).fetchone()
+    exempt, may = row if row is not None else (False, False)
     if not exempt:
         raise StepFailed(
             "the target role is subject to row-level security, and PostgreSQL refuses COPY into such tables",
@@ -181,13 +187,19 @@ def _check_writer(ctx: StepContext, plans: Sequence[TablePlan]) -> list[TablePla
     deferred = [p.name for p in plans if p.deferred]
     if deferred and not may:
         raise StepFailed(
-            f"table(s) {', '.join(deferred)} reference themselves or each other in a cycle, so they "
-            "load with their foreign-key checks deferred, which needs session_replication_role",
+            f"table(s) {', '.join(deferred)} reference themselves or each other in a cycle, or have "
+            "triggers the copy must not fire, so they load with triggers and foreign-key checks "
+            "off (checked afterwards), which needs session_replication_role",
             hint="GRANT SET ON PARAMETER session_replication_role TO the migrator role (PostgreSQL 15+)",
         )
     if not may or not CHECK_AFTER_LOAD:
         return list(plans)
-    return [p if p.deferred or p.name in triggered else replace(p, deferred=True) for p in plans]
+    return [p if p.deferred else replace(p, deferred=True) for p in plans]
+
+
+def _triggered(ctx: StepContext) -> frozenset[str]:
+    """The shared tables (by root) that have user triggers."""
+    return frozenset(r[0] for r in ctx.target.execute(_TRIGGERED, (ctx.target_schema,)))
 
 
 def _accounted(ctx: StepContext, table: str, found: int, rows_copied: int) -> None:
@@ -211,7 +223,12 @@ class BackfillStep:
         self.chunk_bytes = sizes.chunk_mb * 1024 * 1024
 
     def apply(self, ctx: StepContext) -> Details:
-        plans = _check_writer(ctx, table_plans(ctx.tables, ctx.keys))
+        # A copy fires no trigger: the rows arrive as the source holds them (a BEFORE INSERT trigger
+        # would rewrite them, and validation would rightly fail). Replica mode turns the foreign-key
+        # triggers off too: those tables' keys are checked after the load, as every other table's are.
+        triggered = _triggered(ctx)
+        plans = table_plans(ctx.tables, ctx.keys)
+        plans = _check_writer(ctx, [replace(p, deferred=True) if p.name in triggered else p for p in plans])
         _check_target(ctx, plans)
         checkpoints = ctx.control.checkpoints(ctx.target, ctx.tenant.id)
         # Rows before this step's first attempt: what a retry copies adds to what the attempts

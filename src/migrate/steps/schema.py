@@ -24,7 +24,7 @@ from migrate.catalog.fit import check_fit, column_types
 from migrate.catalog.reflect import reflect_schema
 from migrate.checks import readiness
 from migrate.control import locks
-from migrate.errors import CheckFailed
+from migrate.errors import CheckFailed, StepFailed
 from migrate.playbook.model import Step
 from migrate.steps.context import Details, StepContext
 
@@ -33,20 +33,27 @@ _EXISTING = (
     " WHERE n.nspname = %s AND c.relkind IN ('r', 'p', 'v', 'S')"
     " UNION ALL SELECT t.typname, 'T' FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace"
     " WHERE n.nspname = %s AND t.typtype IN ('e', 'd', 'c')"
+    " UNION ALL SELECT p.proname, 'F' FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
+    " WHERE n.nspname = %s"
+    " UNION ALL SELECT x.extname, 'X' FROM pg_extension x"
 )
-_TABLE_KINDS = ("table", "comment", "partition", "check", "foreign_key", "index", "rls")
+_TABLE_KINDS = ("table", "comment", "partition", "check", "foreign_key", "index", "trigger", "rls")
 
 
 def _missing(ctx: StepContext, shared: ddl.SharedSchema) -> tuple[list[ddl.Statement], list[str]]:
     """The statements still to run for what the target schema lacks, and the tables it lacks."""
-    rows = ctx.target.execute(_EXISTING, (ctx.target_schema, ctx.target_schema)).fetchall()
-    relations = {name for name, kind in rows if kind != "T"}
+    rows = ctx.target.execute(_EXISTING, (ctx.target_schema,) * 3).fetchall()
+    relations = {name for name, kind in rows if kind not in ("T", "F", "X")}
     types = {name for name, kind in rows if kind == "T"}
+    functions = {name for name, kind in rows if kind == "F"}
+    extensions = {name for name, kind in rows if kind == "X"}
     missing = {t.name for t in ctx.tables} - relations
     statements = [
         statement
         for statement in shared.upgrade
         if (statement.kind == "type" and statement.object not in types)
+        or (statement.kind == "extension" and statement.object not in extensions)
+        or (statement.kind == "function" and statement.object not in functions)
         or (statement.kind in _TABLE_KINDS and statement.object in missing)
         or (statement.kind in ("view", "sequence") and statement.object not in relations)
     ]
@@ -60,6 +67,20 @@ def _ungranted(ctx: StepContext) -> list[readiness.Missing]:
     )
 
 
+def _refuse_uncarried(ctx: StepContext, shared: ddl.SharedSchema) -> None:
+    """Nothing of the source is dropped silently: stop, naming what cannot be carried."""
+    errors = [n for n in shared.notes if n.severity == "error"]
+    if not errors:
+        return
+    shown = "; ".join(f"{n.subject} ({n.detail})" for n in errors[:5])
+    more = f" and {len(errors) - 5} more" if len(errors) > 5 else ""
+    raise StepFailed(
+        f"the shared schema cannot carry {len(errors)} object(s) of source schema "
+        f"{ctx.source_schema}: {shown}{more}",
+        hint=errors[0].fix or "see 'migrate schema generate' for the whole report",
+    )
+
+
 class SchemaStep:
     kind: ClassVar[str] = "schema"
 
@@ -68,11 +89,15 @@ class SchemaStep:
 
     def apply(self, ctx: StepContext) -> Details:
         read = ctx.source_catalog or reflect_schema(ctx.source, ctx.source_schema)
-        source = read.restricted(t.name for t in ctx.tables)
+        source = read.restricted((t.name for t in ctx.tables), globals_=ctx.global_tables)
         options = ddl.Options(
-            schema=ctx.target_schema, tenant_context=ctx.tenant_context, app_role=ctx.app_role
+            schema=ctx.target_schema,
+            tenant_context=ctx.tenant_context,
+            app_role=ctx.app_role,
+            leave_behind=ctx.leave_behind,
         )
         shared = ctx.shared_schemas.build(source, options)
+        _refuse_uncarried(ctx, shared)
         created: list[str] = []
         granted = False
         # Only a tenant that finds something missing takes the lock: once the shared tables
