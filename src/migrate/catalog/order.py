@@ -33,7 +33,7 @@ def deferred_tables(ordered: Sequence[SourceTable]) -> frozenset[str]:
     position = {t.name: i for i, t in enumerate(ordered)}
     out = set()
     for i, table in enumerate(ordered):
-        for fk in table.foreign_keys:
+        for fk in table.all_foreign_keys:
             if fk.ref_schema is None and position.get(fk.ref_table, -1) >= i:
                 out.add(table.name)
     return frozenset(out)

@@ -108,6 +108,13 @@ class SourceTable:
     partition_key: str | None = None  # pg_get_partkeydef(), e.g. "RANGE (created_at)"
     primary_key_info: Key | None = None
     comment: str | None = None
+    # Declared on its partitions: they order the load (a payment partition's key to rental means
+    # payment loads after rental) as the table's own do.
+    partition_foreign_keys: tuple[ForeignKey, ...] = ()
+
+    @property
+    def all_foreign_keys(self) -> tuple[ForeignKey, ...]:
+        return self.foreign_keys + self.partition_foreign_keys
 
     @property
     def column_names(self) -> tuple[str, ...]:
@@ -384,6 +391,17 @@ def _read_tables(conn: psycopg.Connection[Any], schema: str) -> dict[str, Source
             )
         )
     pks, uniques, fks, checks = _read_constraints(conn, schema, partitions=False)
+    parent = {
+        name: up
+        for name, _key, up, _bound in conn.execute(_sql("reflect_partitions.sql"), {"schema": schema})
+        if up is not None
+    }
+    on_partitions: dict[str, list[ForeignKey]] = {}
+    for part, keys in _read_constraints(conn, schema, partitions=True)[2].items():
+        root = part
+        while root in parent:
+            root = parent[root]
+        on_partitions.setdefault(root, []).extend(keys)
     return {
         name: SourceTable(
             name=name,
@@ -396,6 +414,7 @@ def _read_tables(conn: psycopg.Connection[Any], schema: str) -> dict[str, Source
             checks=tuple(checks.get(name, ())),
             primary_key_info=pks.get(name),
             comment=comments.get(name),
+            partition_foreign_keys=tuple(on_partitions.get(name, ())),
         )
         for name, columns in cols.items()
     }
@@ -677,7 +696,7 @@ def fk_dependencies(tables: Iterable[SourceTable]) -> tuple[dict[str, SourceTabl
     deps = {
         t.name: {
             fk.ref_table
-            for fk in t.foreign_keys
+            for fk in t.all_foreign_keys
             if fk.ref_table != t.name and fk.ref_table in by_name and fk.ref_schema is None
         }
         for t in by_name.values()

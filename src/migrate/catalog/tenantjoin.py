@@ -171,11 +171,7 @@ def _children(node: Any) -> Iterator[Any]:
 
 def _sublinks(select: ast.SelectStmt) -> Iterator[ast.SubLink]:
     """The sub-links of one SELECT's own expressions (not of the queries nested in it)."""
-    todo: list[Any] = [
-        getattr(select, name)
-        for name in select
-        if name not in ("larg", "rarg", "withClause")
-    ]
+    todo: list[Any] = [getattr(select, name) for name in select if name not in ("larg", "rarg", "withClause")]
     while todo:
         node = todo.pop()
         if isinstance(node, ast.SubLink):
