@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import psycopg
-from psycopg import sql
-
-from databases import DatabaseFactory, dsn_for
 
 DATA = Path(__file__).parent / "data" / "pagila"
 
@@ -32,15 +30,7 @@ def pagila_schema() -> str:
     return re.sub(r"ALTER [A-Z ]+ OWNER TO postgres;", "", text)
 
 
-def pagila_source(factory: DatabaseFactory, name: str, number: int) -> str:
-    """A database with pagila's schema and tenant ``number``'s rows (1, 2, 3: all different)."""
-    factory.register(name)
-    with psycopg.connect(factory.admin_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
-    dsn = dsn_for(factory.admin_dsn, name)
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(pagila_schema())
-        conn.execute("SELECT set_config('search_path', 'public', false)")
-        with conn.transaction():
-            psycopg.ClientCursor(conn).execute((DATA / "pagila_data.sql").read_text(), {"k": number})
-    return dsn
+def load_rows(conn: psycopg.Connection[Any], number: int) -> None:
+    """Tenant ``number``'s rows (1, 2, 3: all different) into a database with pagila's schema."""
+    with conn.transaction():
+        psycopg.ClientCursor(conn).execute((DATA / "pagila_data.sql").read_text(), {"k": number})

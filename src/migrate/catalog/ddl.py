@@ -637,7 +637,15 @@ class _Builder:
                 r.name,
                 routines.routine_sql(r, schema=schema, search_path=self.search_path(), rq=self.rq),
             )
-            self.carried_objects.append(routines.subject(self.source.name, r))
+            key = routines.subject(self.source.name, r)
+            self.carried_objects.append(key)
+            used = f"; used by {', '.join(r.dependents)}, created after it" if r.dependents else ""
+            self.note(
+                "info",
+                "carried",
+                key,
+                f"re-created in schema {self.o.schema} with search_path pinned to it{used}",
+            )
 
     def triggers(self) -> None:
         for t in self.verdicts.triggers:
