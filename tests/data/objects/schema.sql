@@ -51,7 +51,8 @@ BEGIN
     RETURN NEW;
 END $$;
 CREATE TRIGGER customers_touch BEFORE UPDATE ON customers FOR EACH ROW EXECUTE FUNCTION touch();
-CREATE TRIGGER orders_touch BEFORE UPDATE ON orders FOR EACH ROW EXECUTE FUNCTION touch();
+-- On INSERT too: the source holds the time of its own insert, which a copy must keep.
+CREATE TRIGGER orders_touch BEFORE INSERT OR UPDATE ON orders FOR EACH ROW EXECUTE FUNCTION touch();
 CREATE TRIGGER customers_search BEFORE INSERT OR UPDATE ON customers
     FOR EACH ROW EXECUTE FUNCTION tsvector_update_trigger(search, 'pg_catalog.english', name);
 
