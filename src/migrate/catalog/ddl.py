@@ -644,7 +644,9 @@ class _Builder:
                 "info",
                 "carried",
                 key,
-                f"re-created in schema {self.o.schema} with search_path pinned to it{used}",
+                f"re-created in schema {self.o.schema}"
+                + ("" if r.aggregate is not None else " with search_path pinned to it")
+                + used,
             )
 
     def triggers(self) -> None:
