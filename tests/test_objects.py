@@ -289,3 +289,27 @@ def test_a_table_left_out_of_tables_blocks_until_acknowledged_and_a_missing_tabl
     drifted = api.run(ghost, environ=world.environ, replan=True)
     assert not drifted.ok
     assert "invoices not found in source schema" in str(drifted.tenants[0].error)
+
+
+def test_comments_on_carried_objects_are_carried(database_factory: DatabaseFactory, tmp_path: Path) -> None:
+    """The source's comments on views, functions, aggregates, triggers, partition indexes and
+    constraints, types and domains are on the shared schema's objects; a left-behind one's is not."""
+    world = objects_world(database_factory, tmp_path)
+    assert api.run(playbook(tmp_path), environ=world.environ).ok
+    with world.target() as conn:
+        found = dict(
+            conn.execute(
+                "SELECT o.identity, d.description FROM pg_description d"
+                " CROSS JOIN LATERAL pg_identify_object(d.classoid, d.objoid, d.objsubid) AS o"
+                " WHERE o.schema = 'app' OR o.identity LIKE '% on app.%'"
+            ).fetchall()
+        )
+    assert found == {
+        "app.customer_orders": "Each customer with its orders",
+        "app.shout(pg_catalog.text)": "Loud",
+        "app.joined_all(pg_catalog.text)": "Joined",
+        "app.visits_2025_customer": "Declared on a partition",
+        "visits_2025_recent on app.visits_2025": "Only 2025",
+        "app.plan": "Plans",
+        "app.percent": "Percent",
+    } | {"customers_touch on app.customers": "Stamps updated_at"}

@@ -624,6 +624,34 @@ class _Builder:
             )
             self.carried_objects.append(f"extension {name}")
 
+    def comments(self) -> None:
+        """The source's comments on what the shared schema carries (tables' and columns' come with them)."""
+        functions = {r.name for r in self.verdicts.routines}
+        triggers = {t.name for t in self.verdicts.triggers}
+        tables = set(self.source.tables) | set(self.roots)
+        types = {t.name for t in self.source.types}
+        for kind, identity, text, name, table in self.source.comments:
+            carried = {
+                "view": (name in self.views_sql, "view", name),
+                "function": (name in functions, "function", name),
+                "aggregate": (name in functions, "function", name),
+                "procedure": (name in functions, "function", name),
+                "trigger": (name in triggers and table in tables, "comment", self.owner(table or "")),
+                "table constraint": (table in tables, "comment", self.owner(table or "")),
+                "index": (table in tables, "comment", self.owner(table or "")),
+                "type": (name in types, "type", name),
+                "domain": (name in types, "type", name),
+            }.get(kind, (False, "", ""))
+            if not carried[0]:
+                continue
+            keyword = "CONSTRAINT" if kind == "table constraint" else kind.upper()
+            moved = sqltext.requalify(identity, self.source.name, self.o.schema, self.carried | {name})
+            self.add(
+                carried[1],
+                carried[2],
+                sql.SQL("COMMENT ON {} {} IS {}").format(sql.SQL(keyword), sql.SQL(moved), sql.Literal(text)),
+            )
+
     def search_path(self) -> str:
         """A carried function's pinned search_path: the shared schema, the extensions', then pg_catalog."""
         schemas = [self.o.schema, *(s for _n, s in self.source.extension_schemas)]
@@ -773,6 +801,7 @@ class _Builder:
         self.plan_views()
         for v in self.source.views:
             self.view(v)
+        self.comments()
         self.grants()
         self._report_uncarried()
         return SharedSchema(

@@ -269,6 +269,9 @@ class SourceSchema:
     routines: tuple[Routine, ...] = ()
     triggers: tuple[Trigger, ...] = ()
     extension_schemas: tuple[tuple[str, str], ...] = ()  # (extension, the schema it lives in)
+    # Comments on views, functions, triggers, constraints, indexes and types:
+    # (pg_identify_object type, identity, text, the object's name, its table or None).
+    comments: tuple[tuple[str, str, str, str, str | None], ...] = ()
     # What a restriction to some tables left out (tables, and views that read them): never
     # silently — the shared schema's build names each one unless it is acknowledged.
     omitted: tuple[Uncarried, ...] = ()
@@ -315,6 +318,7 @@ class SourceSchema:
                 if any(c.sequence == s.name for n in keep if n in self.tables for c in self.tables[n].columns)
             ),
             routines=self.routines,
+            comments=self.comments,
             triggers=tuple(t for t in self.triggers if t.table in keep or parts.get(t.table) in keep),
             extension_schemas=self.extension_schemas,
         )
@@ -601,6 +605,12 @@ def reflect_schema(conn: psycopg.Connection[Any], schema: str) -> SourceSchema:
                 _sql("reflect_triggers.sql"), {"schema": schema}
             )
         ]
+        comments = [
+            (kind, identity, text, name, table)
+            for kind, identity, text, name, table in conn.execute(
+                _sql("reflect_comments.sql"), {"schema": schema}
+            )
+        ]
         extension_schemas = [
             (name, schema_)
             for name, schema_ in conn.execute(
@@ -622,6 +632,7 @@ def reflect_schema(conn: psycopg.Connection[Any], schema: str) -> SourceSchema:
         routines=tuple(routines),
         triggers=tuple(triggers),
         extension_schemas=tuple(extension_schemas),
+        comments=tuple(comments),
     )
 
 

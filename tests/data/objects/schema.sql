@@ -82,3 +82,14 @@ CREATE VIEW customer_notes AS
     FROM customers c LEFT JOIN orders o ON o.customer_id = c.id GROUP BY c.id, c.name;
 CREATE VIEW orders_using AS
     SELECT o.id, c.name FROM orders o JOIN (SELECT id AS customer_id, name FROM customers) c USING (customer_id);
+
+-- Comments on what is carried go with it (a left-behind function's stays behind with it).
+COMMENT ON VIEW customer_orders IS 'Each customer with its orders';
+COMMENT ON FUNCTION shout(text) IS 'Loud';
+COMMENT ON AGGREGATE joined_all(text) IS 'Joined';
+COMMENT ON TRIGGER customers_touch ON customers IS 'Stamps updated_at';
+COMMENT ON INDEX visits_2025_customer IS 'Declared on a partition';
+COMMENT ON CONSTRAINT visits_2025_recent ON visits_2025 IS 'Only 2025';
+COMMENT ON TYPE plan IS 'Plans';
+COMMENT ON DOMAIN percent IS 'Percent';
+COMMENT ON FUNCTION order_count(integer) IS 'Reads orders';
