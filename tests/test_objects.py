@@ -279,7 +279,9 @@ def test_a_table_left_out_of_tables_blocks_until_acknowledged_and_a_missing_tabl
     result = api.run(playbook(tmp_path, left=LEFT), environ=world.environ)
     error = result.tenants[0].error
     assert not result.ok and error is not None and "table public.audit_log" in error.message
-    assert api.run(playbook(tmp_path, name="acknowledged"), environ=world.environ).ok
+    acknowledged = api.run(playbook(tmp_path, name="acknowledged"), environ=world.environ)
+    assert acknowledged.ok
+    assert "table public.audit_log" in acknowledged.tenants[0].steps[0].details["left_behind"]
     with world.target() as conn:
         assert one(conn, "SELECT to_regclass('app.audit_log')") is None
     ghost = playbook(tmp_path, tables=(*TABLES, "invoices"), name="ghost")

@@ -136,6 +136,8 @@ class SchemaStep:
             "created": created,
             "tables": [t.name for t in ctx.tables],
             **({"granted_to": ctx.app_role} if granted else {}),
+            # What a person acknowledged leaving behind (schema.leave_behind): in the ledger entry.
+            **({"left_behind": list(shared.left_behind)} if shared.left_behind else {}),
         }
 
     def verify(self, ctx: StepContext, details: Mapping[str, Any]) -> None:
