@@ -38,6 +38,7 @@ LEFT = (
     "trigger public.orders.orders_audit",
     "rule public.customers.customers_no_delete",
     "view public.orders_using",
+    "view public.order_counts",
 )
 TABLES = ("customers", "orders", "visits")  # audit_log is left out
 
@@ -251,7 +252,11 @@ def test_what_cannot_be_carried_stops_generate_and_the_schema_step_naming_it_and
     errors = {f["subject"]: f for f in report["findings"] if f["severity"] == "error"}
     assert set(errors) == set(LEFT)
     count = errors["function public.order_count(integer)"]
-    assert "reads orders" in count["detail"]
+    assert "reads orders" in count["detail"] and "used by view public.order_counts" in count["detail"]
+    assert (
+        "calls function public.order_count(integer), which is not carried"
+        in errors["view public.order_counts"]["detail"]
+    )
     audit = errors["function public.note_audit()"]
     assert "reads audit_log" in audit["detail"]
     assert "used by trigger public.orders.orders_audit" in audit["detail"]

@@ -69,7 +69,8 @@ CREATE TRIGGER orders_audit AFTER INSERT ON orders FOR EACH STATEMENT EXECUTE FU
 CREATE RULE customers_no_delete AS ON DELETE TO customers DO INSTEAD NOTHING;
 
 -- Views: joins between tenant tables (ON, a comma join, a sub-query) get the tenant equality;
--- a view over the aggregate needs the aggregate first; a USING join cannot be made safe.
+-- a view over the aggregate needs the aggregate first; a USING join cannot be made safe, nor a
+-- view calling a function that is not carried.
 CREATE VIEW customer_orders AS
     SELECT c.id AS customer_id, c.name, o.id AS order_id, o.note
     FROM customers c JOIN orders o ON o.customer_id = c.id;
@@ -80,6 +81,7 @@ CREATE VIEW busy_customers AS
 CREATE VIEW customer_notes AS
     SELECT c.id, shout(c.name) AS loud, joined_all(o.note ORDER BY o.id) AS notes
     FROM customers c LEFT JOIN orders o ON o.customer_id = c.id GROUP BY c.id, c.name;
+CREATE VIEW order_counts AS SELECT c.id, order_count(c.id) AS orders FROM customers c;
 CREATE VIEW orders_using AS
     SELECT o.id, c.name FROM orders o JOIN (SELECT id AS customer_id, name FROM customers) c USING (customer_id);
 
