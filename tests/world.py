@@ -136,5 +136,8 @@ def corrupt_globex_as_it_is_copied(world: World) -> None:
             "CREATE FUNCTION app.corrupt() RETURNS trigger LANGUAGE plpgsql AS $$"
             " BEGIN IF NEW.tenant_id = 'globex' AND NEW.id = 5 THEN NEW.title := NEW.title || '!'; END IF;"
             " RETURN NEW; END $$;"
-            " CREATE TRIGGER corrupt BEFORE INSERT ON app.tasks FOR EACH ROW EXECUTE FUNCTION app.corrupt()"
+            " CREATE TRIGGER corrupt BEFORE INSERT ON app.tasks FOR EACH ROW EXECUTE FUNCTION app.corrupt();"
+            # ALWAYS: the copy runs with the shared tables' user triggers off (replica mode, so a
+            # carried trigger cannot rewrite copied rows); this one stands for corruption in transit.
+            " ALTER TABLE app.tasks ENABLE ALWAYS TRIGGER corrupt"
         )
