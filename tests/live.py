@@ -301,7 +301,8 @@ class Writer:
     rate: float = 200.0  # transactions per second, at most
     seed: int = 7
     committed: int = 0
-    refused: int = 0  # writes the freeze refused (permission denied)
+    refused: int = 0  # writes the freeze refused (permission denied; 25006 on the shared side)
+    max_latency: float = 0.0  # the longest transaction, committed or refused (seconds)
     errors: list[str] = field(default_factory=list)
     kinds: dict[str, int] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -336,7 +337,7 @@ class Writer:
                         getattr(self, f"_{kind}")(conn, rnd)
                     self.committed += 1
                     self.kinds[kind] = self.kinds.get(kind, 0) + 1
-                except psycopg.errors.InsufficientPrivilege:
+                except (psycopg.errors.InsufficientPrivilege, psycopg.errors.ReadOnlySqlTransaction):
                     self.refused += 1
                 except psycopg.errors.UniqueViolation:
                     pass  # two random picks collided: the application retries with others
@@ -348,6 +349,7 @@ class Writer:
                     except psycopg.OperationalError as gone:  # the test is over: its database went
                         self.errors.append(str(gone))
                         return
+                self.max_latency = max(self.max_latency, time.monotonic() - started)
                 pause = 1.0 / self.rate - (time.monotonic() - started)
                 if pause > 0:
                     time.sleep(pause)

@@ -36,6 +36,7 @@ from migrate.engine.rollback import (
     RollbackResult,
     refuse_a_later_point,
     refuse_across_cutover,
+    reversible,
     steps_after,
     what_to_revert,
 )
@@ -308,6 +309,7 @@ def rollback_preview(
     regions = environments(req.loaded, req.environ, need=write_targets(req.plan), with_flags=False)
     records: list[StepRecord] = []
     pending: dict[str, UnfinishedRollback] = {}
+    back: set[str] = set()
     for name, theirs in regions.holding(tp.tenant for tp in req.plan.tenants).items():
         env = regions.envs[name]
         with env.connect_target() as conn:
@@ -315,8 +317,9 @@ def rollback_preview(
                 ids = [t.id for t in theirs]
                 records += env.control.steps(conn, ids)
                 pending |= env.rollbacks.unfinished(conn, ids) if env.rollbacks.exists(conn) else {}
+                back |= reversible(env, conn, ids)
     refuse_a_later_point(req.plan.tenants, to, pending, str(req.loaded.path))
     preview = what_to_revert(req.plan.tenants, to, records)
     if not discard_writes_since_cutover:
-        refuse_across_cutover(preview)
+        refuse_across_cutover(preview, back | set(pending))
     return preview

@@ -12,7 +12,7 @@ from sqlalchemy.pool import NullPool
 
 from migrate.control import locks
 
-HEAD = "0007"
+HEAD = "0008"
 
 
 def sqlalchemy_url(dsn: str) -> sa.URL:

@@ -11,7 +11,9 @@ The incident path, in this order:
    that are ``done``, ``failed`` or ``running`` (a runner killed mid-step leaves
    it ``running``, with part of its effect), newest first.
 3. **The cut-over.** Once a tenant's flag step has turned the shared schema on,
-   the tenant's new writes live only there; there is no reverse sync yet, so a
+   the tenant's new writes live only there. With a reverse path (taken at an online
+   cut-over, ``steps/reverse.py``) the cut-over's revert applies them back; without one
+   (offline, or finalised) there is no reverse sync, so a
    rollback across it would lose them. It is refused, saying when the cut-over
    was, unless the caller accepts the loss (``--discard-writes-since-cutover``),
    which the ledger records per tenant.
@@ -35,7 +37,7 @@ from __future__ import annotations
 import shlex
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -43,7 +45,9 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import psycopg
+from psycopg import sql
 
+from migrate.control.reverse import ReverseStore
 from migrate.control.rollbacks import UnfinishedRollback
 from migrate.control.store import StepRecord
 from migrate.engine.session import Environment, Regions, step_context, tenant_tables
@@ -69,8 +73,18 @@ class Cutover:
     flag: str
     status: StepStatus  # done; failed or running: it may have flipped before it stopped
     at: datetime | None  # when it finished (None: a killed runner left it running)
+    finalised_at: datetime | None = None  # its finalise step dropped the reverse path then
 
     def describe(self) -> str:
+        if self.finalised_at is not None:
+            return (
+                f"tenant '{self.tenant}' was cut over ({self.step} turned flag '{self.flag}' on) and "
+                f"finalised at {self.finalised_at.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC, which dropped "
+                "its reverse path"
+            )
+        return self._describe()
+
+    def _describe(self) -> str:
         if self.status is StepStatus.DONE and self.at is not None:
             return (
                 f"tenant '{self.tenant}' was cut over at {self.at.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC "
@@ -176,6 +190,14 @@ def what_to_revert(plans: Sequence[TenantPlan], point: str, records: Sequence[St
         ]
         # Traffic first: a step that moves traffic goes back before any data, wherever it sits.
         flags = tuple(s for s in todo if s.spec is not None and s.spec.moves == "traffic")
+        finalised = next(
+            (
+                recs[s.key].finished_at
+                for s in todo
+                if s.spec is not None and s.spec.kind == "finalise" and recs[s.key].status is StepStatus.DONE
+            ),
+            None,
+        )
         cutover = None
         for step in flags:  # newest first: the last one seen is the earliest cut-over
             if (
@@ -190,6 +212,7 @@ def what_to_revert(plans: Sequence[TenantPlan], point: str, records: Sequence[St
                     step.spec.flips or step.step_id,
                     flipped.status,
                     flipped.finished_at,
+                    finalised,
                 )
         out.append(
             TenantRevert(
@@ -203,15 +226,27 @@ def what_to_revert(plans: Sequence[TenantPlan], point: str, records: Sequence[St
     return RollbackPreview(point, tuple(out))
 
 
-def refuse_across_cutover(preview: RollbackPreview) -> None:
-    """An input error when the rollback would undo a cut-over: the writes since would be lost."""
-    cutovers = preview.cutovers
+def reversible(env: Environment, conn: psycopg.Connection[Any], tenants: Sequence[str]) -> set[str]:
+    """The tenants whose writes since their cut-over a reverse path captures (to apply back)."""
+    found = conn.execute(
+        "SELECT to_regclass(%s)", (sql.Identifier(env.control.schema, "reverse_paths").as_string(conn),)
+    ).fetchone()
+    if not found or found[0] is None:
+        return set()
+    paths = ReverseStore(env.control.schema, env.control.playbook).paths(conn, tenants)
+    return {t for t, p in paths.items() if p.status == "capturing"}
+
+
+def refuse_across_cutover(preview: RollbackPreview, reversible: Collection[str] = ()) -> None:
+    """An input error when the rollback would undo a cut-over whose writes since would be lost:
+    one without a reverse path (``reversible`` names the tenants that have one)."""
+    cutovers = tuple(c for c in preview.cutovers if c.tenant not in reversible or c.finalised_at)
     if not cutovers:
         return
     raise ArgumentError(
         "; ".join(c.describe() for c in cutovers)
-        + f". Writes since then live only in the shared schema, and there is no reverse sync yet: "
-        f"rolling back to '{preview.point}' would lose them",
+        + ". Writes since then live only in the shared schema, and there is no reverse sync to apply "
+        f"them back: rolling back to '{preview.point}' would lose them",
         where=f"--to {preview.point}",
         hint=f"if losing those writes is accepted, add {DISCARD_OPTION} (the ledger records who "
         "accepted it); otherwise keep the tenant on the shared schema and fix forward",
@@ -289,9 +324,15 @@ def rollback(
             raise from_driver(exc, "rollback") from exc
         refuse_a_later_point(plans, point, pending, book_path)
         preview = what_to_revert(plans, point, records)
+        back: set[str] = set(pending)  # an unfinished rollback was allowed when it began
+        try:
+            for name, theirs in by_target.items():
+                back |= reversible(regions.envs[name], conns[name], [t.id for t in theirs])
+        except psycopg.Error as exc:
+            raise from_driver(exc, "rollback") from exc
         if not discard_writes_since_cutover:
-            refuse_across_cutover(preview)
-        result.discarded = preview.cutovers
+            refuse_across_cutover(preview, back)
+        result.discarded = tuple(c for c in preview.cutovers if c.tenant not in back or c.finalised_at)
         # Every tenant's context before anything changes: the residency guard refuses one, and with
         # it the whole rollback, while nothing is written yet.
         contexts = {

@@ -28,7 +28,7 @@ dropped.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import cached_property
 from typing import Final
@@ -76,10 +76,42 @@ class TableMap:
     types: tuple[tuple[int, int], ...] | None = None
     order: int = 0
     since_lsn: int = 0  # only transactions that commit at or after this count (the table's copy has the rest)
+    # A reverse stream carries columns the target lacks (tenant_id): the stream's columns, in its order,
+    # and the dropped ones with the one value each must hold. None: the stream carries ``columns``.
+    stream_columns: tuple[str, ...] | None = None
+    dropped: tuple[tuple[str, str], ...] = ()
 
     @property
     def source_name(self) -> tuple[str, str]:
         return (self.source_schema, self.source_table)
+
+    @property
+    def streamed(self) -> tuple[str, ...]:
+        return self.stream_columns if self.stream_columns is not None else self.columns
+
+    @cached_property
+    def _kept(self) -> tuple[int, ...] | None:
+        if self.stream_columns is None:
+            return None
+        return tuple(self.stream_columns.index(c) for c in self.columns)
+
+    @cached_property
+    def _checked(self) -> tuple[tuple[int, str, str], ...]:
+        return tuple((self.streamed.index(c), c, v) for c, v in self.dropped)
+
+    def project(self, row: Row, *, key_only: bool = False) -> Row:
+        """A stream row as the target's row: the dropped columns checked (one value each) and gone."""
+        kept = self._kept
+        if kept is None:
+            return row
+        for i, column, value in self._checked:
+            if row[i] != value and not (key_only and row[i] is None and column not in self.key):
+                raise StepFailed(
+                    f"the change stream of {self.source_table} carries a row whose {column} is "
+                    f"{row[i]!r}, not {value!r}: another tenant's row",
+                    hint="the reverse publication's row filter was changed by hand: this is not applied",
+                )
+        return tuple(row[i] for i in kept)
 
     @cached_property
     def key_positions(self) -> tuple[int, ...]:
@@ -133,6 +165,16 @@ class TableEffect:
         return {k: s for k, s in self.rows.items() if isinstance(s, Image)}
 
 
+def _projected(table: TableMap, msg: Insert | Update | Delete) -> Insert | Update | Delete:
+    """The change with the stream's extra columns checked and dropped (a reverse stream)."""
+    if isinstance(msg, Insert):
+        return replace(msg, new=table.project(msg.new))
+    if isinstance(msg, Delete):
+        return replace(msg, old=table.project(msg.old, key_only=msg.old_is_key))
+    old = None if msg.old is None else table.project(msg.old, key_only=msg.old_is_key)
+    return replace(msg, old=old, new=table.project(msg.new))
+
+
 def _merge(new: Row, old: Row) -> Row:
     """``new`` with its UNCHANGED values taken from ``old`` (which may lack them too)."""
     return tuple(o if n is UNCHANGED else n for n, o in zip(new, old, strict=True))
@@ -167,7 +209,7 @@ def describe_columns(expected: Sequence[str], seen: Sequence[str]) -> str:
 
 
 def _describe_change(expected: TableMap, seen: Relation) -> str:
-    text = describe_columns(expected.columns, seen.column_names)
+    text = describe_columns(expected.streamed, seen.column_names)
     parts = [text] if text else []
     if not parts and expected.types is not None:
         for col, was in zip(seen.columns, expected.types, strict=True):
@@ -249,6 +291,8 @@ class Fold:
             return
         self.changes += 1
         effect = self._effect(table)
+        if table.stream_columns is not None:
+            msg = _projected(table, msg)
         if isinstance(msg, Insert):
             key = table.key_of(msg.new)
             effect.rows.pop(key, None)
@@ -307,7 +351,7 @@ class Fold:
                 "and run again",
             )
         seen_types = tuple((c.type_oid, c.type_modifier) for c in msg.columns)
-        if msg.column_names != table.columns or (table.types is not None and seen_types != table.types):
+        if msg.column_names != table.streamed or (table.types is not None and seen_types != table.types):
             raise schema_changed(msg.namespace, msg.name, _describe_change(table, msg))
         self._relations[msg.oid] = table
 

@@ -51,9 +51,10 @@ READ_SETTINGS = {
 }
 
 
-def slot_name(playbook: str, tenant: str) -> str:
-    """The slot (and publication) of one playbook's tenant: ``tm_<playbook>_<tenant>``, ≤ 63 bytes."""
-    raw = f"{PREFIX}{playbook}_{tenant}"
+def slot_name(playbook: str, tenant: str, prefix: str = PREFIX) -> str:
+    """The slot (and publication) of one playbook's tenant: ``tm_<playbook>_<tenant>``, ≤ 63 bytes
+    (``tmr_…`` for the reverse path on the shared database)."""
+    raw = f"{prefix}{playbook}_{tenant}"
     clean = re.sub(r"[^a-z0-9_]", "_", raw.lower())
     if clean == raw and len(clean) <= MAX_NAME:
         return clean

@@ -86,7 +86,7 @@ from migrate.playbook.model import BackfillStep as BackfillSpec
 from migrate.playbook.model import Step
 from migrate.replication import slots
 from migrate.replication.pgoutput import lsn_text
-from migrate.steps import online
+from migrate.steps import online, reverse
 from migrate.steps.chunks import (
     TablePlan,
     copy_chunk,
@@ -447,6 +447,11 @@ class BackfillStep:
         refuses the leftovers instead of trusting them.
         """
         rows = min(self.chunk_rows, _REVERT_ROWS)
+        if not ctx.rehearsal:
+            # A rollback after a cut-over keeps the tenant frozen on the shared side: lifted before the
+            # rows go (the guard would refuse the deletes), with its reverse path.
+            reverse.lift_shared_freeze(ctx)
+            reverse.drop(ctx)
         unchecked = _unchecked_on_delete(ctx.tables)
         deleted: dict[str, int] = {}
         batches: dict[str, int] = {}

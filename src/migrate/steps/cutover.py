@@ -48,7 +48,7 @@ from migrate.playbook.model import FlagStep as FlagSpec
 from migrate.playbook.model import Step
 from migrate.replication import slots
 from migrate.replication.pgoutput import lsn_text
-from migrate.steps import online
+from migrate.steps import online, reverse
 from migrate.steps.context import Details, StepContext
 from migrate.steps.flag import FlagStep
 from migrate.steps.freeze import barrier
@@ -105,6 +105,9 @@ class CutoverStep:
         stream = online.open_stream(ctx, capture)
         budget = ctx.cutover.max_freeze
         caught = online.catch_up(ctx, stream, capture, ready_seconds=budget / 4)
+        # The reverse path, before the freeze: publication (row filter on the tenant) and slot on the
+        # shared database, and the guard a rollback's shared-side freeze needs.
+        reverse_slot = reverse.prepare(ctx)
         timings: dict[str, float] = {}
         started = time.monotonic()
         mark = started
@@ -163,6 +166,8 @@ class CutoverStep:
                 raise _Abort(exc.message) from None
             moved = ready.get("sequences_advanced", {})
             lap("sequences")
+            reverse_from = reverse.arm(ctx)  # past the tool's own writes: the application's only
+            lap("reverse_slot")
             if figures is None:
                 snapshots = _snapshot(ctx)
             over("validation")
@@ -189,6 +194,7 @@ class CutoverStep:
             raise self._flip_failed(ctx, exc, _given_up(timings, started, drained, terminated)) from exc
         lap("flip")
         freeze_seconds = round(time.monotonic() - started, 3)
+        reverse.lift_shared_freeze(ctx)  # a rollback's freeze, kept until the tenant is back here
         online.store(ctx).set_online(ctx.target, ctx.tenant.id, False)
         ctx.log.info("tenant_cut_over", freeze_seconds=freeze_seconds, **timings)
         try:
@@ -213,6 +219,7 @@ class CutoverStep:
             "sequences": moved,
             "write_ready": True,
             "insert_proved": ready.get("insert_proved", []),
+            "reverse_path": {"slot": reverse_slot, "from_lsn": reverse_from},
             "flag": flipped.get("flag"),
             "before": flipped.get("before"),
             "after": flipped.get("after"),
@@ -268,6 +275,7 @@ class CutoverStep:
             ctx, stream, capture, drained, upto=slots.fence(ctx.source, "after flip"), max_changes=None
         )
         online.store(ctx).set_online(ctx.target, ctx.tenant.id, False)
+        reverse.lift_shared_freeze(ctx)
         figures = self._checksums(ctx)
         figures["checksummed"] = (
             "after a restart past the flip: the shared tables may hold the application's writes since"
@@ -299,7 +307,16 @@ class CutoverStep:
             )
 
     def revert(self, ctx: StepContext, details: Mapping[str, Any]) -> Details:
-        """Traffic back first (the flag's snapshot), then the source's write privileges."""
+        """With a reverse path: the tenant's writes since the cut-over back to its database, then
+        traffic (``steps/reverse.py``). Without one: traffic back first (the flag's snapshot), then
+        the source's write privileges."""
+        found = None if ctx.rehearsal else reverse.path(ctx)
+        if found is not None and found.status == "capturing":
+            done = reverse.roll_back(ctx, found, self.spec.flag, lambda: self.flag.revert(ctx, details))
+            store = online.store(ctx)
+            if store.capture(ctx.target, ctx.tenant.id) is not None:
+                store.set_online(ctx.target, ctx.tenant.id, True)
+            return done
         flag = self.flag.revert(ctx, details)
         record = online.frozen(ctx)
         thawed = online.thaw_source(ctx) if not ctx.rehearsal else False
@@ -319,8 +336,15 @@ class CutoverStep:
     def summary(self, details: Mapping[str, Any], *, reverted: bool) -> str | None:
         if reverted:
             flag = self.flag.summary(details, reverted=True)
+            back = details.get("reverse") or {}
+            applied = (
+                f"{back['changes_applied']} change(s) since the cut-over applied back under a "
+                f"{back['freeze_seconds']} s shared-side freeze"
+                if "changes_applied" in back
+                else None
+            )
             return ", ".join(
-                p for p in (flag, "source writable again" if details.get("thawed") else None) if p
+                p for p in (applied, flag, "source writable again" if details.get("thawed") else None) if p
             )
         if "freeze_seconds" in details:
             return (

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 from migrate.errors import CheckFailed
 from migrate.playbook.model import Step
 from migrate.replication import slots
-from migrate.steps import online
+from migrate.steps import online, reverse
 from migrate.steps.context import Details, StepContext
 
 
@@ -35,12 +35,21 @@ class FinaliseStep:
         dropped = slots.drop_slot(ctx.source, slot_name)
         slots.drop_publication(ctx.source, capture.publication if capture else name)
         store.forget(ctx.target, ctx.tenant.id)
-        ctx.log.info("capture_dropped", slot=slot_name, dropped=dropped)
-        return {"slot": slot_name, "dropped": dropped}
+        reverse_slot = reverse.name(ctx)
+        reverse_dropped = reverse.drop(ctx)  # no rollback across the cut-over after this
+        ctx.log.info("capture_dropped", slot=slot_name, dropped=dropped, reverse_dropped=reverse_dropped)
+        return {
+            "slot": slot_name,
+            "dropped": dropped,
+            "reverse_slot": reverse_slot,
+            "reverse_dropped": reverse_dropped,
+        }
 
     def verify(self, ctx: StepContext, details: Mapping[str, Any]) -> None:
         if not ctx.rehearsal and slots.slot(ctx.source, str(details.get("slot"))) is not None:
             raise CheckFailed(f"replication slot {details.get('slot')} still exists", hint="run again")
+        if details.get("reverse_slot") and slots.slot(ctx.target, str(details["reverse_slot"])) is not None:
+            raise CheckFailed(f"reverse slot {details['reverse_slot']} still exists", hint="run again")
 
     def revert(self, ctx: StepContext, details: Mapping[str, Any]) -> Details:
         return {}  # a dropped slot cannot come back
