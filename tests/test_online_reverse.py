@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from psycopg import sql
 
-from live import APP_ROLE, FLAG, LiveWorld, Writer, drop_databases, dsn_for, make_live_world
+from live import APP_ROLE, FLAG, TABLES, LiveWorld, Writer, drop_databases, dsn_for, make_live_world
 from migrate import api
 
 
@@ -101,6 +101,19 @@ def test_rollback_after_cutover_applies_every_write_back_and_never_blocks_anothe
     acme_status = next(t for t in status.tenants if t.tenant == "acme")
     assert acme_status.flags == {FLAG: False} and acme_status.frozen is None
     assert sorted(reverse_objects(live)[0]) == ["tmr_live_globex"]
+    # Every sequence of acme's own database stands past the values the shared side handed out.
+    with live.source("acme") as conn:
+        behind = [
+            t
+            for t in TABLES
+            if conn.execute(
+                sql.SQL(
+                    "SELECT coalesce(pg_sequence_last_value(pg_get_serial_sequence({q}, 'id')), 0)"
+                    " < (SELECT coalesce(max(id), 0) FROM {t})"
+                ).format(q=sql.Literal(f"public.{t}"), t=sql.Identifier("public", t))
+            ).fetchone()[0]  # type: ignore[index]
+        ]
+    assert not behind, f"sequences behind the rows applied back: {behind}"
     # The application writes on its own database again (sequences past the shared values), then a
     # second cut-over, with the writer running: nothing lost.
     again = Writer(live.source_dsn("acme", APP_ROLE), rate=100, seed=13).start()
