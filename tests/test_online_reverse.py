@@ -7,6 +7,10 @@ tenant's writer runs throughout, and equality is our own md5 over the sorted row
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,8 +18,9 @@ from pathlib import Path
 import pytest
 from psycopg import sql
 
-from live import APP_ROLE, FLAG, TABLES, LiveWorld, Writer, drop_databases, dsn_for, make_live_world
+from live import APP_ROLE, FLAG, ROOT, TABLES, LiveWorld, Writer, drop_databases, dsn_for, make_live_world
 from migrate import api
+from migrate.errors import ArgumentError
 
 
 @pytest.fixture
@@ -131,3 +136,73 @@ def test_rollback_after_cutover_applies_every_write_back_and_never_blocks_anothe
     after.wait_for(10)
     after.stop()
     assert after.refused == 0
+
+
+def test_kill_9_during_the_reverse_drain_then_the_same_rollback_finishes_with_nothing_lost(
+    live: LiveWorld, tmp_path: Path
+) -> None:
+    """A real `migrate rollback` killed while it applies the changes back (it waits on a lock the test
+    holds on the tenant's own tasks table): the tenant stays frozen on both sides (the flag still on),
+    never writable on both; the same command then finishes, and the old database equals the shared rows."""
+    first = api.run(live.playbook, environ=live.environ)
+    assert first.ok, [t.error for t in first.tenants]
+    grant_shared(live)
+    acme = shared_writer(live, "acme", seed=21).start()
+    acme.wait_for(60)
+    holder = live.source("acme")
+    holder.execute("BEGIN")
+    holder.execute("LOCK TABLE public.tasks IN ACCESS EXCLUSIVE MODE")
+    command = [
+        sys.executable, "-m", "migrate", "rollback", str(live.playbook),
+        "--tenant", "acme", "--to", "pre-cutover", "--yes",
+    ]  # fmt: skip
+    err = tmp_path / "rollback.err"
+    with open(err, "wb") as out:
+        runner = subprocess.Popen(
+            command, cwd=ROOT, env={**os.environ, **live.environ}, stdout=subprocess.DEVNULL, stderr=out
+        )
+    try:
+        deadline = time.monotonic() + 60
+        pid = holder.info.backend_pid
+        while True:
+            with live.target() as conn:
+                row = conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))", (pid,)
+                ).fetchone()
+            if row and row[0]:
+                break
+            assert runner.poll() is None, err.read_text()
+            assert time.monotonic() < deadline, "the rollback never reached the drain"
+            time.sleep(0.005)
+        os.kill(runner.pid, signal.SIGKILL)
+        runner.wait(timeout=30)
+    finally:
+        holder.close()
+        if runner.poll() is None:
+            runner.kill()
+            runner.wait()
+    assert runner.returncode == -signal.SIGKILL
+    time.sleep(0.3)
+    refused = acme.refused
+    time.sleep(0.3)
+    assert acme.refused > refused, "acme could write the shared tables while its rollback was unfinished"
+    acme.stop()
+    status = next(t for t in api.status(live.playbook, environ=live.environ).tenants if t.tenant == "acme")
+    assert status.flags == {FLAG: True} and status.frozen is not None  # the source is still frozen too
+    assert status.rollback is not None
+    done = api.rollback(live.playbook, "acme", "pre-cutover", environ=live.environ)
+    step = next(s for s in done.steps if s.kind == "cutover")
+    assert step.details["reverse"]["changes_applied"] > 0
+    live.assert_equal("acme")
+    after = next(t for t in api.status(live.playbook, environ=live.environ).tenants if t.tenant == "acme")
+    assert after.flags == {FLAG: False} and after.frozen is None and after.rollback is None
+
+
+def test_rollback_across_the_cutover_is_refused_after_finalise_naming_when(live: LiveWorld) -> None:
+    live.write_playbook(finalise=True)
+    first = api.run(live.playbook, environ=live.environ)
+    assert first.ok, [t.error for t in first.tenants]
+    assert reverse_objects(live) == ([], [])
+    with pytest.raises(ArgumentError) as info:
+        api.rollback(live.playbook, "acme", "pre-cutover", environ=live.environ)
+    assert "finalised at" in info.value.message and "no reverse sync" in info.value.message

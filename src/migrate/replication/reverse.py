@@ -126,31 +126,37 @@ class Barrier:
     waited_for: int  # transactions that were open at the freeze and ended since
 
 
+_WRITERS = (
+    "SELECT pid, backend_xid::text, usename, round(extract(epoch FROM clock_timestamp() - xact_start))::int"
+    " FROM pg_stat_activity WHERE datname = current_database() AND backend_xid IS NOT NULL"
+    " AND pid <> pg_backend_pid()"
+)
+
+
 def barrier(conn: psycopg.Connection[Any], *, bound: float) -> Barrier:
-    """Wait until every transaction that held an xid when this is called has ended (at most ``bound`` s)."""
+    """Wait until every transaction of this database that held an xid when this is called has ended.
+
+    Called after the freeze committed: a transaction that wrote a row of the tenant before the
+    freeze holds an xid by now; one that writes after it sees the freeze (the guard's look-up runs
+    with a new snapshot per statement in READ COMMITTED) and fails. Transactions of other
+    databases (the tenants' own ones) are not waited for. At most ``bound`` seconds.
+    """
     started = time.monotonic()
-    row = conn.execute(
-        "SELECT pg_snapshot_xmax(s)::text, cardinality(array(SELECT pg_snapshot_xip(s)))"
-        " FROM pg_current_snapshot() AS s"
-    ).fetchone()
-    assert row is not None
-    xmax, open_ = str(row[0]), int(row[1])
-    while True:
-        done = conn.execute("SELECT pg_snapshot_xmin(pg_current_snapshot()) >= %s::xid8", (xmax,)).fetchone()
-        if done and done[0]:
-            return Barrier(time.monotonic() - started, open_)
+    open_ = {(p, x): (u, a) for p, x, u, a in conn.execute(_WRITERS)}
+    waiting = set(open_)
+    while waiting:
+        waiting &= {(p, x) for p, x, _u, _a in conn.execute(_WRITERS)}
+        if not waiting:
+            break
         if time.monotonic() - started > bound:
-            held = conn.execute(
-                "SELECT pid, usename, datname, round(extract(epoch FROM clock_timestamp() - xact_start))::int"
-                " FROM pg_stat_activity WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid()"
-                " ORDER BY xact_start LIMIT 5"
-            ).fetchall()
+            held = sorted(waiting)[:5]
             raise StepFailed(
-                f"transactions open since before the shared-side freeze did not end within {bound:g} s"
-                + (": " + "; ".join(f"pid {p} ({u} on {d}, {a} s)" for p, u, d, a in held) if held else ""),
+                f"transactions open since before the shared-side freeze did not end within {bound:g} s: "
+                + "; ".join(f"pid {p} ({open_[(p, x)][0]}, {open_[(p, x)][1]} s in it)" for p, x in held),
                 hint="end those transactions (pg_terminate_backend), then run the same rollback again",
             )
         time.sleep(0.005)
+    return Barrier(time.monotonic() - started, len(open_))
 
 
 def reverse_maps(
