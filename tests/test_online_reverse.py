@@ -18,7 +18,18 @@ from pathlib import Path
 import pytest
 from psycopg import sql
 
-from live import APP_ROLE, FLAG, ROOT, TABLES, LiveWorld, Writer, drop_databases, dsn_for, make_live_world
+from live import (
+    APP_ROLE,
+    FLAG,
+    ROOT,
+    TABLES,
+    LiveWorld,
+    Writer,
+    drop_databases,
+    dsn_for,
+    make_live_world,
+    table_digest,
+)
 from migrate import api
 from migrate.errors import ArgumentError
 
@@ -206,3 +217,46 @@ def test_rollback_across_the_cutover_is_refused_after_finalise_naming_when(live:
     with pytest.raises(ArgumentError) as info:
         api.rollback(live.playbook, "acme", "pre-cutover", environ=live.environ)
     assert "finalised at" in info.value.message and "no reverse sync" in info.value.message
+
+
+def test_discard_writes_since_cutover_puts_back_exactly_the_rows_written_since_then_the_next_run_validates(
+    live: LiveWorld,
+) -> None:
+    """--discard-writes-since-cutover with a reverse path: every shared row acme's application inserted,
+    changed or deleted since the cut-over is as the cut-over left it (our digests of the tenant's shared
+    rows, before and after), globex's rows are untouched; the next run catches up and validates again."""
+    first = api.run(live.playbook, environ=live.environ)
+    assert first.ok, [t.error for t in first.tenants]
+    at_cutover = {t: d[1] for t, d in live.digests("acme").items()}
+    with live.target() as conn:
+        globex_before = {t: table_digest(conn, "app", t, "globex") for t in TABLES}
+    grant_shared(live)
+    acme = shared_writer(live, "acme", seed=31).start()
+    acme.wait_for(80)
+    acme.stop()
+    assert {"family", "delete", "key", "update"} <= set(acme.kinds), acme.kinds
+    assert {t: d[1] for t, d in live.digests("acme").items()} != at_cutover
+    rolled = api.rollback(
+        live.playbook, "acme", "pre-cutover", discard_writes_since_cutover=True, environ=live.environ
+    )
+    step = next(s for s in rolled.steps if s.kind == "cutover")
+    gone = step.details["discarded"]
+    assert gone["changes"] > 80 and gone["deleted"] > 0 and gone["restored"] > 0, gone
+    assert "DISCARDED" in (step.summary or ""), step.summary
+    assert {t: d[1] for t, d in live.digests("acme").items()} == at_cutover
+    live.assert_equal("acme")
+    with live.target() as conn:
+        assert {t: table_digest(conn, "app", t, "globex") for t in TABLES} == globex_before
+    assert reverse_objects(live)[0] == ["tmr_live_globex"]
+    # The next run: the application's writes on its own database since, caught up, validated, flipped.
+    writer = Writer(live.source_dsn("acme", APP_ROLE), rate=100, seed=32).start()
+    writer.wait_for(30)
+    try:
+        again = api.run(live.playbook, environ=live.environ)
+    finally:
+        time.sleep(0.2)
+        writer.stop()
+    assert again.ok, [t.error for t in again.tenants]
+    cut = next(s for s in again.tenants[0].steps if s.kind == "cutover")
+    assert cut.details["match"] is True and cut.details["drained_changes"] >= 0
+    live.assert_equal("acme")

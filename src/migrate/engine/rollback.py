@@ -343,6 +343,7 @@ def rollback(
                 conns[regions.of(todo.tenant).name],
                 None,
                 stopping=stop.is_set,
+                discard_writes=discard_writes_since_cutover,
             )
             for todo in preview.tenants
         }

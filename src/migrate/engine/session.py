@@ -185,6 +185,7 @@ def step_context(
     rehearsal: bool = False,
     catalog: SourceSchema | None = None,
     shared_schemas: SharedSchemas | None = None,
+    discard_writes: bool = False,
 ) -> StepContext:
     """The one place a StepContext is made, for run and rollback alike — and so the one place the
     residency guard runs (engine/residency.py): on the connection that will write, before any step.
@@ -224,6 +225,7 @@ def step_context(
         connect_source=_bind(env.connect_source, tenant),
         source_catalog=catalog,
         shared_schemas=shared_schemas if shared_schemas is not None else SharedSchemas(),
+        discard_writes=discard_writes,
     )
 
 

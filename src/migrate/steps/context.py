@@ -120,6 +120,9 @@ class StepContext:
     connect_target: Callable[[], psycopg.Connection[Any]] | None = None
     connect_replication: Callable[[], psycopg.Connection[Any]] | None = None
     connect_source: Callable[[], psycopg.Connection[Any]] | None = None
+    discard_writes: bool = False
+    """A rollback given ``--discard-writes-since-cutover``: the cut-over's revert puts the shared rows
+    back as they were at the cut-over instead of applying the writes since to the old database."""
     carry: Details = field(default_factory=dict)
     """What one run of a step keeps across its attempts: the engine gives every attempt after a
     passing fault the same dict (the backfill keeps its rows before the first attempt there)."""

@@ -312,7 +312,8 @@ class CutoverStep:
         the source's write privileges."""
         found = None if ctx.rehearsal else reverse.path(ctx)
         if found is not None and found.status == "capturing":
-            done = reverse.roll_back(ctx, found, self.spec.flag, lambda: self.flag.revert(ctx, details))
+            back = reverse.discard if ctx.discard_writes else reverse.roll_back
+            done = back(ctx, found, self.spec.flag, lambda: self.flag.revert(ctx, details))
             store = online.store(ctx)
             if store.capture(ctx.target, ctx.tenant.id) is not None:
                 store.set_online(ctx.target, ctx.tenant.id, True)
@@ -337,10 +338,14 @@ class CutoverStep:
         if reverted:
             flag = self.flag.summary(details, reverted=True)
             back = details.get("reverse") or {}
+            gone = details.get("discarded") or {}
             applied = (
                 f"{back['changes_applied']} change(s) since the cut-over applied back under a "
                 f"{back['freeze_seconds']} s shared-side freeze"
                 if "changes_applied" in back
+                else f"{gone['changes']} change(s) since the cut-over DISCARDED: "
+                f"{sum(gone['rows_put_back'].values())} shared row(s) put back as at the cut-over"
+                if "changes" in gone
                 else None
             )
             return ", ".join(

@@ -40,6 +40,8 @@ from migrate.control.reverse import ReversePath, ReverseStore
 from migrate.errors import MigrateError, StepFailed
 from migrate.replication import reverse as rev
 from migrate.replication import slots
+from migrate.replication.apply import SETTINGS, Applier
+from migrate.replication.changes import GONE, Fold, Image, Key, State, TableEffect, TableMap
 from migrate.replication.pgoutput import lsn_text
 from migrate.replication.stream import PollResult, Stream
 from migrate.steps import online
@@ -282,5 +284,143 @@ def roll_back(ctx: StepContext, found: ReversePath, flag: str, flag_back: Callab
             "sequences": moved,
             "timings": timings,
             "shared_side": "frozen for the tenant until its next cut-over",
+        },
+    }
+
+
+# ----------------------------------------------------------------------------- discarding
+def _source_rows(
+    src: psycopg.Connection[Any], schema: str, m: TableMap, keys: list[Key] | None
+) -> dict[Key, tuple[str | None, ...]]:
+    """The tenant's own rows of ``m`` (all, or those with ``keys``) as text, keyed like the stream."""
+    cols = sql.SQL(", ").join(sql.SQL("t.{}::text").format(sql.Identifier(c)) for c in m.columns)
+    table = sql.Identifier(schema, m.target_table)
+    params: list[Any] = []
+    if keys is None:
+        query = sql.SQL("SELECT {} FROM {} AS t").format(cols, table)
+    else:
+        aliases = [f"k{i}" for i in range(len(m.key))]
+        query = sql.SQL("SELECT {} FROM {} AS t, unnest({}) AS u({}) WHERE {}").format(
+            cols,
+            table,
+            sql.SQL(", ").join(sql.SQL("%s::text[]") for _ in m.key),
+            sql.SQL(", ").join(sql.Identifier(a) for a in aliases),
+            sql.SQL(" AND ").join(
+                sql.SQL("t.{}::text = u.{}").format(sql.Identifier(k), sql.Identifier(a))
+                for k, a in zip(m.key, aliases, strict=True)
+            ),
+        )
+        params = [list(col) for col in zip(*keys, strict=True)] if keys else [[] for _ in m.key]
+    positions = [m.columns.index(k) for k in m.key]
+    out: dict[Key, tuple[str | None, ...]] = {}
+    with src.transaction():
+        for name_, value in slots.READ_SETTINGS.items():
+            src.execute("SELECT set_config(%s, %s, true)", (name_, value))
+        for row in src.execute(query, params):
+            values = tuple(row)
+            out[tuple(str(values[i]) for i in positions)] = values
+    return out
+
+
+def discard(ctx: StepContext, found: ReversePath, flag: str, flag_back: Callable[[], Details]) -> Details:
+    """``--discard-writes-since-cutover`` with a reverse path: the shared rows the application wrote,
+    changed or deleted since the cut-over are put back exactly as the cut-over left them (from the
+    tenant's own database, frozen since), under the shared-side freeze; then traffic goes back.
+
+    The reverse slot names every key written since the cut-over; nothing else is touched.
+    """
+    reverse = store(ctx)
+    tables = list(found.tables)
+    started = time.monotonic()
+    if slots.slot(ctx.target, found.slot) is None:
+        if not ctx.flags.is_enabled(flag, ctx.tenant.id):
+            drop(ctx)
+            return {"reverse": {"resumed": "only the clean-up was left"}}
+        raise StepFailed(
+            f"the reverse path of tenant '{ctx.tenant.id}' (slot {found.slot}) is gone: which shared rows "
+            "were written since the cut-over is not known any more",
+            hint="roll the tenant back to before its copy ('--to pre-copy') and run again",
+        )
+    with _writable_source(ctx) as src:
+        frozen_at = reverse.freeze_shared(ctx.target, ctx.tenant.id, "rollback (discard)")
+        try:
+            rev.barrier(ctx.target, bound=ctx.cutover.max_freeze)
+            fence = slots.fence(ctx.target, f"discard {ctx.tenant.id}")
+            maps = rev.reverse_maps(
+                ctx.target,
+                src,
+                target_schema=ctx.target_schema,
+                source_schema=ctx.source_schema,
+                tables=tables,
+                column=TENANT_COLUMN,
+                tenant=ctx.tenant.id,
+            )
+            fold = Fold({m.source_name: m for m in maps})
+            with ctx.target.transaction():
+                ctx.target.execute("SET TRANSACTION READ ONLY")
+                for peeked in slots.peek(
+                    ctx.target, found.slot, found.publication, upto_lsn=fence, max_changes=None
+                ):
+                    fold.add(peeked.data)
+            effects: list[TableEffect] = []
+            forward: list[TableMap] = []
+            touched: dict[str, int] = {}
+            for m, effect in ((m, fold.effects.get(m.source_name)) for m in maps):
+                if effect is None:
+                    continue
+                back = TableMap(
+                    source_schema=ctx.source_schema,
+                    source_table=m.source_table,
+                    target_schema=ctx.target_schema,
+                    target_table=m.source_table,
+                    columns=m.columns,
+                    key=m.key,
+                    fixed=((TENANT_COLUMN, ctx.tenant.id),),
+                    order=m.order,
+                )
+                keys = None if effect.truncated else list(effect.rows)
+                own = _source_rows(src, ctx.source_schema, m, keys)
+                rows: dict[Key, State] = {k: Image(v) for k, v in own.items()}
+                for k in effect.rows:
+                    rows.setdefault(k, GONE)
+                effects.append(TableEffect(back, effect.truncated, rows))
+                forward.append(back)
+                touched[m.source_table] = len(rows)
+            stats = None
+            if effects:
+                with ctx.target.transaction():
+                    for name_, value in SETTINGS.items():
+                        ctx.target.execute("SELECT set_config(%s, %s, true)", (name_, value))
+                    stats = Applier(ctx.target, forward).apply(sorted(effects, key=lambda e: e.table.order))
+            rows_now = _counts(ctx, src, tables)
+            differ = {t: c for t, c in rows_now.items() if c[0] != c[1]}
+            if differ:
+                raise StepFailed(
+                    "after putting back the rows written since the cut-over, row counts differ: "
+                    + ", ".join(f"{t} (own database {s}, shared {d})" for t, (s, d) in differ.items()),
+                    hint="nothing was handed back: the tenant stays on the shared schema; report this",
+                )
+        except BaseException:
+            with suppress(MigrateError, psycopg.Error):
+                reverse.thaw_shared(ctx.target, ctx.tenant.id)
+            raise
+    record = online.frozen(ctx)
+    thawed = online.thaw_source(ctx)
+    flipped = flag_back()
+    freeze_seconds = round(time.monotonic() - started, 3)
+    drop(ctx)
+    ctx.log.info("writes_discarded", changes=fold.changes, rows=touched, freeze_seconds=freeze_seconds)
+    return {
+        **flipped,
+        "thawed": thawed,
+        "grants": [dict(g) for g in record.grants] if record else [],
+        "discarded": {
+            "changes": fold.changes,
+            "rows_put_back": touched,
+            "deleted": stats.deleted if stats else 0,
+            "restored": stats.upserted if stats else 0,
+            "freeze_seconds": freeze_seconds,
+            "frozen_at": frozen_at.isoformat(),
+            "fence_lsn": lsn_text(fence),
         },
     }
