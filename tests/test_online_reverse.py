@@ -83,6 +83,10 @@ def test_rollback_after_cutover_applies_every_write_back_and_never_blocks_anothe
     assert cut.details["reverse_path"]["slot"].startswith("tmr_")
     slots, pubs = reverse_objects(live)
     assert sorted(slots) == sorted(pubs) == ["tmr_live_acme", "tmr_live_globex"]
+    cut_status = next(
+        t for t in api.status(live.playbook, environ=live.environ).tenants if t.tenant == "acme"
+    )
+    assert cut_status.reverse is not None and cut_status.reverse.wal_status == "reserved"
     grant_shared(live)
     acme = shared_writer(live, "acme", seed=11).start()
     globex = shared_writer(live, "globex", seed=12).start()
@@ -116,6 +120,22 @@ def test_rollback_after_cutover_applies_every_write_back_and_never_blocks_anothe
     status = api.status(live.playbook, environ=live.environ)
     acme_status = next(t for t in status.tenants if t.tenant == "acme")
     assert acme_status.flags == {FLAG: False} and acme_status.frozen is None
+    assert acme_status.reverse is None and acme_status.shared_frozen is not None
+    assert acme_status.rolled_back is not None
+    assert acme_status.rolled_back["changes_applied"] == back["changes_applied"]
+    shown = subprocess.run(
+        [sys.executable, "-m", "migrate", "status", str(live.playbook)],
+        cwd=ROOT,
+        env={**os.environ, **live.environ},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    print(shown)
+    assert (
+        f"acme: rolled back after the cut-over: {back['changes_applied']:,} change(s) applied back" in shown
+    )
+    assert "globex: rollback after the cut-over possible: reverse path tmr_live_globex" in shown
     assert sorted(reverse_objects(live)[0]) == ["tmr_live_globex"]
     # Every sequence of acme's own database stands past the values the shared side handed out.
     with live.source("acme") as conn:

@@ -21,6 +21,7 @@ from migrate.api.settings import (
 )
 from migrate.control.capture import Capture, CaptureStore, Freeze
 from migrate.control.residency import ResidencyStore
+from migrate.control.reverse import ReverseStore
 from migrate.control.rollbacks import Rollbacks, UnfinishedRollback
 from migrate.control.store import Approval, ControlStore, Holder, StepRecord
 from migrate.engine.rollback import rollback_command
@@ -119,6 +120,17 @@ class CaptureNow:
 
 
 @dataclass(frozen=True)
+class ReverseNow:
+    """A cut-over tenant's reverse path on the shared database: a rollback after the cut-over loses no
+    write while it exists (until finalise)."""
+
+    slot: str
+    since: datetime  # taken at the cut-over
+    retained_bytes: int | None  # WAL the shared database's server keeps for it (None: unknown)
+    wal_status: str | None  # reserved | extended | unreserved | lost (None: the slot is gone)
+
+
+@dataclass(frozen=True)
 class FrozenNow:
     """A tenant whose application roles have no write access on its source."""
 
@@ -162,6 +174,9 @@ class TenantStatus:
     frozen: FrozenNow | None = None
     freeze_seconds: float | None = None  # freeze to flip of its cut-over, when it is done
     rollback: UnfinishedRollback | None = None  # a rollback that started and has not finished
+    reverse: ReverseNow | None = None  # a rollback after the cut-over can still apply the writes back
+    shared_frozen: datetime | None = None  # since when its writes to the shared tables are refused
+    rolled_back: Mapping[str, Any] | None = None  # the last rollback across its cut-over: its figures
 
 
 @dataclass(frozen=True)
@@ -264,6 +279,7 @@ def status(
 
 
 _CONTROL_TABLES = (
+    "reverse_paths",
     "step_state",
     "checkpoints",
     "approvals",
@@ -315,6 +331,8 @@ class _TargetRead:
     unfinished: dict[str, UnfinishedRollback] = field(default_factory=dict)
     captures: dict[str, Capture] = field(default_factory=dict)
     freezes: dict[str, Freeze] = field(default_factory=dict)
+    reverse: dict[str, ReverseNow] = field(default_factory=dict)
+    shared_frozen: dict[str, datetime] = field(default_factory=dict)
 
 
 def _read_target(
@@ -353,6 +371,24 @@ def _read_target(
         freezes = replication.freezes(conn, mine) if "freezes" in found and mine else {}
         rollbacks = Rollbacks(target.control_schema, loaded.playbook.name)
         unfinished = rollbacks.unfinished(conn, mine) if "rollbacks" in found and mine else {}
+        paths = ReverseStore(target.control_schema, loaded.playbook.name)
+        reverse: dict[str, ReverseNow] = {}
+        shared_frozen: dict[str, datetime] = {}
+        if "reverse_paths" in found and mine:
+            for tenant, rp in paths.paths(conn, mine).items():
+                if rp.status != "capturing":
+                    continue
+                info = slot_info(conn, rp.slot)
+                reverse[tenant] = ReverseNow(
+                    rp.slot,
+                    rp.created_at,
+                    None if info is None else info.retained_bytes,
+                    None if info is None else info.wal_status,
+                )
+            for tenant in mine:
+                since = paths.shared_frozen(conn, tenant)
+                if since is not None:
+                    shared_frozen[tenant] = since
         here, recorded = ResidencyStore(target.control_schema).read(conn)
     status = TargetStatus(
         target.name,
@@ -363,7 +399,17 @@ def _read_target(
         "step_state" in found,
     )
     return _TargetRead(
-        status, records, holders, approvals, accepted, copied, unfinished, captures, freezes
+        status,
+        records,
+        holders,
+        approvals,
+        accepted,
+        copied,
+        unfinished,
+        captures,
+        freezes,
+        reverse,
+        shared_frozen,
     )
 
 
@@ -391,6 +437,8 @@ def read_status(
     copied: dict[str, int] = {}
     captures: dict[str, Capture] = {}
     freezes: dict[str, Freeze] = {}
+    reverse: dict[str, ReverseNow] = {}
+    shared_frozen: dict[str, datetime] = {}
     unfinished: dict[str, UnfinishedRollback] = {}
     targets: list[TargetStatus] = []
     for name, target in pb.targets_by_name().items():  # every target: each holds its tenants' state
@@ -403,6 +451,8 @@ def read_status(
         copied.update(read.copied)
         captures.update(read.captures)
         freezes.update(read.freezes)
+        reverse.update(read.reverse)
+        shared_frozen.update(read.shared_frozen)
         unfinished.update(read.unfinished)
         targets.append(read.status)
     by_tenant: dict[str, dict[str, StepRecord]] = {}
@@ -422,6 +472,8 @@ def read_status(
             captures.get(tp.tenant.id),
             freezes.get(tp.tenant.id),
             by_tenant.get(tp.tenant.id, {}),
+            reverse.get(tp.tenant.id),
+            shared_frozen.get(tp.tenant.id),
         )
         for tp in the_plan.tenants
     }
@@ -480,11 +532,26 @@ def read_status(
 
 
 def _with_replication(
-    status: TenantStatus, capture: Capture | None, freeze: Freeze | None, recs: Mapping[str, StepRecord]
+    status: TenantStatus,
+    capture: Capture | None,
+    freeze: Freeze | None,
+    recs: Mapping[str, StepRecord],
+    reverse: ReverseNow | None = None,
+    shared_frozen: datetime | None = None,
 ) -> TenantStatus:
     done = [r for r in recs.values() if r.status is StepStatus.DONE and "freeze_seconds" in r.details]
+    back = [
+        r
+        for r in recs.values()
+        if r.status is StepStatus.REVERTED and ("reverse" in r.details or "discarded" in r.details)
+    ]
     return replace(
         status,
+        reverse=reverse,
+        shared_frozen=shared_frozen,
+        rolled_back=None
+        if not back
+        else dict(back[0].details.get("reverse") or back[0].details.get("discarded") or {}),
         capture=None
         if capture is None or capture.status != "capturing"
         else CaptureNow(

@@ -266,6 +266,29 @@ def _replication_lines(t: api.TenantStatus) -> list[str]:
         )
     elif t.freeze_seconds is not None:
         lines.append(f"cut over after a {t.freeze_seconds:.3f} s freeze")
+    r = t.reverse
+    if r is not None:
+        held = "the slot is GONE" if r.wal_status is None else f"holds {_size(r.retained_bytes)} of WAL"
+        lost = r.wal_status in (None, "lost")
+        lines.append(
+            f"rollback after the cut-over {'NOT possible' if lost else 'possible'}: reverse path "
+            f"{r.slot} since {_when(r.since)} {held}"
+            + ("" if r.wal_status in (None, "reserved") else f" (wal_status {r.wal_status})")
+        )
+    b = t.rolled_back
+    if b:
+        if "changes_applied" in b:
+            lines.append(
+                f"rolled back after the cut-over: {b['changes_applied']:,} change(s) applied back "
+                f"under a {b.get('freeze_seconds')} s shared-side freeze"
+            )
+        elif "changes" in b:
+            lines.append(f"rolled back after the cut-over: {b['changes']:,} change(s) DISCARDED")
+    if t.shared_frozen is not None:
+        lines.append(
+            f"shared side FROZEN for the tenant since {_when(t.shared_frozen)}: its writes there are "
+            "refused until its next cut-over"
+        )
     return lines
 
 
@@ -378,6 +401,16 @@ def status_json(result: api.Status) -> dict[str, Any]:
                 if t.frozen is None
                 else {"since": _iso(t.frozen.since), "roles": list(t.frozen.roles), "step": t.frozen.step},
                 "freeze_seconds": t.freeze_seconds,
+                "reverse": None
+                if t.reverse is None
+                else {
+                    "slot": t.reverse.slot,
+                    "since": _iso(t.reverse.since),
+                    "retained_bytes": t.reverse.retained_bytes,
+                    "wal_status": t.reverse.wal_status,
+                },
+                "shared_frozen": _iso(t.shared_frozen),
+                "rolled_back": None if t.rolled_back is None else dict(t.rolled_back),
                 "rollback": None
                 if t.rollback is None
                 else {
