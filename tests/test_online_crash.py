@@ -202,7 +202,8 @@ def test_kill_9_inside_the_freeze_leaves_the_source_frozen_and_status_says_what_
     killed = kill_at(
         live,
         tmp_path,
-        lambda: step_status(live, "copy/backfill") == "done",
+        # After the catch-up, which also made the reverse path (its DDL locks the shared tables).
+        lambda: step_status(live, "copy/catchup") == "done",
         # The application never writes organizations: only the counts under the freeze read it.
         lambda c: c.execute("LOCK TABLE app.organizations IN ACCESS EXCLUSIVE MODE"),
     )

@@ -34,6 +34,7 @@ from migrate.replication.changes import TableMap
 
 GUARD = "tm_shared_guard"
 _GUARD_SQL = (files("migrate.replication") / "guard.sql").read_text()
+_COLUMNS = (files("migrate.replication") / "reverse_columns.sql").read_text()
 
 
 def ensure_publication(
@@ -48,6 +49,16 @@ def ensure_publication(
     )
     with conn.transaction():
         exists = conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (name,)).fetchone()
+        if exists:
+            have = conn.execute(
+                # The catalogs, not pg_publication_tables (which locks every table it lists).
+                "SELECT n.nspname, c.relname, r.prqual IS NOT NULL FROM pg_publication_rel r"
+                " JOIN pg_publication p ON p.oid = r.prpubid JOIN pg_class c ON c.oid = r.prrelid"
+                " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE p.pubname = %s",
+                (name,),
+            ).fetchall()
+            if sorted(have) == sorted((schema, t, True) for t in tables):
+                return  # as wanted: no ALTER, which would lock the tables
         verb = "ALTER PUBLICATION {} SET TABLE {}" if exists else "CREATE PUBLICATION {} FOR TABLE {}"
         conn.execute(sql.SQL(verb).format(sql.Identifier(name), listed))
 
@@ -170,15 +181,7 @@ def reverse_maps(
     tenant: str,
 ) -> list[TableMap]:
     """The shared tables as maps into the tenant's own tables: ``column`` checked and dropped."""
-    query = (
-        "SELECT c.relname, a.attname, a.atttypid::int, a.atttypmod,"
-        " coalesce(a.attnum = ANY(i.indkey), false) AS in_key"
-        " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-        " JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped"
-        "  AND a.attgenerated = ''"
-        " LEFT JOIN pg_index i ON i.indrelid = c.oid AND i.indisprimary"
-        " WHERE n.nspname = %s AND c.relname = ANY(%s) ORDER BY c.relname, a.attnum"
-    )
+    query = _COLUMNS
     shared: dict[str, list[tuple[str, int, int, bool]]] = {}
     for rel, att, oid, mod, key in target.execute(query, (target_schema, list(tables))):
         shared.setdefault(rel, []).append((att, oid, mod, bool(key)))

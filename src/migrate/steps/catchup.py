@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from migrate.playbook.model import Step
-from migrate.steps import online
+from migrate.steps import online, reverse
 from migrate.steps.context import Details, StepContext
 
 
@@ -32,7 +32,8 @@ class CatchupStep:
         capture = online.capture_of(ctx)
         stream = online.open_stream(ctx, capture)
         caught = online.catch_up(ctx, stream, capture, ready_seconds=ctx.cutover.max_freeze / 4)
-        return caught.details()
+        # The reverse path's DDL and slot now, outside any freeze (the cut-over only moves it on).
+        return {**caught.details(), "reverse_slot": reverse.prepare(ctx)}
 
     def verify(self, ctx: StepContext, details: Mapping[str, Any]) -> None:
         if not ctx.rehearsal:

@@ -1,10 +1,12 @@
 """The reverse path of a cut-over tenant: captured from the cut-over on, applied back by a rollback.
 
-``prepare`` (at the cut-over, before the forward freeze) records the intent, installs the
-shared-side guard, and makes the publication (row filter on the tenant) and the slot on the
-shared database; ``arm`` (under the freeze, after the tool's own writes) advances the slot
-to a fence, so it holds the application's writes only. ``roll_back`` is the rollback across
-the cut-over that loses no write:
+``prepare`` (at the catch-up, and again at the cut-over before the forward freeze: idempotent,
+and then it takes no table lock) records the intent, installs the shared-side guard, makes the
+publication (row filter on the tenant) and the slot on the shared database, and moves the slot to
+now — the DDL's locks and the slot's wait for open transactions fall outside the freeze;
+``arm`` (under the freeze, after the tool's own writes) advances the slot to a fence, so it
+holds the application's writes only. ``roll_back`` is the rollback across the cut-over that
+loses no write:
 
 1. **freeze the tenant on the shared side** (a row in ``shared_freezes``: the guard trigger
    refuses its writes with 25006; other tenants are untouched), then a barrier waits out the
@@ -42,7 +44,7 @@ from migrate.replication import reverse as rev
 from migrate.replication import slots
 from migrate.replication.apply import SETTINGS, Applier
 from migrate.replication.changes import GONE, Fold, Image, Key, State, TableEffect, TableMap
-from migrate.replication.pgoutput import lsn_text
+from migrate.replication.pgoutput import lsn_int, lsn_text
 from migrate.replication.stream import PollResult, Stream
 from migrate.steps import online
 from migrate.steps.context import Details, StepContext
@@ -74,6 +76,12 @@ def prepare(ctx: StepContext) -> str:
     rev.install_guard(ctx.target, ctx.control.schema, ctx.target_schema, tables, TENANT_COLUMN, wait=wait)
     rev.ensure_publication(ctx.target, slot, ctx.target_schema, tables, TENANT_COLUMN, ctx.tenant.id)
     rev.ensure_slot(ctx.target, slot, wait_seconds=wait)
+    # Not flipped yet, so none of the tenant's shared rows is the application's: move the slot to now,
+    # so that under the freeze ``arm`` decodes only what the freeze itself writes.
+    info = slots.slot(ctx.target, slot)
+    now = slots.flush_lsn(ctx.target)
+    if info is not None and info.confirmed_flush_lsn and lsn_int(info.confirmed_flush_lsn) < now:
+        slots.advance(ctx.target, slot, now)
     return slot
 
 
