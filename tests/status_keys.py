@@ -41,6 +41,9 @@ TENANT_KEYS = {
     "capture",
     "frozen",
     "freeze_seconds",
+    "reverse",
+    "shared_frozen",
+    "rolled_back",
     "rollback",
 }
 HOLDER_KEYS = {

@@ -18,7 +18,7 @@ def test_control_schema_upgrades_downgrades_and_upgrades_again(fresh_dsn: str) -
     schema.upgrade(fresh_dsn, "ctl")
     want = {"alembic_version", "runs", "step_state", "checkpoints", "ledger"}
     want |= {"approvals", "playbook_versions", "holders", "ledger_keys", "residency", "rollbacks"}
-    want |= {"captures", "freezes"}
+    want |= {"captures", "freezes", "reverse_paths", "shared_freezes"}
     assert tables(fresh_dsn) == want
     schema.upgrade(fresh_dsn, "ctl")
     schema.downgrade(fresh_dsn, "ctl", "base")

@@ -56,5 +56,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     s = _schema()
+    # The shared-side guard (made at a cut-over) reads shared_freezes: it goes with its triggers.
+    op.execute(f"DROP FUNCTION IF EXISTS {s}.tm_shared_guard() CASCADE")
     op.execute(f"DROP TABLE {s}.shared_freezes")
     op.execute(f"DROP TABLE {s}.reverse_paths")
