@@ -127,6 +127,9 @@ class CutoverStep:
                 )
 
         snapshots: psycopg.Connection[Any] | None = None
+        # After a rollback the tenant is frozen on the shared side: lifted under the source's freeze
+        # (the write-ready proof inserts as the application), put back if the cut-over gives up.
+        shared_frozen = reverse.store(ctx).shared_frozen(ctx.target, ctx.tenant.id) is not None
         frozen_at: str | None = None
         drained = online.Caught()
         terminated: list[str] = []
@@ -160,6 +163,8 @@ class CutoverStep:
                         f"checksums differ under the freeze in {mismatch_summary(figures['tables'])}; "
                         f"find the rows with 'migrate diff PLAYBOOK --tenant {ctx.tenant.id} --table …'"
                     )
+            if shared_frozen:
+                reverse.lift_shared_freeze(ctx)
             try:
                 ready = ensure_write_ready(ctx)
             except StepFailed as exc:
@@ -173,6 +178,8 @@ class CutoverStep:
             over("validation")
         except _Abort as exc:
             _close(ctx, snapshots)
+            if shared_frozen:
+                reverse.freeze_shared(ctx, "cutover given up")
             online.thaw_source(ctx)
             raise StepFailed(
                 f"cut-over of tenant '{ctx.tenant.id}' given up, nothing flipped: {exc}",
@@ -183,6 +190,8 @@ class CutoverStep:
         except BaseException as exc:
             _close(ctx, snapshots)
             with suppress(MigrateError, psycopg.Error):
+                if shared_frozen:
+                    reverse.freeze_shared(ctx, "cutover failed")
                 online.thaw_source(ctx)
             if isinstance(exc, MigrateError):
                 exc.details.update(_given_up(timings, started, drained, terminated))
@@ -191,7 +200,9 @@ class CutoverStep:
             flipped = self.flag.flip(ctx)
         except BaseException as exc:
             _close(ctx, snapshots)
-            raise self._flip_failed(ctx, exc, _given_up(timings, started, drained, terminated)) from exc
+            raise self._flip_failed(
+                ctx, exc, _given_up(timings, started, drained, terminated), shared_frozen=shared_frozen
+            ) from exc
         lap("flip")
         freeze_seconds = round(time.monotonic() - started, 3)
         reverse.lift_shared_freeze(ctx)  # a rollback's freeze, kept until the tenant is back here
@@ -227,7 +238,9 @@ class CutoverStep:
             "flipped": True,
         }
 
-    def _flip_failed(self, ctx: StepContext, exc: BaseException, details: dict[str, Any]) -> BaseException:
+    def _flip_failed(
+        self, ctx: StepContext, exc: BaseException, details: dict[str, Any], *, shared_frozen: bool = False
+    ) -> BaseException:
         """The flag provider failed at the flip: unfreeze only when the flag surely stayed off."""
         if not isinstance(exc, Exception):
             return exc  # Ctrl-C, exit: the source stays frozen, the next run finishes or rollback unfreezes
@@ -236,6 +249,8 @@ class CutoverStep:
         except Exception:  # the provider is down: we cannot know, so the source stays frozen
             on = None
         if on is False:
+            if shared_frozen:
+                reverse.freeze_shared(ctx, "cutover flip failed")
             online.thaw_source(ctx)
             return StepFailed(
                 f"the flip of flag '{self.spec.flag}' failed ({exc}); the flag is still off, so the source "

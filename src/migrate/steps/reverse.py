@@ -31,13 +31,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from importlib.resources import files
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
 from migrate.catalog import TENANT_COLUMN
+from migrate.checks.readiness import next_value, sequence_uses
 from migrate.control.reverse import ReversePath, ReverseStore
 from migrate.errors import MigrateError, StepFailed
 from migrate.replication import reverse as rev
@@ -50,7 +50,6 @@ from migrate.steps import online
 from migrate.steps.context import Details, StepContext
 
 PREFIX = "tmr_"
-_SEQUENCES_SQL = "sequences.sql"
 
 
 def store(ctx: StepContext) -> ReverseStore:
@@ -104,6 +103,12 @@ def drop(ctx: StepContext) -> bool:
     return dropped
 
 
+def freeze_shared(ctx: StepContext, step: str) -> None:
+    """The tenant's writes to the shared tables are refused again (a cut-over that gave up after
+    lifting a rollback's freeze: the old database is the tenant's again)."""
+    store(ctx).freeze_shared(ctx.target, ctx.tenant.id, step)
+
+
 def lift_shared_freeze(ctx: StepContext) -> bool:
     """The tenant may write the shared tables again (after the next flip, or before a new copy)."""
     lifted = store(ctx).thaw_shared(ctx.target, ctx.tenant.id)
@@ -155,26 +160,26 @@ def _counts(ctx: StepContext, src: psycopg.Connection[Any], tables: list[str]) -
 
 
 def source_sequences(ctx: StepContext, src: psycopg.Connection[Any], tables: list[str]) -> dict[str, int]:
-    """Each serial/identity sequence of the tenant's source past the largest value its table holds."""
-    query = (files("migrate.steps") / _SEQUENCES_SQL).read_text()
+    """Each sequence of the tenant's own tables past the largest value they now hold (the rows applied
+    back carry numbers the shared sequences handed out); only forward."""
     moved: dict[str, int] = {}
     with src.transaction():
-        for table, column, sequence in src.execute(query, (ctx.source_schema, tables)).fetchall():
+        for use in sequence_uses(src, ctx.source_schema, tables):
+            if not use.integer:
+                continue
             row = src.execute(
                 sql.SQL("SELECT max({})::bigint FROM {}").format(
-                    sql.Identifier(column), sql.Identifier(ctx.source_schema, table)
+                    sql.Identifier(use.column), sql.Identifier(ctx.source_schema, use.table)
                 )
             ).fetchone()
             highest = int(row[0]) if row and row[0] is not None else 0
-            if highest <= 0:
-                continue
-            done = src.execute(
-                "SELECT setval(s, %s) FROM (SELECT %s::regclass AS s) AS q"
-                " WHERE coalesce(pg_sequence_last_value(s), 0) < %s",
-                (highest, sequence, highest),
-            ).fetchone()
-            if done is not None:
-                moved[f"{table}.{column}"] = highest
+            following, increment = next_value(src, use.schema, use.sequence)
+            if highest > 0 and increment > 0 and following <= highest:
+                src.execute(
+                    "SELECT setval(%s::regclass, %s)",
+                    (sql.Identifier(use.schema, use.sequence).as_string(None), highest),
+                )
+                moved[f"{use.table}.{use.column}"] = highest
     return moved
 
 
