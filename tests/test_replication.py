@@ -355,3 +355,59 @@ def test_the_barrier_terminates_a_straggler_after_its_bound_and_names_it(pair: t
         assert len(waited.terminated) == 1 and "tm_app" in waited.terminated[0]
         assert src.execute("SELECT count(*) FROM docs").fetchone() == (0,)
         app.close()
+
+
+# ----------------------------------------------------------------------------- reverse direction
+REVERSE = TableMap(
+    "app",
+    "docs",
+    "public",
+    "docs",
+    ("id", "n", "body"),
+    ("id",),
+    stream_columns=("tenant_id", "id", "n", "body"),
+    dropped=(("tenant_id", "t1"),),
+)
+SHARED = Relation(
+    16390,
+    "app",
+    "docs",
+    "d",
+    (
+        Column("tenant_id", 25, -1, True),
+        Column("id", 23, -1, True),
+        Column("n", 23, -1, False),
+        Column("body", 25, -1, False),
+    ),
+)
+
+
+def reverse_fold(*changes: object) -> Fold:
+    folded = Fold({("app", "docs"): REVERSE})
+    for lsn, change in enumerate(changes, start=1):
+        folded.add_decoded(Begin(lsn * 100, NOW, lsn))
+        folded.add_decoded(SHARED)
+        folded.add_decoded(change)  # type: ignore[arg-type]
+        folded.add_decoded(Commit(lsn * 100, lsn * 100 + 50, NOW))
+    return folded
+
+
+def test_a_reverse_stream_drops_the_tenant_column_and_keys_rows_by_the_old_key() -> None:
+    """Shared rows come back as the tenant's own: tenant_id checked and gone, keyed by id alone."""
+    rows = (
+        reverse_fold(
+            Insert(16390, ("t1", "1", "1", "a")),
+            Update(16390, ("t1", "1", None, None), ("t1", "9", "2", UNCHANGED), old_is_key=True),
+            Insert(16390, ("t1", "2", "5", "b")),
+            Delete(16390, ("t1", "2", None, None)),
+        )
+        .effects[("app", "docs")]
+        .rows
+    )
+    assert rows == {("1",): GONE, ("9",): Image(("9", "2", "a")), ("2",): GONE}
+
+
+def test_a_reverse_stream_refuses_another_tenants_row() -> None:
+    """A row of another tenant (the row filter changed by hand) stops the fold: never applied."""
+    with pytest.raises(StepFailed, match="another tenant's row"):
+        reverse_fold(Insert(16390, ("t2", "1", "1", "a")))
