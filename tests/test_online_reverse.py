@@ -145,6 +145,11 @@ def test_rollback_after_cutover_applies_every_write_back_and_never_blocks_anothe
     )
     assert "globex: rollback after the cut-over possible: reverse path tmr_live_globex" in shown
     assert sorted(reverse_objects(live)[0]) == ["tmr_live_globex"]
+    ledger = api.ledger(live.playbook, tenant="acme", environ=live.environ)
+    assert ledger.failure is None
+    entry = [r.entry for r in ledger.entries if r.entry.action == "reverted"][-1]
+    assert entry.details["reverse"]["changes_applied"] == back["changes_applied"]
+    assert entry.details["reverse"]["freeze_seconds"] == back["freeze_seconds"]
     # Every sequence of acme's own database hands out a number past the values the shared side handed out.
     with live.source("acme") as conn:
         behind = []
