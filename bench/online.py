@@ -20,6 +20,11 @@ Each tenant is a source of the sample SaaS schema with about ``--rows`` rows.
    over tenants) from each cut-over's ledgered figures, and ``writes_lost``: rows of
    the frozen source missing or different in the target, counted by hashing every row
    on both sides (must be 0).
+4. **Rollback after the cut-over**, for each of those tenants: the application writes on the
+   shared schema (as its role, under RLS) for 2 s, then ``rollback --to pre-cutover`` while it
+   writes: ``rollback_freeze_seconds`` (the shared-side freeze), ``reverse_changes_per_s`` (the
+   reverse drain), ``rollback_flags_restored_seconds`` and the rows of the old database that
+   differ from the shared ones (counted into ``writes_lost``).
 
 Not run by pytest.
 """
@@ -70,7 +75,8 @@ phases:
       - kind: backfill
 {more}"""
 ONLINE_STEPS = (
-    "      - kind: catchup\n  - name: cutover\n    steps:\n      - {kind: cutover, flag: tenant-shared-db}\n"
+    "      - kind: catchup\n      - rollback_point: pre-cutover\n"
+    "  - name: cutover\n    steps:\n      - {kind: cutover, flag: tenant-shared-db}\n"
 )
 BACKLOG = """
 DO $$
@@ -189,8 +195,8 @@ def step_seconds(result: Any, kind: str) -> float:
 class Writer:
     """``rate`` transactions per second as the application role, on ``threads`` connections."""
 
-    def __init__(self, bench: Bench, tenant: str, rate: float) -> None:
-        self.bench, self.tenant, self.rate = bench, tenant, rate
+    def __init__(self, bench: Bench, tenant: str, rate: float, *, shared: bool = False) -> None:
+        self.bench, self.tenant, self.rate, self.shared = bench, tenant, rate, shared
         self.threads = max(2, math.ceil(rate / 120))  # one connection manages about 150 a second here
         self.committed = self.refused = 0
         self.first = self.last = 0.0  # when the first and the last write committed
@@ -211,10 +217,22 @@ class Writer:
         for worker in self._workers:
             worker.join(timeout=30)
 
+    def _connect(self) -> psycopg.Connection[Any]:
+        """The tenant's own database, or (after the flip) the shared schema as the application, under RLS."""
+        if not self.shared:
+            return self.bench.source(self.tenant, APP)
+        dsn = dsn_for(
+            self.bench.admin,
+            f"{self.bench.prefix}target",
+            user=APP,
+            options=f"-c search_path=app -c app.tenant_id={self.tenant}",
+        )
+        return psycopg.connect(dsn, autocommit=True)
+
     def _run(self, n: int) -> None:
         rnd = random.Random(n)
         per_thread = self.rate / self.threads
-        conn = self.bench.source(self.tenant, APP)
+        conn = self._connect()
         next_at = time.monotonic()
         while not self._stop.is_set():
             next_at += 1.0 / per_thread
@@ -248,11 +266,11 @@ class Writer:
                     self.committed += 1
                     self.last = time.monotonic()
                     self.first = self.first or self.last
-            except psycopg.errors.InsufficientPrivilege:
+            except (psycopg.errors.InsufficientPrivilege, psycopg.errors.ReadOnlySqlTransaction):
                 with self._mutex:
                     self.refused += 1
             except psycopg.OperationalError:
-                conn = self.bench.source(self.tenant, APP)
+                conn = self._connect()
             pause = next_at - time.monotonic()
             if pause > 0:
                 time.sleep(pause)
@@ -277,14 +295,16 @@ def rows_of(conn: psycopg.Connection[Any], schema: str, table: str, tenant: str 
     return {r[0] for r in conn.execute(query, (tenant,) if tenant else ())}
 
 
-def writes_lost(bench: Bench, tenant: str) -> int:
-    """Rows of the (frozen) source that the target lacks or holds differently."""
+def writes_lost(bench: Bench, tenant: str, *, both: bool = False) -> int:
+    """Rows of the (frozen) source that the target lacks or holds differently (``both``: and the
+    target's that the source lacks or holds differently: after a rollback)."""
     lost = 0
     with bench.source(tenant) as src, psycopg.connect(bench.environ["BENCH_TARGET_DSN"]) as dst:
         src.execute("SET TimeZone = 'UTC'")
         dst.execute("SET TimeZone = 'UTC'")
         for table in TABLES:
-            lost += len(rows_of(src, "public", table, None) - rows_of(dst, "app", table, tenant))
+            own, shared = rows_of(src, "public", table, None), rows_of(dst, "app", table, tenant)
+            lost += len(own ^ shared) if both else len(own - shared)
     return lost
 
 
@@ -375,7 +395,41 @@ def freezes(bench: Bench, tenants: int, rate: float) -> list[dict[str, Any]]:
         )
         print(f"  {name}: freeze {out[-1]['freeze_seconds']:.3f} s, {writer.committed} writes "
               f"({out[-1]['writes_per_s']}/s), lost {out[-1]['writes_lost']}", flush=True)  # fmt: skip
+        out[-1].update(rollback(bench, book, name, rate))
     return out
+
+
+def rollback(bench: Bench, book: Path, name: str, rate: float) -> dict[str, Any]:
+    """The application writes on the shared schema for 2 s, then rollback --to pre-cutover under it:
+    the reverse path's freeze, its changes per second, and rows of the old database that differ."""
+    with psycopg.connect(bench.environ["BENCH_TARGET_DSN"], autocommit=True) as conn:
+        conn.execute(
+            f"GRANT USAGE ON SCHEMA app TO {APP}; GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES"
+            f" IN SCHEMA app TO {APP}; GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA app TO {APP}"
+        )
+    with Writer(bench, name, rate, shared=True) as writer:
+        time.sleep(2.0)
+        started = time.monotonic()
+        result = api.rollback(book, name, "pre-cutover", environ=bench.environ, started=started)
+        time.sleep(0.3)  # writes now refused on the shared side
+    step = next(s for s in result.steps if s.kind == "cutover")
+    back = step.details["reverse"]
+    drain = back["timings"]["drain"]
+    figures = {
+        "rollback_freeze_seconds": back["freeze_seconds"],
+        "rollback_flags_restored_seconds": round(result.seconds_to_flags or 0.0, 3),
+        "reverse_changes": back["changes_applied"],
+        "reverse_changes_per_s": round(back["changes_applied"] / drain) if drain > 0 else None,
+        "shared_writes_committed": writer.committed,
+        "shared_writes_refused": writer.refused,
+        "rollback_writes_lost": writes_lost(bench, name, both=True),
+    }
+    print(f"  {name}: rollback freeze {figures['rollback_freeze_seconds']:.3f} s, "
+          f"{figures['reverse_changes']} changes back ({figures['reverse_changes_per_s']}/s), "
+          f"flags after {figures['rollback_flags_restored_seconds']} s, "
+          f"lost {figures['rollback_writes_lost']}",
+          flush=True)  # fmt: skip
+    return figures
 
 
 def main() -> int:
@@ -421,7 +475,13 @@ def main() -> int:
         "freeze_seconds": {"median": statistics.median(seconds), "max": max(seconds)},
         "catchup_changes_per_s": round(rate),
         "catchup_changes": changes,
-        "writes_lost": sum(t["writes_lost"] for t in tenants),
+        "writes_lost": sum(t["writes_lost"] + t["rollback_writes_lost"] for t in tenants),
+        "rollback_freeze_seconds": {
+            "median": statistics.median(t["rollback_freeze_seconds"] for t in tenants),
+            "max": max(t["rollback_freeze_seconds"] for t in tenants),
+        },
+        "rollback_flags_restored_seconds": max(t["rollback_flags_restored_seconds"] for t in tenants),
+        "reverse_changes_per_s": statistics.median(t["reverse_changes_per_s"] or 0 for t in tenants),
         "offline_backfill_seconds": round(offline, 3),
         "online_backfill_seconds": round(online, 3),
         "ratio_online_to_offline_backfill": round(offline / online, 3),
