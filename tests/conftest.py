@@ -55,7 +55,7 @@ from migrate.log import redact
 from world import World, make_world, tenants_of
 
 # The Unleash server fixtures (`unleash`, `unleash_server`): see tests/unleash_server.py.
-pytest_plugins = ["unleash_server", "live"]
+pytest_plugins = ["unleash_server", "live", "citus_server"]
 
 
 def _unavailable(reason: str) -> NoReturn:
