@@ -204,6 +204,7 @@ def step_context(
         source_schema=pb.source.schema_,
         target_schema=env.target.schema_,
         tenant_context=env.target.tenant_context,
+        distributed=env.target.distributed,
         tables=tuple(tables),
         control=env.control,
         flags=env.flags,

@@ -544,6 +544,8 @@ _LATER_FIELDS: tuple[tuple[tuple[str, ...], object], ...] = (
     (("target", "tenant_context"), "session"),
     (("target", "app_role"), None),
     (("targets", "*", "app_role"), None),
+    (("target", "distributed"), None),
+    (("targets", "*", "distributed"), None),
     (("ledger",), LedgerSettings().model_dump(mode="json", by_alias=True)),
     (("source", "app_roles"), []),
     (("source", "max_connections"), 8),

@@ -71,11 +71,26 @@ class Target(Model):
         "on global tables and USAGE on sequences; the cut-over flips only once it can insert with "
         "defaults in every tenant table (a rolled-back proof).",
     )
+    distributed: Literal["citus"] | None = Field(
+        default=None,
+        description="'citus': the target is a Citus coordinator. The schema step distributes every tenant "
+        "table on tenant_id (co-located, in foreign-key order) and makes global tables reference tables; "
+        "every runner goes through the coordinator (README: 'Citus').",
+    )
     region: Slug | None = Field(
         default=None,
         description="The region whose tenants this target holds (under 'targets:', the key says it); "
         "without it the one 'target:' holds every tenant.",
     )
+
+    @model_validator(mode="after")
+    def _citus_context(self) -> Target:
+        if self.distributed == "citus" and self.tenant_context == "transaction":
+            raise ValueError(
+                "tenant_context 'transaction' cannot work on Citus: a worker's transaction starts at its "
+                "own time, so the policies would match no row; write tenant_context: session (the default)"
+            )
+        return self
 
     @property
     def name(self) -> str:

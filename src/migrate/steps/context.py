@@ -108,6 +108,8 @@ class StepContext:
     stopping: Callable[[], bool] = never
     # How the shared schema's policies take the tenant (playbook target.tenant_context).
     tenant_context: Literal["session", "transaction"] = "session"
+    # 'citus': the target is a Citus coordinator (playbook target.distributed; catalog/citus.py).
+    distributed: Literal["citus"] | None = None
     playbook: str = ""
     cutover: Cutover = field(default_factory=Cutover)
     app_roles: tuple[str, ...] = ()
@@ -163,11 +165,18 @@ class StepKind(Protocol):
 
 
 @contextmanager
-def local_transaction(conn: psycopg.Connection[Any], settings: Mapping[str, str]) -> Iterator[None]:
+def local_transaction(
+    conn: psycopg.Connection[Any], settings: Mapping[str, str], *, propagate: bool = False
+) -> Iterator[None]:
     """A transaction with ``settings`` (SET LOCAL) that end with it, even when it is only a savepoint.
 
     Inside an outer transaction (a rehearsal's), ``transaction()`` is a savepoint and SET LOCAL
     would outlive it until the outer one ends: the settings are then put back explicitly.
+
+    ``propagate`` (a Citus coordinator): the settings must hold on the workers too — for
+    ``session_replication_role`` the shards' foreign-key triggers fire there. ``set_config()``
+    never reaches a worker; ``SET LOCAL`` does, with ``citus.propagate_set_commands = 'local'``
+    (shared/notes/citus.md), so that is what is sent.
     """
     nested = conn.info.transaction_status != pq.TransactionStatus.IDLE
     before: dict[str, str] = {}
@@ -176,12 +185,21 @@ def local_transaction(conn: psycopg.Connection[Any], settings: Mapping[str, str]
             for name in settings:
                 row = conn.execute("SELECT current_setting(%s)", (name,)).fetchone()
                 before[name] = str(row[0]) if row else ""
-        _set_local(conn, settings)  # one round trip, as many settings as given
+        _set_local(conn, settings, propagate=propagate)  # one round trip, as many settings as given
         yield
     if before:
-        _set_local(conn, before)
+        _set_local(conn, before, propagate=propagate)
 
 
-def _set_local(conn: psycopg.Connection[Any], settings: Mapping[str, str]) -> None:
+def _set_local(
+    conn: psycopg.Connection[Any], settings: Mapping[str, str], *, propagate: bool = False
+) -> None:
+    if propagate:
+        statements = [sql.SQL("SET LOCAL citus.propagate_set_commands = 'local'")] + [
+            sql.SQL("SET LOCAL {} = {}").format(sql.Identifier(name), sql.Literal(value))
+            for name, value in settings.items()
+        ]
+        conn.execute(sql.SQL("; ").join(statements))
+        return
     calls = sql.SQL(", ").join(sql.SQL("set_config(%s, %s, true)") for _ in settings)
     conn.execute(sql.SQL("SELECT {}").format(calls), [v for kv in settings.items() for v in kv])

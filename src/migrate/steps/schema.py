@@ -19,9 +19,9 @@ from typing import Any, ClassVar
 
 from psycopg import sql
 
-from migrate.catalog import ddl
+from migrate.catalog import citus, ddl
 from migrate.catalog.fit import check_fit, column_types
-from migrate.catalog.reflect import reflect_schema
+from migrate.catalog.reflect import SourceSchema, reflect_schema
 from migrate.checks import readiness
 from migrate.control import locks
 from migrate.errors import CheckFailed, StepFailed
@@ -37,7 +37,7 @@ _EXISTING = (
     " WHERE n.nspname = %s"
     " UNION ALL SELECT x.extname, 'X' FROM pg_extension x"
 )
-_TABLE_KINDS = ("table", "comment", "partition", "check", "foreign_key", "index", "trigger", "rls")
+_TABLE_KINDS = ("table", "comment", "partition", "check", "foreign_key", "index", "trigger", "rls", "distribute")
 
 
 def _missing(ctx: StepContext, shared: ddl.SharedSchema) -> tuple[list[ddl.Statement], list[str]]:
@@ -57,6 +57,9 @@ def _missing(ctx: StepContext, shared: ddl.SharedSchema) -> tuple[list[ddl.State
         or (statement.kind in _TABLE_KINDS and statement.object in missing)
         or (statement.kind in ("view", "sequence") and statement.object not in relations)
     ]
+    if statements:
+        # Session settings the statements need (Citus: sequential DDL in one transaction) go first.
+        statements = [s for s in shared.upgrade if s.kind == "setting"] + statements
     return statements, sorted(missing)
 
 
@@ -81,6 +84,27 @@ def _refuse_uncarried(ctx: StepContext, shared: ddl.SharedSchema) -> None:
     )
 
 
+def _citus(
+    ctx: StepContext, source: SourceSchema, options: ddl.Options, shared: ddl.SharedSchema
+) -> ddl.SharedSchema:
+    """The statements for a Citus coordinator, or StepFailed for what Citus would refuse."""
+    row = ctx.target.execute(citus.IS_CITUS).fetchone()
+    if not row or not row[0]:
+        raise StepFailed(
+            "the playbook says target.distributed: citus, but the target database has no citus extension",
+            hint="connect MIGRATE_TARGET_DSN to the Citus coordinator's database (CREATE EXTENSION citus "
+            "there and on every worker), or remove 'distributed: citus'",
+        )
+    refused = [n for n in citus.refusals(source, options) if n.severity == "error"]
+    if refused:
+        raise StepFailed(
+            "Citus would refuse the shared schema: "
+            + "; ".join(f"{n.subject}: {n.detail} (fix: {n.fix})" for n in refused),
+            hint="'migrate schema generate --citus' reports the same before anything is created",
+        )
+    return citus.distribute(shared, source, options)
+
+
 class SchemaStep:
     kind: ClassVar[str] = "schema"
 
@@ -98,6 +122,8 @@ class SchemaStep:
         )
         shared = ctx.shared_schemas.build(source, options)
         _refuse_uncarried(ctx, shared)
+        if ctx.distributed == "citus":
+            shared = _citus(ctx, source, options, shared)
         created: list[str] = []
         granted = False
         # Only a tenant that finds something missing takes the lock: once the shared tables
@@ -155,6 +181,17 @@ class SchemaStep:
             source_schema=ctx.source_schema,
             target_schema=ctx.target_schema,
         )
+        if ctx.distributed == "citus":
+            rows = ctx.target.execute(citus.tenant_tables_distributed(), (ctx.target_schema,)).fetchall()
+            problems = citus.distribution_problems(rows, [t.name for t in ctx.tables], ())
+            if problems:
+                raise CheckFailed(
+                    f"the shared tables are not distributed as Citus needs them: {'; '.join(problems)}",
+                    hint="tables created before 'distributed: citus' was set: SELECT "
+                    "create_distributed_table("
+                    "'schema.table', 'tenant_id', colocate_with => 'schema.first_table') on each, in "
+                    "foreign-key order (drop their foreign keys first, add them back after)",
+                )
 
     def revert(self, ctx: StepContext, details: Mapping[str, Any]) -> Details:
         # The shared tables hold every tenant's rows: one tenant's rollback never drops them.
