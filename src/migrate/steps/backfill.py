@@ -135,6 +135,11 @@ _TRIGGERED = (
 )
 
 
+def _citus(ctx: StepContext) -> bool:
+    """Settings of a chunk's transaction must reach the Citus workers (``local_transaction``)."""
+    return ctx.distributed == "citus"
+
+
 @dataclass
 class _Copied:
     rows: int = 0
@@ -347,7 +352,9 @@ class BackfillStep:
             chunk_started = time.monotonic()
             rows = nbytes = 0
             # The chunk's rows and its checkpoint: one transaction, so a kill keeps both or neither.
-            with local_transaction(ctx.target, _CHUNK_DEFERRED if plan.deferred else _CHUNK):
+            with local_transaction(
+                ctx.target, _CHUNK_DEFERRED if plan.deferred else _CHUNK, propagate=_citus(ctx)
+            ):
                 if upper is not None:
                     # In this snapshot no key is past the last one: the final chunk needs no upper
                     # bound, and a table in one chunk is read whole (a sequential scan).
@@ -757,7 +764,7 @@ def _delete_batch(
     # Asynchronous commit, as for the copy's chunks: a server crash can only bring the last
     # batches back, for the next rollback to delete; the engine's synchronous commit of the
     # step's 'reverted' state comes after every batch.
-    with local_transaction(ctx.target, _CHUNK_DEFERRED if unchecked else _CHUNK):
+    with local_transaction(ctx.target, _CHUNK_DEFERRED if unchecked else _CHUNK, propagate=_citus(ctx)):
         return int(ctx.target.execute(statement, params).rowcount)
 
 

@@ -183,14 +183,20 @@ def read_statement(
 
 
 def write_statement(ctx: StepContext, plan: TablePlan) -> sql.Composed:
-    """The target side; its WHERE makes the database drop any row that is not this tenant's."""
-    return sql.SQL("COPY {} ({}, {}) FROM STDIN (FORMAT binary) WHERE {} = {}").format(
+    """The target side; its WHERE makes the database drop any row that is not this tenant's.
+
+    Citus refuses ``COPY … FROM … WHERE`` ("Citus does not support COPY FROM with WHERE"):
+    there the tenant column is the step's own literal alone (``read_statement``), rows read
+    must still equal rows written, and validation counts the tenant's rows on its shard.
+    """
+    copy = sql.SQL("COPY {} ({}, {}) FROM STDIN (FORMAT binary)").format(
         sql.Identifier(ctx.target_schema, plan.name),
         sql.Identifier(TENANT_COLUMN),
         sql.SQL(", ").join(sql.Identifier(c) for c in plan.table.column_names),
-        sql.Identifier(TENANT_COLUMN),
-        sql.Literal(ctx.tenant.id),
     )
+    if ctx.distributed == "citus":
+        return copy
+    return sql.SQL("{} WHERE {} = {}").format(copy, sql.Identifier(TENANT_COLUMN), sql.Literal(ctx.tenant.id))
 
 
 def _pipe(ctx: StepContext, read: sql.Composed, write: sql.Composed) -> tuple[int, int, int]:
