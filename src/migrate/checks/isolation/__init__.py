@@ -46,7 +46,15 @@ visible after a ``SET LOCAL`` ended, when the setting reads ``''``);
 ``probe-empty-tenant-writable`` (a tenant-less write stored with ``''``);
 ``probe-empty-tenant-error`` (the policy raises on ``''``, e.g. ``''::uuid``);
 ``probe-session-context-accepted`` (transaction-bound schemas only: a session-level
-``SET`` left on a pooled connection is still accepted); ``no-probes`` / ``no-write-probes``.
+``SET`` left on a pooled connection is still accepted); ``probe-own-tenant-invisible``
+(with tenant A set, none of A's rows is visible: a policy that silently matches nothing
+proves nothing); ``no-probes`` / ``no-write-probes``.
+
+On Citus (the target database has the ``citus`` extension: ``citus.py``) every probe goes
+through the coordinator and sets the tenant as the application must there — ``SET LOCAL
+app.tenant_id`` with the application role's own ``citus.propagate_set_commands`` — and
+``citus-tenant-setting-not-propagated`` is a finding when that role setting is not
+``'local'``: the workers would never see the tenant.
 
 Informational findings (never a failure; each with its mitigation): ``sequence-shared``
 (gaps in a shared sequence show other tenants' insert rate), ``planner-estimates-reveal-tenants``
@@ -63,6 +71,7 @@ from typing import Any, Literal
 import psycopg
 
 from migrate.catalog.ddl import Options, TenantContext, tenant_predicate
+from migrate.checks.isolation.citus import citus_rules, is_citus, plain_predicate
 from migrate.checks.isolation.probes import Probes
 from migrate.checks.isolation.report import Collector, Finding, IsolationReport, dedupe
 from migrate.checks.isolation.rules import Relation, Rules
@@ -110,8 +119,11 @@ def check_isolation(
     tenant = rules.table_rules(rels)
     names = {r.name for r in tenant}
 
+    on_citus = is_citus(conn)
+
     def fixes(r: Relation) -> str:
-        return policy_predicate(tenant_column, r.tenant_type, tenant_context)
+        predicate = policy_predicate(tenant_column, r.tenant_type, tenant_context)
+        return plain_predicate(predicate) if on_citus else predicate
 
     first_type = next((r.tenant_type for r in tenant), None)
     rules.policy_rules(names, policy_predicate(tenant_column, first_type, tenant_context))
@@ -130,6 +142,7 @@ def check_isolation(
         )
     again = connect or (lambda: _same_as(conn))
     probes = Probes(conn, schema, app_role, tenant_column, tenant_context, again, out, fixes)
+    probes.citus = citus_rules(conn, app_role, out)
     if probe:
         readable = [r for r in tenant if r.select] if usage else []
         probes.probe_history(readable)

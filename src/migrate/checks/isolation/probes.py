@@ -22,6 +22,7 @@ import psycopg
 from psycopg import sql
 
 from migrate.catalog import TENANT_SETTING
+from migrate.catalog.citus import PROPAGATE
 from migrate.catalog.ddl import set_tenant_sql
 from migrate.checks.isolation.report import Collector
 from migrate.checks.isolation.rules import Relation
@@ -53,6 +54,9 @@ class Probes:
     connect: Connect
     out: Collector
     fixes: Callable[[Relation], str]  # the generator's policy predicate for a table, for fixes
+    # On Citus: the role's citus.propagate_set_commands (what its logins get), else None. The probes
+    # then set the tenant as the application must there (catalog/citus.py): SET LOCAL, propagated so.
+    citus: str | None = None
     probes: int = 0
     write_probes: int = 0
     probed: list[str] = field(default_factory=list)
@@ -69,9 +73,14 @@ class Probes:
     def as_app(conn: psycopg.Connection[Any], role: str) -> None:
         conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role)))
 
-    @staticmethod
-    def set_tenant(conn: psycopg.Connection[Any], tenant: str, *, local: bool = True) -> None:
-        conn.execute(set_tenant_sql(local=local), (tenant,))
+    def set_tenant(self, conn: psycopg.Connection[Any], tenant: str, *, local: bool = True) -> None:
+        if self.citus is None:
+            conn.execute(set_tenant_sql(local=local), (tenant,))
+            return
+        # As the role's own logins run: its propagation setting, then the tenant with SET (LOCAL).
+        conn.execute(sql.SQL("SET LOCAL {} = {}").format(sql.SQL(PROPAGATE), sql.Literal(self.citus)))
+        scope = sql.SQL("LOCAL ") if local else sql.SQL("")
+        conn.execute(sql.SQL("SET {}{} = {}").format(scope, sql.SQL(TENANT_SETTING), sql.Literal(tenant)))
 
     def fake_tenant(self, r: Relation) -> str:
         """A tenant id no row has, in the column's type."""
@@ -102,9 +111,15 @@ class Probes:
         except psycopg.Error as exc:
             return 0, exc
 
-    @staticmethod
-    def _rls_refused(exc: psycopg.Error | None) -> bool:
-        return isinstance(exc, psycopg.errors.InsufficientPrivilege)
+    def _rls_refused(self, exc: psycopg.Error | None) -> bool:
+        if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+            return True
+        # Citus refuses any change of the distribution column (the tenant) before a row is touched.
+        return (
+            self.citus is not None
+            and isinstance(exc, psycopg.errors.FeatureNotSupported)
+            and "modifying the partition value of rows is not allowed" in str(exc)
+        )
 
     @staticmethod
     def _first_line(exc: psycopg.Error) -> str:
@@ -168,6 +183,8 @@ class Probes:
         with self.conn.transaction(force_rollback=True):
             self.as_app(self.conn, self.role)
             self.set_tenant(self.conn, context)
+            if s.a is not None and context == s.a:
+                self._own_rows(r, context)
             leaked = self._read(r, sql.SQL("{}::text IS DISTINCT FROM %s").format(col), (context,))
             if leaked:
                 self.out.find(
@@ -181,22 +198,66 @@ class Probes:
                 return
             columns = self.columns(r.name)
             fix = f"a policy WITH CHECK and USING ({self.fixes(r)}), RLS forced"
-            insert = self._insert(r.name, columns)
-            self._judge(
-                r.name, "probe-insert-leak", f"inserting a row of tenant {b!r}", insert, (b_row,), fix
+            insert = (
+                self._insert(r.name, columns) if self.citus is None else self._insert_values(r.name, columns)
             )
+            row = (b_row,) if self.citus is None else (b_row,) * len(columns)
+            self._judge(r.name, "probe-insert-leak", f"inserting a row of tenant {b!r}", insert, row, fix)
             update = sql.SQL("UPDATE {} SET {} = {} WHERE {}::text = %s").format(t, col, col, col)
             self._judge(r.name, "probe-update-leak", f"updating rows of tenant {b!r}", update, (b,), fix)
             if s.b is not None:  # the context's own tenant has rows: try to hand one to B
                 move = sql.SQL(
                     "UPDATE {} SET {} = %s WHERE ctid = (SELECT ctid FROM {} WHERE {}::text = %s LIMIT 1)"
                 ).format(t, col, t, col)
+                if self.citus is not None:  # Citus plans no ctid sub-query on a distributed table
+                    move = sql.SQL("UPDATE {} SET {} = %s WHERE {}::text = %s").format(t, col, col)
                 what = f"moving a row of tenant {context!r} to {b!r}"
                 self._judge(r.name, "probe-update-moves-row", what, move, (b, context), fix)
             delete = sql.SQL(
                 "DELETE FROM {} WHERE ctid IN (SELECT ctid FROM {} WHERE {}::text = %s LIMIT 1)"
             ).format(t, t, col)
+            if self.citus is not None:  # every row of B, in a savepoint that is rolled back
+                delete = sql.SQL("DELETE FROM {} WHERE {}::text = %s").format(t, col)
             self._judge(r.name, "probe-delete-leak", f"deleting a row of tenant {b!r}", delete, (b,), fix)
+
+    def _insert_values(self, table: str, columns: list[str]) -> sql.Composed:
+        """INSERT … VALUES of a row given as jsonb: what Citus routes to one shard (an INSERT …
+        SELECT would go through its COPY path, which refuses any table with RLS). One parameter per
+        column: the row's jsonb each time."""
+        t = self.t(table)
+        values = sql.SQL(", ").join(
+            sql.SQL("(jsonb_populate_record(NULL::{}, %s::jsonb)).{}").format(t, sql.Identifier(c))
+            for c in columns
+        )
+        names = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+        return sql.SQL("INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE VALUES ({})").format(t, names, values)
+
+    def _own_rows(self, r: Relation, tenant: str) -> None:
+        """With tenant A set as the application sets it, A's own rows must be visible: a policy that
+        silently matches nothing (on Citus: a tenant setting that never reached the workers) is a
+        finding, never a pass — every leak probe would be blind too."""
+        seen = self._read(r, sql.SQL("{}::text = %s").format(sql.Identifier(self.column)), (tenant,))
+        if seen:
+            return
+        how = (
+            f"SET LOCAL {TENANT_SETTING} with the role's {PROPAGATE} = {self.citus!r}"
+            if self.citus is not None
+            else "the application's statement"
+        )
+        fix = f"a policy USING ({self.fixes(r)})"
+        if self.citus is not None and self.citus != "local":
+            fix = (
+                f"ALTER ROLE {self.role} SET {PROPAGATE} = 'local' (only then does SET LOCAL "
+                f"{TENANT_SETTING} reach the workers), and set the tenant with SET LOCAL in every transaction"
+            )
+        self.out.find(
+            r.name,
+            "probe-own-tenant-invisible",
+            f"with tenant {tenant!r} set ({how}), none of its own rows is visible to the application "
+            "role although the table holds some: the policy silently matches nothing, and every "
+            "leak probe of this table proves nothing",
+            fix,
+        )
 
     def _read(self, r: Relation, where: sql.Composable, params: Sequence[Any]) -> int:
         """One read probe in a savepoint: rows seen (0 when refused, with a note when it failed)."""
@@ -352,17 +413,21 @@ class Probes:
                 continue
             columns = self.columns(r.name)
             others = [c for c in columns if c != self.column]
-            attempts = [("with the tenant column left to its default", self._insert(r.name, others), row)]
+            insert = self._insert if self.citus is None else self._insert_values
+            attempts = [("with the tenant column left to its default", insert(r.name, others), row, others)]
             if r.tenant_type != "uuid":
                 blank = json.dumps({**json.loads(row), self.column: ""})
-                attempts.append((f"with {self.column} = ''", self._insert(r.name, columns), blank))
+                attempts.append((f"with {self.column} = ''", insert(r.name, columns), blank, columns))
             with conn.transaction(force_rollback=True):
                 self.as_app(conn, self.role)
                 stored = False
-                for what, statement, value in attempts:
-                    _rows, error = self._attempt(conn, statement, (value,))
+                for what, statement, value, names in attempts:
+                    params = (value,) if self.citus is None else (value,) * len(names)
+                    _rows, error = self._attempt(conn, statement, params)
                     if error is not None and error.sqlstate in _GUARDS:
                         continue
+                    if error is not None and self.citus is not None and error.sqlstate == "22004":
+                        continue  # Citus itself refuses a NULL distribution column (the tenant)
                     if isinstance(error, psycopg.errors.InvalidTextRepresentation):
                         self.out.find(
                             r.name,
