@@ -1,0 +1,277 @@
+"""The shared schema on a real Citus cluster (a coordinator and two workers, tests/citus_server.py).
+
+Sources are the suite's own PostgreSQL; the target is a new database on the cluster's
+coordinator: tables distributed on tenant_id, co-located, migrated, validated, probed
+and rolled back through the coordinator.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from databases import DatabaseFactory
+from kill import assert_no_gap_no_duplicate, checkpoints, start_run
+from migrate import api
+from world import CYCLE, ROOT, TABLES, World, custom_world, make_world, tenants_of
+
+CITUS_BOOK = ROOT / "playbooks" / "citus.yaml"
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def cworld(
+    request: pytest.FixtureRequest, database_factory: DatabaseFactory, tmp_path: Path, citus_database: str
+) -> World:
+    """The world of ``@pytest.mark.tenants``, its target a new database on the Citus coordinator."""
+    marker = request.node.get_closest_marker("tenants")
+    assert marker is not None, "needs @pytest.mark.tenants"
+    world = make_world(database_factory, tmp_path, tenants_of(*marker.args, **marker.kwargs))
+    world.target_dsn = citus_database
+    return world
+
+
+@pytest.fixture
+def app_role(citus: str) -> Iterator[str]:
+    """An application role of the test's own (roles are cluster-wide; Citus creates it on every node)."""
+    role = f"tm_app_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(citus, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+    yield role
+    with psycopg.connect(citus, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+
+def citus_tables(world: World) -> dict[str, tuple[str, str | None, int]]:
+    with world.target() as conn:
+        rows = conn.execute(
+            "SELECT table_name::text, citus_table_type, distribution_column, colocation_id FROM citus_tables"
+        ).fetchall()
+    return {r[0]: (r[1], None if r[2] == "<none>" else r[2], r[3]) for r in rows}
+
+
+def playbook(
+    tmp_path: Path, tenants: tuple[str, ...], tables: str = "auto", chunk_rows: int = 10_000
+) -> Path:
+    """A Citus playbook of the given tenants: schema, pre-copy, backfill, validate."""
+    path = tmp_path / "citus.yaml"
+    path.write_text(
+        "version: 1\nname: citus-test\n"
+        "target: {dsn_env: MIGRATE_TARGET_DSN, schema: app, distributed: citus}\n"
+        "source: {dsn_template_env: MIGRATE_SOURCE_DSN_TEMPLATE, schema: public}\n"
+        f"tenants: [{', '.join('{id: ' + t + '}' for t in tenants)}]\n"
+        f"tables: {tables}\n"
+        "phases:\n  - name: copy\n    steps:\n      - kind: schema\n      - rollback_point: pre-copy\n"
+        f"      - {{kind: backfill, chunk_rows: {chunk_rows}}}\n      - kind: validate\n"
+    )
+    return path
+
+
+@pytest.mark.tenants(acme=2, globex=1, initech=1)
+def test_the_demo_playbook_distributes_migrates_validates_and_rolls_back_on_citus(cworld: World) -> None:
+    """playbooks/citus.yaml end to end on three nodes: every tenant table distributed on tenant_id in one
+    colocation group, the control schema local to the coordinator, verify green, each point rolled back."""
+    result = api.run(CITUS_BOOK, environ=cworld.environ, actor="pytest")
+    assert result.ok, [t.error for t in result.tenants]
+    dist = citus_tables(cworld)
+    assert {f"app.{t}" for t in TABLES} == set(dist)  # nothing of migrate_control is distributed
+    assert {v[:2] for v in dist.values()} == {("distributed", "tenant_id")}
+    assert len({v[2] for v in dist.values()}) == 1  # co-located
+    for tenant in cworld.tenants:
+        assert cworld.target_counts(tenant) == cworld.source_counts(tenant)
+    assert api.verify(CITUS_BOOK, environ=cworld.environ).match
+    assert api.ledger(CITUS_BOOK, environ=cworld.environ).failure is None
+    # The schema step again (a second run, then a new tenant's) changes nothing: idempotent.
+    again = api.run(CITUS_BOOK, environ=cworld.environ, actor="pytest")
+    assert again.ok and citus_tables(cworld) == dist
+    # Rollback to each point, newest first; then the run puts everything back.
+    back = api.rollback(
+        CITUS_BOOK, ["acme"], "pre-cutover", discard_writes_since_cutover=True, environ=cworld.environ
+    )
+    assert [r.key for r in back.steps_of("acme")] == ["cutover/flag"] and not back.unfinished
+    assert cworld.target_counts("acme") == cworld.source_counts("acme")
+    back = api.rollback(CITUS_BOOK, ["acme"], "pre-copy", environ=cworld.environ)
+    assert [r.key for r in back.steps_of("acme")] == ["copy/validate", "copy/backfill"]
+    assert not back.unfinished
+    assert set(cworld.target_counts("acme").values()) == {0}
+    assert cworld.target_counts("globex") == cworld.source_counts("globex")  # the others stay
+    again = api.run(CITUS_BOOK, environ=cworld.environ, actor="pytest")
+    assert again.ok
+    assert api.verify(CITUS_BOOK, environ=cworld.environ).match
+    status = api.status(CITUS_BOOK, environ=cworld.environ)
+    assert [t.state for t in status.tenants] == ["done"] * 3
+
+
+@pytest.mark.tenants(acme=1, globex=1)
+def test_isolation_check_on_citus_fails_until_the_tenant_setting_reaches_the_workers(
+    app_role: str, cworld: World
+) -> None:
+    """With the role's citus.propagate_set_commands unset, SET LOCAL app.tenant_id never reaches a worker
+    and every policy silently shows nothing: findings, not a pass. With it 'local': real probes, green; a
+    permissive policy on one table is then caught."""
+    book = playbook(cworld.flag_file.parent, ("acme", "globex"))
+    assert api.run(book, environ=cworld.environ).ok
+    with cworld.target() as conn:
+        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA app TO {}").format(sql.Identifier(app_role)))
+        conn.execute(
+            sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA app TO {}").format(
+                sql.Identifier(app_role)
+            )
+        )
+    report = api.isolation_check(book, app_role=app_role, environ=cworld.environ)
+    rules = {f.rule for f in report.findings}
+    assert "citus-tenant-setting-not-propagated" in rules
+    blind = {f.table for f in report.findings if f.rule == "probe-own-tenant-invisible"}
+    assert blind == set(TABLES)
+
+    with cworld.target() as conn:
+        conn.execute(
+            sql.SQL("ALTER ROLE {} SET citus.propagate_set_commands = 'local'").format(
+                sql.Identifier(app_role)
+            )
+        )
+    report = api.isolation_check(book, app_role=app_role, environ=cworld.environ)
+    assert report.findings == (), report.findings
+    assert set(report.probed) == set(TABLES) and report.probes >= 6 * len(TABLES)
+
+    # A policy that lets every tenant read every row: the probes, through the coordinator, see it.
+    with cworld.target() as conn:
+        conn.execute("CREATE POLICY everyone ON app.tasks USING (true)")
+    report = api.isolation_check(book, app_role=app_role, environ=cworld.environ)
+    assert {(f.table, f.rule) for f in report.findings} >= {("tasks", "probe-read-leak")}
+
+
+@pytest.mark.tenants(acme=1, globex=1)
+def test_the_application_sees_its_tenant_on_citus_only_with_set_local_propagated(
+    app_role: str, cworld: World
+) -> None:
+    """What README tells the application: ALTER ROLE … SET citus.propagate_set_commands = 'local', then
+    SET LOCAL app.tenant_id in each transaction. set_config() and a session-level SET see nothing."""
+    book = playbook(cworld.flag_file.parent, ("acme", "globex"))
+    assert api.run(book, environ=cworld.environ).ok
+    acme_tasks = cworld.source_counts("acme")["tasks"]
+    with cworld.target() as conn:
+        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA app TO {}").format(sql.Identifier(app_role)))
+        conn.execute(sql.SQL("GRANT SELECT ON app.tasks TO {}").format(sql.Identifier(app_role)))
+        conn.execute(
+            sql.SQL("ALTER ROLE {} SET citus.propagate_set_commands = 'local'").format(
+                sql.Identifier(app_role)
+            )
+        )
+    app = psycopg.conninfo.make_conninfo(cworld.target_dsn, user=app_role)
+    with psycopg.connect(app, autocommit=True) as conn:
+        with conn.transaction():
+            conn.execute("SET LOCAL app.tenant_id = 'acme'")
+            seen = conn.execute("SELECT count(*) FROM app.tasks").fetchone()
+        assert seen == (acme_tasks,)
+        with conn.transaction():
+            conn.execute("SELECT set_config('app.tenant_id', 'acme', true)")
+            assert conn.execute("SELECT count(*) FROM app.tasks").fetchone() == (0,)
+        conn.execute("SET app.tenant_id = 'acme'")
+        assert conn.execute("SELECT count(*) FROM app.tasks").fetchone() == (0,)
+
+
+@pytest.mark.tenants(acme=1)
+def test_validation_and_diff_of_a_tenant_are_routed_to_one_shard(cworld: World) -> None:
+    """The per-tenant count and checksum run as a router query on Citus: one task on one worker."""
+    book = playbook(cworld.flag_file.parent, ("acme",))
+    assert api.run(book, environ=cworld.environ).ok
+    with cworld.target() as conn:
+        plan = "\n".join(
+            r[0]
+            for r in conn.execute(
+                "EXPLAIN SELECT count(*), sum(hash_record_extended(t.*, 0)::numeric) FROM app.tasks AS t"
+                " WHERE tenant_id = 'acme'"
+            )
+        )
+    assert "Task Count: 1" in plan, plan
+    assert api.diff(book, "acme", "tasks", environ=cworld.environ).equal
+    with cworld.target() as conn:  # one changed row on its shard: diff names its key
+        conn.execute("UPDATE app.tasks SET title = 'changed' WHERE tenant_id = 'acme' AND id = 7")
+    changed = api.diff(book, "acme", "tasks", environ=cworld.environ)
+    assert (changed.missing, changed.extra, changed.changed) == (0, 0, 1)
+    assert [row.key for row in changed.changed_rows] == [("7",)]
+
+
+def test_a_cycle_and_self_reference_load_and_roll_back_on_citus(
+    database_factory: DatabaseFactory, tmp_path: Path, citus_database: str
+) -> None:
+    """Tables that reference each other (and themselves) load with their foreign keys off on the workers
+    too — SET LOCAL session_replication_role, propagated — and are checked after; the revert deletes."""
+    world = custom_world(database_factory, tmp_path, CYCLE, ("acme", "globex"))
+    world.target_dsn = citus_database
+    book = playbook(tmp_path, ("acme", "globex"), chunk_rows=50)
+    result = api.run(book, environ=world.environ)
+    assert result.ok, [t.error for t in result.tenants]
+    with world.target() as conn, world.source("acme") as src:
+        for table in ("teams", "members"):
+            q = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))
+            held = conn.execute(
+                sql.SQL("SELECT count(*) FROM {} WHERE tenant_id = 'acme'").format(
+                    sql.Identifier("app", table)
+                )
+            ).fetchone()
+            assert held == src.execute(q).fetchone()
+    back = api.rollback(book, ["acme"], "pre-copy", environ=world.environ)
+    assert not back.unfinished
+    with world.target() as conn:
+        assert conn.execute("SELECT count(*) FROM app.members WHERE tenant_id = 'acme'").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM app.members WHERE tenant_id = 'globex'").fetchone() == (
+            400,
+        )
+
+
+@pytest.mark.tenants(acme=40)
+def test_kill_9_mid_backfill_on_citus_then_run_again_loses_and_doubles_nothing(cworld: World) -> None:
+    """A real runner killed with SIGKILL inside a table twice: only whole chunks stay on the shards; the
+    next run resumes from the checkpoints on the coordinator and validates."""
+    book = playbook(cworld.flag_file.parent, ("acme",), tables="[" + ", ".join(TABLES) + "]", chunk_rows=100)
+    total = cworld.source_counts("acme")
+    for table, past in (("tasks", total["tasks"] // 2), ("comments", total["comments"] // 2)):
+        proc = start_run(cworld, book, "acme").proc
+        deadline = time.monotonic() + 120
+        killed = False
+        while time.monotonic() < deadline and proc.poll() is None:
+            rows, done, _last = checkpoints(cworld, "acme").get(table, (0, False, None))
+            if rows >= past and not done:
+                os.kill(proc.pid, signal.SIGKILL)
+                killed = True
+                break
+            time.sleep(0.005)
+        proc.wait(timeout=30)
+        assert killed and proc.returncode == -signal.SIGKILL, f"the run ended before {table} reached {past}"
+        assert_no_gap_no_duplicate(cworld, "acme", TABLES)
+    result = api.run(book, environ=cworld.environ, tenants=["acme"])
+    assert result.ok, result.tenants[0].error
+    assert_no_gap_no_duplicate(cworld, "acme", TABLES)
+    assert cworld.target_counts("acme") == cworld.source_counts("acme")
+
+
+@pytest.mark.tenants(acme=1)
+def test_the_cli_runs_the_citus_playbook_and_isolation_check_through_the_coordinator(
+    cworld: World, app_role: str
+) -> None:
+    """`migrate run playbooks/citus.yaml --tenant acme`, `migrate verify` as a user runs them."""
+    env = {**os.environ, **cworld.environ}
+    done = subprocess.run(
+        [sys.executable, "-m", "migrate", "run", str(CITUS_BOOK), "--tenant", "acme"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "acme: done" in done.stdout
