@@ -83,6 +83,7 @@ def schema_generate(
     region: str | None = None,
     max_connections: int | None = None,
     leave_behind: Sequence[str] = (),
+    citus: bool = False,
     environ: Environ | None = None,
 ) -> GenerateResult:
     """The shared schema as an alembic revision in ``out``, and the consolidation report.
@@ -91,7 +92,9 @@ def schema_generate(
     ``sources`` (``[NAME=]DSN`` each); the first is the model of the schema, all of them are
     compared. With a target per region, the consolidation report runs per target: rows
     collide only with rows of the same shared database. At most ``max_connections`` sources
-    are open at once (the playbook's ``source.max_connections``, else 8).
+    are open at once (the playbook's ``source.max_connections``, else 8). ``citus`` (or the playbook's
+    ``target.distributed: citus``) writes the revision for a Citus coordinator and reports what
+    Citus refuses (catalog/citus.py).
     """
     environ = os.environ if environ is None else environ
     if (playbook is None) == (not sources):
@@ -118,6 +121,7 @@ def schema_generate(
         globals_ += list(pb.global_tables)
         tenant_context = tenant_context or chosen[0].tenant_context
         loaded_limit = pb.source.max_connections
+        citus = citus or chosen[0].distributed == "citus"
         uniques += [UniqueAcrossTenants(u.table, tuple(u.columns)) for u in pb.unique_across_tenants]
         acknowledged |= pb.schema_.objects()
         specs = pb.table_specs()
@@ -172,6 +176,7 @@ def schema_generate(
             unique_across=uniques,
             groups=groups,
             tables=tables,
+            citus=citus,
         )
     except psycopg.Error as exc:
         raise StepFailed(redact(str(exc).strip()), where="schema generate") from exc

@@ -696,6 +696,15 @@ def schema_generate(
             show_default=False,
         ),
     ] = None,
+    citus: Annotated[
+        bool,
+        typer.Option(
+            "--citus",
+            help="For a Citus coordinator: tables created and distributed on the tenant column in "
+            "foreign-key order, global tables as reference tables; what Citus refuses is reported "
+            "(default: the playbook's target.distributed).",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Write the shared schema as an alembic revision; report what sharing changes (exit 1: collisions,
@@ -715,6 +724,7 @@ def schema_generate(
         region=region,
         max_connections=max_connections,
         leave_behind=leave_behind or (),
+        citus=citus,
     )
     if as_json:
         out.print_json(data=render.schema_generate_json(result))

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from migrate.catalog.citus import distribute
 from migrate.catalog.ddl import Note, Options, SharedSchema, build
 from migrate.catalog.reflect import SourceSchema, reflect_schema
 from migrate.log import get_logger
@@ -46,6 +47,7 @@ def generate(
     unique_across: Sequence[UniqueAcrossTenants] = (),
     groups: Mapping[str, Sequence[str]] | None = None,
     tables: Sequence[str] | None = None,
+    citus: bool = False,
 ) -> GenerateResult:
     """Reflect every source, write the revision built from the first, and report on all of them —
     per group of sources (``groups``: a target's name → its sources' labels) when given: sources
@@ -71,6 +73,8 @@ def generate(
         ]
         model = model.restricted([*tables, *options.global_tables], globals_=options.global_tables)
     shared = build(model, options)
+    if citus:  # created and distributed in foreign-key order; what Citus refuses joins the notes
+        shared = distribute(shared, model, options)
     notes = [*missing, *shared.notes]
     if groups is None:
         notes += consolidate(sources, schemas, options, unique_across)
