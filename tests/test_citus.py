@@ -23,6 +23,7 @@ from psycopg import sql
 from databases import DatabaseFactory
 from kill import assert_no_gap_no_duplicate, checkpoints, start_run
 from migrate import api
+from migrate.errors import SettingsError
 from world import CYCLE, ROOT, TABLES, World, custom_world, make_world, tenants_of
 
 CITUS_BOOK = ROOT / "playbooks" / "citus.yaml"
@@ -260,7 +261,7 @@ def test_kill_9_mid_backfill_on_citus_then_run_again_loses_and_doubles_nothing(c
 
 @pytest.mark.tenants(acme=1)
 def test_the_cli_runs_the_citus_playbook_and_isolation_check_through_the_coordinator(
-    cworld: World, app_role: str
+    app_role: str, cworld: World
 ) -> None:
     """`migrate run playbooks/citus.yaml --tenant acme`, `migrate verify` as a user runs them."""
     env = {**os.environ, **cworld.environ}
@@ -275,3 +276,129 @@ def test_the_cli_runs_the_citus_playbook_and_isolation_check_through_the_coordin
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "acme: done" in done.stdout
+
+
+GLOBAL_SCHEMA = """
+CREATE TABLE countries (code text PRIMARY KEY, name text NOT NULL);
+CREATE TABLE currencies (code text PRIMARY KEY, country text REFERENCES countries (code));
+CREATE TABLE accounts (id bigint PRIMARY KEY, country text REFERENCES countries (code), name text NOT NULL);
+CREATE TABLE invoices (
+    id bigint PRIMARY KEY, account_id bigint NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
+    currency text REFERENCES currencies (code), total numeric(12, 2)
+);
+INSERT INTO countries VALUES ('DE', 'Germany'), ('FR', 'France');
+INSERT INTO currencies VALUES ('EUR', 'DE');
+INSERT INTO accounts SELECT a, 'DE', 'account ' || a FROM generate_series(1, 5) AS a;
+INSERT INTO invoices SELECT i, 1 + i % 5, 'EUR', i * 1.5 FROM generate_series(1, 50) AS i;
+"""
+
+
+def _alembic(out: Path, dsn: str, action: str, revision: str) -> None:
+    import sqlalchemy as sa
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy.pool import NullPool
+
+    from migrate.control.schema import sqlalchemy_url
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(out))
+    cfg.set_main_option("version_table_schema", "app")
+    engine = sa.create_engine(sqlalchemy_url(dsn), poolclass=NullPool)
+    try:
+        with engine.begin() as connection:
+            cfg.attributes["connection"] = connection
+            getattr(command, action)(cfg, revision)
+    finally:
+        engine.dispose()
+
+
+def test_schema_generate_citus_writes_a_revision_that_distributes_and_makes_reference_tables(
+    app_role: str, database_factory: DatabaseFactory, tmp_path: Path, citus_database: str
+) -> None:
+    """`schema generate --citus`: alembic applies it on the coordinator — global tables as reference
+    tables, tenant tables distributed and co-located, the role's tenant setting propagated — reverts and
+    applies again."""
+    world = custom_world(database_factory, tmp_path, GLOBAL_SCHEMA, ("acme",))
+    out = tmp_path / "shared"
+    result = api.schema_generate(
+        sources=[f"acme={world.source_dsn('acme')}"],
+        out=out,
+        app_role=app_role,
+        global_tables=["countries", "currencies"],
+        citus=True,
+    )
+    assert result.ok, result.errors
+    text = result.revision.path.read_text()
+    assert "create_reference_table" in text and "create_distributed_table" in text
+    _alembic(out, citus_database, "upgrade", "head")
+    world.target_dsn = citus_database
+    dist = citus_tables(world)
+    assert dist["app.countries"][0] == dist["app.currencies"][0] == "reference"
+    assert dist["app.accounts"][:2] == dist["app.invoices"][:2] == ("distributed", "tenant_id")
+    assert dist["app.accounts"][2] == dist["app.invoices"][2]
+    assert "app.alembic_version" not in dist  # alembic's own table stays on the coordinator
+    with world.target() as conn:
+        setting = conn.execute(
+            "SELECT setconfig FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole"
+            " WHERE rolname = %s",
+            (app_role,),
+        ).fetchone()
+    assert setting == (["citus.propagate_set_commands=local"],)
+    _alembic(out, citus_database, "downgrade", "base")
+    assert citus_tables(world) == {}
+    _alembic(out, citus_database, "upgrade", "head")
+    assert {t: v[:2] for t, v in citus_tables(world).items()} == {t: v[:2] for t, v in dist.items()}
+
+
+REFUSED_SCHEMA = """
+CREATE TABLE accounts (id bigint PRIMARY KEY, name text NOT NULL);
+CREATE TABLE people (
+    id bigint PRIMARY KEY, account_id bigint REFERENCES accounts (id) ON DELETE SET NULL, name text
+);
+INSERT INTO accounts VALUES (1, 'one');
+INSERT INTO people VALUES (1, 1, 'someone');
+"""
+
+
+def test_what_citus_refuses_is_reported_before_anything_is_created_or_copied(
+    database_factory: DatabaseFactory, tmp_path: Path, citus_database: str
+) -> None:
+    """ON DELETE SET NULL on a key with tenant_id: the report names it (exit 1) and the schema step fails
+    before a table exists on the coordinator."""
+    world = custom_world(database_factory, tmp_path, REFUSED_SCHEMA, ("acme",))
+    result = api.schema_generate(sources=[f"acme={world.source_dsn('acme')}"], out=tmp_path / "s", citus=True)
+    assert [(n.rule, n.subject) for n in result.errors] == [
+        ("citus-refuses-foreign-key", "people.people_account_id_fkey")
+    ]
+    world.target_dsn = citus_database
+    run = api.run(playbook(tmp_path, ("acme",)), environ=world.environ)
+    assert not run.ok and "Citus would refuse" in str(run.tenants[0].error)
+    with world.target() as conn:
+        assert conn.execute(
+            "SELECT count(*) FROM pg_class WHERE relname IN ('accounts', 'people')"
+        ).fetchone() == (0,)
+
+
+@pytest.mark.tenants(acme=1)
+def test_an_online_playbook_is_refused_up_front_on_citus_with_the_reason(
+    cworld: World, tmp_path: Path
+) -> None:
+    """The online cut-over's up-front checks refuse a Citus target (exit 2) before a slot, a publication or
+    the control schema exists, saying why and what to write instead."""
+    book = tmp_path / "online.yaml"
+    book.write_text(
+        (ROOT / "playbooks" / "online.yaml")
+        .read_text()
+        .replace("  schema: app\n", "  schema: app\n  distributed: citus\n")
+        .replace("../flags/", f"{ROOT}/flags/")
+    )
+    with pytest.raises(SettingsError) as refused:
+        api.run(book, environ=cworld.environ, tenants=["acme"])
+    assert "not supported on Citus" in str(refused.value) and "cutover.mode: offline" in str(refused.value)
+    with cworld.target() as conn:
+        assert conn.execute("SELECT to_regnamespace('migrate_control')").fetchone() == (None,)
+    with cworld.source("acme") as conn:
+        assert conn.execute(
+            "SELECT count(*) FROM pg_replication_slots WHERE database = current_database()"
+        ).fetchone() == (0,)
