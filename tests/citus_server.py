@@ -48,9 +48,9 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
-from psycopg import sql
+
+from migrate.adapters import citus as citus_db
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tests" / "citus" / "cluster.sh"
@@ -172,47 +172,9 @@ def stop(state: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- databases
-def nodes(admin_dsn: str) -> list[tuple[str, int]]:
-    """The workers the coordinator knows (host, port)."""
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        rows = conn.execute(
-            "SELECT nodename, nodeport FROM pg_dist_node WHERE groupid <> 0 AND noderole = 'primary'"
-            " ORDER BY nodeid"
-        ).fetchall()
-    return [(str(h), int(p)) for h, p in rows]
-
-
-def create_database(admin_dsn: str, name: str) -> str:
-    """A new database with Citus on the coordinator and every worker, the workers added."""
-    coordinator = psycopg.conninfo.conninfo_to_dict(admin_dsn)
-    workers = nodes(admin_dsn)
-    everywhere = [admin_dsn] + [
-        psycopg.conninfo.make_conninfo(admin_dsn, host=h, port=str(p)) for h, p in workers
-    ]
-    for node in everywhere:
-        with psycopg.connect(node, autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        with psycopg.connect(psycopg.conninfo.make_conninfo(node, dbname=name), autocommit=True) as conn:
-            conn.execute("SET client_min_messages = warning")
-            conn.execute("CREATE EXTENSION IF NOT EXISTS citus")
-    target = psycopg.conninfo.make_conninfo(admin_dsn, dbname=name)
-    with psycopg.connect(target, autocommit=True) as conn:
-        conn.execute(
-            "SELECT citus_set_coordinator_host(%s, %s)",
-            (str(coordinator.get("host", "127.0.0.1")), int(coordinator.get("port", 5432))),
-        )
-        for host, port in workers:
-            conn.execute("SELECT citus_add_node(%s, %s)", (host, port))
-    return target
-
-
-def drop_database(admin_dsn: str, name: str) -> None:
-    everywhere = [admin_dsn] + [
-        psycopg.conninfo.make_conninfo(admin_dsn, host=h, port=str(p)) for h, p in nodes(admin_dsn)
-    ]
-    for node in reversed(everywhere):
-        with psycopg.connect(node, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+# A new database on every node: the product's own helper (the demo uses it too).
+create_database = citus_db.create_database
+drop_database = citus_db.drop_database
 
 
 # ----------------------------------------------------------------------------- pytest plugin

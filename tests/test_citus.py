@@ -259,23 +259,37 @@ def test_kill_9_mid_backfill_on_citus_then_run_again_loses_and_doubles_nothing(c
     assert cworld.target_counts("acme") == cworld.source_counts("acme")
 
 
-@pytest.mark.tenants(acme=1)
-def test_the_cli_runs_the_citus_playbook_and_isolation_check_through_the_coordinator(
-    app_role: str, cworld: World
+def test_migrate_demo_citus_moves_the_three_tenants_into_the_cluster_and_removes_what_it_made(
+    citus: str,
 ) -> None:
-    """`migrate run playbooks/citus.yaml --tenant acme`, `migrate verify` as a user runs them."""
-    env = {**os.environ, **cworld.environ}
+    """`migrate demo --citus DSN` as a user runs it: tables in citus_tables, verify green, rollback to each
+    point and a run again green, isolation-check green with real probes; its database and role are gone."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MIGRATE_")}
     done = subprocess.run(
-        [sys.executable, "-m", "migrate", "run", str(CITUS_BOOK), "--tenant", "acme"],
+        [sys.executable, "-m", "migrate", "demo", "--citus", citus],
         capture_output=True,
         text=True,
         cwd=ROOT,
         env=env,
-        timeout=120,
+        timeout=300,
         check=False,
     )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "acme: done" in done.stdout
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    out = done.stdout
+    for table in TABLES:
+        assert f"app.{table} " in out and "distributed  tenant_id" in out
+    assert "control schema migrate_control: local to the coordinator" in out
+    assert "verify: 3 tenant(s), 18 table(s): counts and checksums match" in out
+    assert "acme rolled back to 'pre-cutover'" in out and "acme rolled back to 'pre-copy'" in out
+    assert "verify after the rollbacks and the run: counts and checksums match" in out
+    assert "isolation holds for schema 'app'" in out and ": no findings" in out
+    assert "every check green on Citus" in out
+    with psycopg.connect(citus, autocommit=True) as conn:
+        left = conn.execute(
+            "SELECT (SELECT count(*) FROM pg_database WHERE datname LIKE 'tm\\_demo\\_citus\\_%'),"
+            " (SELECT count(*) FROM pg_roles WHERE rolname LIKE 'tm\\_demo\\_app\\_%')"
+        ).fetchone()
+    assert left == (0, 0)
 
 
 GLOBAL_SCHEMA = """

@@ -107,12 +107,32 @@ def demo(
         Path | None,
         typer.Option(help="Stop a demo kept with --keep and remove its folder.", show_default=False),
     ] = None,
+    citus: Annotated[
+        str | None,
+        typer.Option(
+            "--citus",
+            help="A superuser DSN of a Citus coordinator: move the three tenants into a new database "
+            "there (distributed on tenant_id), roll back, probe isolation, then remove it all "
+            "(a cluster: python tests/citus_server.py start --state DIR).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Move three sample tenants end to end on an embedded PostgreSQL (no settings needed)."""
     from migrate.api.demo import run_demo, stop_demo  # the embedded server is only for the demo
 
     if keep and stop:
         raise ArgumentError("--keep and --stop exclude each other", where="--stop")
+    if citus is not None:
+        if keep or stop:
+            raise ArgumentError("--citus removes what it made: no --keep or --stop", where="--citus")
+        from migrate.api.demo_citus import run_citus_demo
+
+        shown = run_citus_demo(citus, on_stage=lambda msg: err.print(f"[dim]· {msg}[/dim]"))
+        render.citus_demo(out, shown)
+        if not shown.ok:
+            raise typer.Exit(1)
+        return
     if stop is not None:
         found = stop_demo(stop.resolve())
         out.print(f"demo in {stop} stopped and removed" if found else f"nothing at {stop}")

@@ -1047,3 +1047,47 @@ def residency_report_json(report: api.ResidencyReport) -> dict[str, Any]:
         ],
         "findings": list(report.findings),
     }
+
+
+def citus_demo(console: Console, result: Any) -> None:
+    """``migrate demo --citus``: what landed on the cluster and each proof, in the order they ran."""
+    run(console, result.run, result.playbook)
+    table = Grid(
+        ("citus table", "type", "distribution column", "colocation", "shards"),
+        right=frozenset({"colocation", "shards"}),
+        title=f"citus_tables (coordinator and {result.workers} workers)",
+    )
+    for name, kind, column, colocation, shards in result.tables:
+        table.add_row(name, kind, column, str(colocation), str(shards))
+    table.print(console)
+    console.print(
+        "control schema migrate_control: "
+        + ("local to the coordinator (not distributed)" if result.control_local else "DISTRIBUTED (wrong)"),
+        markup=False,
+    )
+    tables = sum(len(t.tables) for t in result.verify.tenants)
+    console.print(
+        f"verify: {len(result.verify.tenants)} tenant(s), {tables} table(s): counts and checksums "
+        + ("match" if result.verify.match else "DO NOT match"),
+        markup=False,
+    )
+    for back in result.rollbacks:
+        rollback(console, back)
+    run(console, result.rerun, result.playbook)
+    console.print(
+        "verify after the rollbacks and the run: counts and checksums "
+        + ("match" if result.verify_after.match else "DO NOT match"),
+        markup=False,
+    )
+    isolation(console, result.isolation)
+    entries = result.ledger.entries
+    console.print(
+        f"ledger: {len(entries)} entries, "
+        + ("hash chain verified" if result.ledger.why is None else f"BROKEN: {result.ledger.why}"),
+        markup=False,
+    )
+    console.print(
+        f"\n{'every check green' if result.ok else 'NOT all green'} on Citus ({result.seconds:.1f} s); "
+        "the demo's database, role and embedded server are removed",
+        markup=False,
+    )
