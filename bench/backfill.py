@@ -25,6 +25,13 @@ and optionally (``--methods``) the two RLS write paths of the design question:
   staging   the bare pipe as a role subject to RLS: COPY into a temporary staging table,
             then ``INSERT … SELECT`` under ``set_config('app.tenant_id', …, true)``
 
+With ``--target citus`` the shared target is a new database on every node of the Citus
+cluster ``--citus-dsn`` reaches (default $MIGRATE_TEST_CITUS_DSN; ``python tests/citus_server.py
+start --state DIR`` prints one), made afresh for every measurement with the schema step of a
+``distributed: citus`` playbook (tables distributed on tenant_id), the sources staying on
+``--dsn``; ``limit`` is then the same COPY pipe into the cluster through the coordinator, and
+the method ``plain`` is the product's backfill into a plain PostgreSQL target on ``--dsn``.
+
 Each measurement runs in its own process (``--worker``), which reports its time and
 its peak RSS; the target is CHECKPOINTed before each one. ``--jobs`` tenants run at
 once in every method. The sources are kept between runs (``--drop-sources`` removes
@@ -136,7 +143,9 @@ def source_figures(admin_dsn: str, prefix: str) -> tuple[dict[str, int], int]:
     return counts, int(size[0]) if size else 0
 
 
-def write_playbook(folder: Path, tenants: list[str], name: str, steps: list[str], chunk_rows: int) -> Path:
+def write_playbook(
+    folder: Path, tenants: list[str], name: str, steps: list[str], chunk_rows: int, *, citus: bool = False
+) -> Path:
     body = "\n".join(
         f"      - {{kind: backfill, chunk_rows: {chunk_rows}}}" if s == "backfill" else f"      - kind: {s}"
         for s in steps
@@ -144,7 +153,9 @@ def write_playbook(folder: Path, tenants: list[str], name: str, steps: list[str]
     path = folder / f"{name}.yaml"
     path.write_text(
         f"version: 1\nname: {name}\n"
-        "target: {dsn_env: MIGRATE_TARGET_DSN, schema: app}\n"
+        "target: {dsn_env: MIGRATE_TARGET_DSN, schema: app"
+        + (", distributed: citus" if citus else "")
+        + "}\n"
         "source: {dsn_template_env: MIGRATE_SOURCE_DSN_TEMPLATE, schema: public}\n"
         "tenants:\n" + "".join(f"  - {{id: {t}}}\n" for t in tenants) + "tables: auto\n"
         f"phases:\n  - name: copy\n    steps:\n{body}\n"
@@ -323,7 +334,9 @@ def worker(args: argparse.Namespace) -> None:
 
             Ledger.append = lambda self, *a, **k: None  # type: ignore[method-assign,assignment]
         steps = ["backfill"] if args.worker == "copyonly" else ["schema", "backfill"]
-        book = write_playbook(Path(args.folder), tenants, "bench", steps, args.chunk_rows)
+        book = write_playbook(
+            Path(args.folder), tenants, "bench", steps, args.chunk_rows, citus=args.distributed
+        )
         started = time.monotonic()
         result = api.run(book, jobs=args.jobs, environ=environ)
         seconds = time.monotonic() - started
@@ -356,6 +369,32 @@ def worker(args: argparse.Namespace) -> None:
 
 
 # ----------------------------------------------------------------------------- orchestration
+@contextmanager
+def fresh_citus_target(args: argparse.Namespace, folder: Path) -> Iterator[str]:
+    """A new database on every node of the Citus cluster, its shared tables distributed by the schema
+    step (Citus cannot clone a database with its shards: made afresh for each measurement)."""
+    from migrate import api
+    from migrate.adapters import citus
+
+    name = f"{args.prefix}citus_run"
+    citus.drop_database(args.citus_dsn, name)
+    target = citus.create_database(args.citus_dsn, name)
+    book = write_playbook(folder, ["t0000"], "bench-schema", ["schema"], 100_000, citus=True)
+    environ = {
+        "MIGRATE_TARGET_DSN": target,
+        "MIGRATE_SOURCE_DSN_TEMPLATE": dsn_for(args.dsn, args.prefix + "{tenant}"),
+    }
+    result = api.run(book, environ=environ)
+    if not result.ok:
+        raise SystemExit(f"the schema step failed on Citus: {result.tenants[0].error}")
+    with connect(target) as conn:
+        conn.execute("CHECKPOINT")
+    try:
+        yield target
+    finally:
+        citus.drop_database(args.citus_dsn, name)
+
+
 @contextmanager
 def fresh_target(admin_dsn: str, template: str) -> Iterator[str]:
     name = template.replace("_target", "_run")
@@ -420,11 +459,12 @@ def grant(target_dsn: str, role: str, source_prefix: str, admin_dsn: str, tenant
 
 
 def measure(args: argparse.Namespace, method: str, target_dsn: str, folder: Path) -> dict[str, float]:
+    worker = {"staging": "staging", "bypassrls": "limit", "plain": "backfill"}.get(method, method)
     cmd = [
         sys.executable,
         __file__,
         "--worker",
-        "staging" if method == "staging" else ("limit" if method == "bypassrls" else method),
+        worker,
         "--dsn",
         args.dsn
         if method not in ("staging", "bypassrls")
@@ -446,6 +486,8 @@ def measure(args: argparse.Namespace, method: str, target_dsn: str, folder: Path
         cmd[cmd.index("--target-dsn") + 1] = make_conninfo(target_dsn, user=f"tmbench_{method}")
     if args.no_ledger:
         cmd.append("--no-ledger")
+    if args.target == "citus" and method != "plain":
+        cmd.append("--distributed")
     with tempfile.TemporaryFile() as err:
         done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=err, text=True, check=False)
         if done.returncode != 0:
@@ -473,6 +515,15 @@ def main() -> None:
     parser.add_argument("--dsn", default=os.environ.get("MIGRATE_BENCH_DSN", DEFAULT_DSN))
     parser.add_argument("--no-ledger", action="store_true", help="backfill without ledger entries")
     parser.add_argument("--drop-sources", action="store_true", help="drop the cached sources at the end")
+    parser.add_argument(
+        "--target", choices=("postgres", "citus"), default="postgres", help="the shared target's kind"
+    )
+    parser.add_argument(
+        "--citus-dsn",
+        default=os.environ.get("MIGRATE_TEST_CITUS_DSN"),
+        help="--target citus: a superuser DSN of the Citus coordinator",
+    )
+    parser.add_argument("--distributed", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--prefix", help=argparse.SUPPRESS)
     parser.add_argument("--target-dsn", help=argparse.SUPPRESS)
@@ -482,15 +533,23 @@ def main() -> None:
         worker(args)
         return
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    known = ("limit", "limit2", "backfill", "perrow", "copyonly", "naive", "staging", "bypassrls")
+    known = ("limit", "limit2", "backfill", "perrow", "copyonly", "naive", "staging", "bypassrls", "plain")
     unknown = set(methods) - set(known)
     if unknown or not methods:
         parser.error(f"unknown method(s) {', '.join(sorted(unknown))}: use {', '.join(known)}")
+    if args.target == "citus":
+        if not args.citus_dsn:
+            parser.error("--target citus needs --citus-dsn (or MIGRATE_TEST_CITUS_DSN)")
+        if set(methods) & {"staging", "bypassrls"}:
+            parser.error("--target citus measures limit, backfill, copyonly, naive and plain")
+    elif "plain" in methods:
+        parser.error("the method plain compares a Citus target with a plain one: --target citus")
     from migrate.log import configure
 
     configure(level="warning")  # the schema step that prepares the target speaks only when it fails
     print(
         f"backfill bench: {args.tenants} tenant(s), {args.rows:,} rows in the largest table, jobs {args.jobs}"
+        + (", target: Citus (coordinator + workers)" if args.target == "citus" else "")
     )
     args.prefix = prepare_sources(args.dsn, args.rows, args.tenants)
     counts, size = source_figures(args.dsn, args.prefix)
@@ -508,7 +567,12 @@ def main() -> None:
             for rep in range(args.reps):
                 order = methods[rep % len(methods) :] + methods[: rep % len(methods)]
                 for method in order:
-                    with fresh_target(args.dsn, template) as target:
+                    fresh = (
+                        fresh_citus_target(args, folder)
+                        if args.target == "citus" and method != "plain"
+                        else fresh_target(args.dsn, template)
+                    )
+                    with fresh as target:
                         figures = measure(args, method, target, folder)
                         landed = target_rows(target)
                     if landed != rows_total:
@@ -556,6 +620,11 @@ def report(
     if "limit" in med and "backfill" in med:
         figures["ratio_backfill_to_limit"] = round(med["limit"] / med["backfill"], 3)
         print(f"\n  b/a (backfill to limit) = {figures['ratio_backfill_to_limit']:.2f}")
+    if "plain" in med and "backfill" in med:
+        figures["target"] = args.target
+        figures["ratio_citus_backfill_to_plain_backfill"] = round(med["plain"] / med["backfill"], 3)
+        ratio = figures["ratio_citus_backfill_to_plain_backfill"]
+        print(f"  backfill into Citus to backfill into plain PostgreSQL = {ratio:.2f}")
     if "limit" in med and "naive" in med:
         figures["ratio_naive_to_limit"] = round(med["limit"] / med["naive"], 3)
         print(f"  c/a (naive to limit)    = {figures['ratio_naive_to_limit']:.2f}")
