@@ -418,3 +418,24 @@ def test_an_online_playbook_is_refused_up_front_on_citus_with_the_reason(
         assert conn.execute(
             "SELECT count(*) FROM pg_replication_slots WHERE database = current_database()"
         ).fetchone() == (0,)
+
+
+def test_a_citus_target_refuses_tenant_context_transaction_and_leaves_other_versions_as_they_were(
+    tmp_path: Path,
+) -> None:
+    """The loader refuses tenant_context: transaction on Citus (the workers' transactions start at their
+    own time), naming the file and line; distributed at its default leaves every playbook's version."""
+    from migrate.errors import PlaybookError
+    from migrate.playbook import load_playbook
+
+    book = tmp_path / "citus.yaml"
+    book.write_text(
+        CITUS_BOOK.read_text()
+        .replace("  distributed: citus", "  distributed: citus\n  tenant_context: transaction")
+        .replace("../flags/", f"{ROOT}/flags/")
+    )
+    with pytest.raises(PlaybookError) as refused:
+        load_playbook(book)
+    assert "cannot work on Citus" in str(refused.value) and "citus.yaml:" in str(refused.value.where)
+    assert load_playbook(ROOT / "playbooks" / "demo.yaml").digest[:12] == "165339573d44"
+    assert load_playbook(ROOT / "playbooks" / "demo-regions.yaml").digest[:12] == "f82814792c79"
