@@ -439,3 +439,29 @@ def test_a_citus_target_refuses_tenant_context_transaction_and_leaves_other_vers
     assert "cannot work on Citus" in str(refused.value) and "citus.yaml:" in str(refused.value.where)
     assert load_playbook(ROOT / "playbooks" / "demo.yaml").digest[:12] == "165339573d44"
     assert load_playbook(ROOT / "playbooks" / "demo-regions.yaml").digest[:12] == "f82814792c79"
+
+
+def test_the_schema_step_makes_existing_global_tables_reference_tables(
+    database_factory: DatabaseFactory, tmp_path: Path, citus_database: str
+) -> None:
+    """Global tables the user created on the coordinator become reference tables at the schema step;
+    the tenant tables are distributed beside them, and a second run changes nothing."""
+    world = custom_world(database_factory, tmp_path, GLOBAL_SCHEMA, ("acme", "globex"))
+    world.target_dsn = citus_database
+    with world.target() as conn:
+        conn.execute("CREATE SCHEMA app")
+        conn.execute("CREATE TABLE app.countries (code text PRIMARY KEY, name text NOT NULL)")
+        conn.execute("CREATE TABLE app.currencies (code text PRIMARY KEY, country text)")
+        conn.execute("INSERT INTO app.countries VALUES ('DE', 'Germany'), ('FR', 'France')")
+    book = playbook(tmp_path, ("acme", "globex"))
+    book.write_text(
+        book.read_text().replace("tables: auto\n", "tables: auto\nglobal_tables: [countries, currencies]\n")
+    )
+    result = api.run(book, environ=world.environ)
+    assert result.ok, [t.error for t in result.tenants]
+    dist = citus_tables(world)
+    assert dist["app.countries"][0] == dist["app.currencies"][0] == "reference"
+    assert {dist[f"app.{t}"][:2] for t in ("accounts", "invoices")} == {("distributed", "tenant_id")}
+    with world.target() as conn:
+        assert conn.execute("SELECT count(*) FROM app.countries").fetchone() == (2,)
+    assert api.run(book, environ=world.environ).ok and citus_tables(world) == dist

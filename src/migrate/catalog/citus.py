@@ -26,7 +26,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
+from typing import Any
 
+import psycopg
 from psycopg import sql
 
 from migrate.catalog import TENANT_COLUMN, TENANT_SETTING
@@ -177,6 +179,31 @@ def refusals(source: SourceSchema, options: Options) -> list[Note]:
             )
         )
     return notes
+
+
+# Tables of the schema among ``names`` that are no Citus table yet (plain tables on the coordinator).
+_NOT_CITUS = (
+    "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+    " LEFT JOIN pg_dist_partition p ON p.logicalrelid = c.oid"
+    " WHERE n.nspname = %s AND c.relname = ANY(%s) AND c.relkind IN ('r', 'p') AND NOT c.relispartition"
+    " AND p.logicalrelid IS NULL ORDER BY 1"
+)
+
+
+def plain_tables(conn: psycopg.Connection[Any], schema: str, names: Iterable[str]) -> list[str]:
+    """Which of ``names`` exist in ``schema`` as plain (not yet Citus) tables."""
+    return [str(r[0]) for r in conn.execute(_NOT_CITUS, (schema, list(names)))]
+
+
+def make_reference_tables(conn: psycopg.Connection[Any], schema: str, names: Iterable[str]) -> list[str]:
+    """Make the existing global tables among ``names`` reference tables (copied to every node); the
+    ones it made."""
+    made = plain_tables(conn, schema, names)
+    for name in made:
+        conn.execute(
+            _call("create_reference_table", sql.Literal(sql.Identifier(schema, name).as_string(None)))
+        )
+    return made
 
 
 def tenant_tables_distributed() -> str:

@@ -205,6 +205,7 @@ def step_context(
         target_schema=env.target.schema_,
         tenant_context=env.target.tenant_context,
         distributed=env.target.distributed,
+        global_tables=tuple(pb.global_tables),
         tables=tuple(tables),
         control=env.control,
         flags=env.flags,

@@ -110,6 +110,7 @@ class StepContext:
     tenant_context: Literal["session", "transaction"] = "session"
     # 'citus': the target is a Citus coordinator (playbook target.distributed; catalog/citus.py).
     distributed: Literal["citus"] | None = None
+    global_tables: tuple[str, ...] = ()  # the playbook's global tables (reference tables on Citus)
     playbook: str = ""
     cutover: Cutover = field(default_factory=Cutover)
     app_roles: tuple[str, ...] = ()

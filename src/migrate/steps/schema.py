@@ -105,6 +105,18 @@ def _citus(
     return citus.distribute(shared, source, options)
 
 
+def _reference_tables(ctx: StepContext) -> list[str]:
+    """On Citus: the playbook's global tables that exist in the target schema become reference tables
+    (the step creates tenant tables only; global ones are the user's, or the revision's)."""
+    if not ctx.global_tables or not citus.plain_tables(ctx.target, ctx.target_schema, ctx.global_tables):
+        return []
+    with ctx.target.transaction():
+        ctx.target.execute(
+            "SELECT pg_advisory_xact_lock(hashtext(%s), hashtext(%s))", (locks.SCHEMA, ctx.target_schema)
+        )
+        return citus.make_reference_tables(ctx.target, ctx.target_schema, ctx.global_tables)
+
+
 class SchemaStep:
     kind: ClassVar[str] = "schema"
 
@@ -155,6 +167,7 @@ class SchemaStep:
                     if statement.kind in ("role", "grant"):
                         ctx.target.execute(statement.sql)
                 granted = True
+        referenced = _reference_tables(ctx) if ctx.distributed == "citus" else []
         ctx.log.info("shared_tables_ready", created=created, tables=len(ctx.tables), granted=granted)
         # The fit check is verify's: the engine runs it right after apply. It reads only the
         # target's columns: the source's are in ctx.tables already.
@@ -164,6 +177,7 @@ class SchemaStep:
             **({"granted_to": ctx.app_role} if granted else {}),
             # What a person acknowledged leaving behind (schema.leave_behind): in the ledger entry.
             **({"left_behind": list(shared.left_behind)} if shared.left_behind else {}),
+            **({"reference_tables": referenced} if referenced else {}),
         }
 
     def verify(self, ctx: StepContext, details: Mapping[str, Any]) -> None:
@@ -183,7 +197,9 @@ class SchemaStep:
         )
         if ctx.distributed == "citus":
             rows = ctx.target.execute(citus.tenant_tables_distributed(), (ctx.target_schema,)).fetchall()
-            problems = citus.distribution_problems(rows, [t.name for t in ctx.tables], ())
+            present = {str(r[0]) for r in rows}
+            globals_ = [g for g in ctx.global_tables if g in present]
+            problems = citus.distribution_problems(rows, [t.name for t in ctx.tables], globals_)
             if problems:
                 raise CheckFailed(
                     f"the shared tables are not distributed as Citus needs them: {'; '.join(problems)}",
