@@ -82,8 +82,12 @@ def playbook(
 
 @pytest.mark.tenants(acme=2, globex=1, initech=1)
 def test_the_demo_playbook_distributes_migrates_validates_and_rolls_back_on_citus(cworld: World) -> None:
-    """playbooks/citus.yaml end to end on three nodes: every tenant table distributed on tenant_id in one
-    colocation group, the control schema local to the coordinator, verify green, each point rolled back."""
+    """playbooks/citus.yaml end to end on three nodes: a rehearsal leaves nothing; every tenant table
+    distributed on tenant_id in one colocation group, the control schema local to the coordinator, verify
+    green, each point rolled back."""
+    # A rehearsal first: every step for real, the distribution too, all of it rolled back.
+    rehearsal = api.run(CITUS_BOOK, environ=cworld.environ, actor="pytest", dry_run=True)
+    assert rehearsal.ok and citus_tables(cworld) == {}
     result = api.run(CITUS_BOOK, environ=cworld.environ, actor="pytest")
     assert result.ok, [t.error for t in result.tenants]
     dist = citus_tables(cworld)
