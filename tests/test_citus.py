@@ -469,3 +469,17 @@ def test_the_schema_step_makes_existing_global_tables_reference_tables(
     with world.target() as conn:
         assert conn.execute("SELECT count(*) FROM app.countries").fetchone() == (2,)
     assert api.run(book, environ=world.environ).ok and citus_tables(world) == dist
+
+
+@pytest.mark.tenants(acme=1, globex=1)
+def test_a_tenant_held_through_the_coordinator_is_refused_to_a_second_runner(cworld: World) -> None:
+    """Tenant locks live on the coordinator, where every runner connects: while a session there holds
+    acme, a run skips it as locked (naming the holder in status) and moves globex."""
+    book = playbook(cworld.flag_file.parent, ("acme", "globex"))
+    with cworld.target() as holder:
+        holder.execute("SELECT pg_advisory_lock(hashtext('migrate.tenant'), hashtext('acme'))")
+        result = api.run(book, environ=cworld.environ)
+        outcomes = {t.tenant: t.outcome for t in result.tenants}
+        assert outcomes["globex"] == "done" and outcomes["acme"] != "done"
+        status = api.status(book, environ=cworld.environ, tenants=["acme"])
+        assert status.tenants[0].holder is not None and status.tenants[0].state == "running"
