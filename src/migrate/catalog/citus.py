@@ -39,20 +39,20 @@ from migrate.catalog.reflect import SourceSchema
 PROPAGATE = "citus.propagate_set_commands"
 SEQUENTIAL = "SET LOCAL citus.multi_shard_modify_mode TO 'sequential'"
 
-# What the application runs first in every transaction on Citus (the tenant as a literal:
-# SET takes no parameter). With citus.propagate_set_commands = 'local' (the role's setting)
-# the coordinator sends it to every worker the transaction touches.
-SET_TENANT_SQL = f"SET LOCAL {TENANT_SETTING} = %s"
-
 IS_CITUS = "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')"
 
 _BEFORE = ("role", "schema", "type")
 _WITH_TABLE = ("table", "comment", "check", "partition", "index")
 
 
-def set_tenant(tenant: str) -> sql.Composed:
-    """``SET LOCAL app.tenant_id = '<tenant>'``: what reaches the workers (with propagation on)."""
-    return sql.SQL("SET LOCAL {} = {}").format(sql.SQL(TENANT_SETTING), sql.Literal(tenant))
+def set_tenant(tenant: str, *, local: bool = True) -> sql.Composed:
+    """What the application runs first in every transaction on Citus: ``SET LOCAL app.tenant_id =
+    '<tenant>'`` — the tenant as a literal, since SET takes no parameter. With the role's
+    ``citus.propagate_set_commands = 'local'`` the coordinator sends it to every worker the
+    transaction touches. ``local=False`` is the session-level SET the isolation check reproduces
+    (never propagated)."""
+    scope = sql.SQL("LOCAL ") if local else sql.SQL("")
+    return sql.SQL("SET {}{} = {}").format(scope, sql.SQL(TENANT_SETTING), sql.Literal(tenant))
 
 
 def _call(function: str, *args: sql.Composable) -> str:

@@ -30,6 +30,7 @@ from typing import Any
 
 import psycopg
 
+from migrate.catalog import citus
 from migrate.replication.freeze import WRITES
 
 
@@ -308,7 +309,7 @@ def freeze_problems(
 def apply_problems(conn: psycopg.Connection[Any]) -> list[Problem]:
     """Whether the target's writer may apply changes (foreign-key and user triggers off)."""
     user = str(_one(conn, "SELECT current_user"))
-    if _one(conn, "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')"):
+    if _one(conn, citus.IS_CITUS):
         # Measured on Citus 13.2.2 (shared/notes/citus.md): a session-level session_replication_role
         # is ignored on the workers. Refused until the catch-up, cut-over and reverse sync are
         # adapted to the workers and proven on a real cluster (README, "Citus").

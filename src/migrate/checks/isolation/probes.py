@@ -23,6 +23,7 @@ from psycopg import sql
 
 from migrate.catalog import TENANT_SETTING
 from migrate.catalog.citus import PROPAGATE
+from migrate.catalog.citus import set_tenant as citus_set_tenant
 from migrate.catalog.ddl import set_tenant_sql
 from migrate.checks.isolation.report import Collector
 from migrate.checks.isolation.rules import Relation
@@ -79,8 +80,7 @@ class Probes:
             return
         # As the role's own logins run: its propagation setting, then the tenant with SET (LOCAL).
         conn.execute(sql.SQL("SET LOCAL {} = {}").format(sql.SQL(PROPAGATE), sql.Literal(self.citus)))
-        scope = sql.SQL("LOCAL ") if local else sql.SQL("")
-        conn.execute(sql.SQL("SET {}{} = {}").format(scope, sql.SQL(TENANT_SETTING), sql.Literal(tenant)))
+        conn.execute(citus_set_tenant(tenant, local=local))
 
     def fake_tenant(self, r: Relation) -> str:
         """A tenant id no row has, in the column's type."""
