@@ -387,10 +387,16 @@ def test_what_citus_refuses_is_reported_before_anything_is_created_or_copied(
     """ON DELETE SET NULL on a key with tenant_id: the report names it (exit 1) and the schema step fails
     before a table exists on the coordinator."""
     world = custom_world(database_factory, tmp_path, REFUSED_SCHEMA, ("acme",))
-    result = api.schema_generate(sources=[f"acme={world.source_dsn('acme')}"], out=tmp_path / "s", citus=True)
+    result = api.schema_generate(
+        sources=[f"acme={world.source_dsn('acme')}"],
+        out=tmp_path / "s",
+        citus=True,
+        unique_across=["accounts.name"],
+    )
     assert [(n.rule, n.subject) for n in result.errors] == [
         ("citus-refuses-foreign-key", "people.people_account_id_fkey")
     ]
+    assert ("citus-unique-across-tenants", "accounts(name)") in {(n.rule, n.subject) for n in result.notes}
     world.target_dsn = citus_database
     run = api.run(playbook(tmp_path, ("acme",)), environ=world.environ)
     assert not run.ok and "Citus would refuse" in str(run.tenants[0].error)

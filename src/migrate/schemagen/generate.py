@@ -75,6 +75,24 @@ def generate(
     shared = build(model, options)
     if citus:  # created and distributed in foreign-key order; what Citus refuses joins the notes
         shared = distribute(shared, model, options)
+        shared = replace(
+            shared,
+            notes=(
+                *shared.notes,
+                *(
+                    Note(
+                        "info",
+                        "citus-unique-across-tenants",
+                        f"{u.table}({', '.join(u.columns)})",
+                        "a unique key without the distribution column cannot be enforced on Citus: the "
+                        "report checks today's values only",
+                        "keep the values unique in the application, or claim each in a reference table "
+                        "keyed by the value",
+                    )
+                    for u in unique_across
+                ),
+            ),
+        )
     notes = [*missing, *shared.notes]
     if groups is None:
         notes += consolidate(sources, schemas, options, unique_across)
