@@ -41,7 +41,6 @@ SEQUENTIAL = "SET LOCAL citus.multi_shard_modify_mode TO 'sequential'"
 
 IS_CITUS = "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')"
 
-_BEFORE = ("role", "schema", "type")
 _WITH_TABLE = ("table", "comment", "check", "partition", "index")
 
 
@@ -65,11 +64,19 @@ def distribute(shared: SharedSchema, source: SourceSchema, options: Options) -> 
     ordered = [t.name for t in load_order(source.tables.values())]
     globals_ = [n for n in ordered if n in shared.global_tables]
     tenants = [n for n in ordered if n in shared.tenant_tables]
-    up: list[Statement] = [Statement(SEQUENTIAL, "setting")]
-    up += [s for s in shared.upgrade if s.kind in _BEFORE]
+    # What ddl.build puts before the first table (roles, the schema, types, sequences, functions…)
+    # stays first, in its order: tables may use it.
+    first_table = next((i for i, s in enumerate(shared.upgrade) if s.kind == "table"), len(shared.upgrade))
+    before = shared.upgrade[:first_table]
+    up: list[Statement] = [Statement(SEQUENTIAL, "setting"), *before]
+    placed = {id(s) for s in before}
     first: str | None = None
     for name in [*globals_, *tenants]:
-        up += [s for s in shared.upgrade if s.kind in _WITH_TABLE and s.object == name]
+        own = [
+            s for s in shared.upgrade if s.kind in _WITH_TABLE and s.object == name and id(s) not in placed
+        ]
+        placed |= {id(s) for s in own}
+        up += own
         if name in shared.global_tables:
             up.append(
                 Statement(_call("create_reference_table", sql.Literal(qualified[name])), "distribute", name)
@@ -89,15 +96,15 @@ def distribute(shared: SharedSchema, source: SourceSchema, options: Options) -> 
             )
         )
         first = first or name
-    placed = {id(s) for s in up}
     # Citus refuses sub-queries in the policies of distributed tables: the tenant is compared as a
-    # plain expression (evaluated per row on the shard; measured cost on plain PostgreSQL 1.1x a scan).
+    # plain expression, evaluated per row on the shard (its cost on plain PostgreSQL: README,
+    # "Tenant context", the guard per row).
     once = sql.SQL("(SELECT {})").format(tenant_value(options)).as_string(None)
     plain = tenant_value(options).as_string(None)
     up += [
         replace(s, sql=s.sql.replace(once, plain)) if s.kind == "rls" else s
         for s in shared.upgrade
-        if id(s) not in placed and s.kind not in _BEFORE + _WITH_TABLE
+        if id(s) not in placed  # every statement once: those of no table (views, grants…) after
     ]
     if options.app_role is not None:
         up.append(
