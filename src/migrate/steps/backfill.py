@@ -47,6 +47,12 @@ writer may not. ``verify`` checks every foreign key of every table
 holding rows of the tenant, however its chunks were loaded, so a resume under
 other privileges leaves nothing unchecked either.
 
+**On Citus** (``target.distributed: citus``) the chunk's settings go out as ``SET LOCAL``
+with ``citus.propagate_set_commands = 'local'``, so the workers, where the shards' triggers
+fire, honour ``session_replication_role`` too (``set_config`` never reaches them); and Citus
+refuses ``COPY … WHERE``, so there the tenant column is the step's own literal alone
+(``chunks.write_statement``), with rows read still equal to rows written.
+
 **Online** (``cutover: {mode: online}``): before the first chunk a publication
 and a replication slot are made on the source, and the copy reads the slot's
 exported snapshot, so the changes the slot keeps begin exactly where the copy
