@@ -489,3 +489,33 @@ def test_a_tenant_held_through_the_coordinator_is_refused_to_a_second_runner(cwo
         assert outcomes["globex"] == "done" and outcomes["acme"] != "done"
         status = api.status(book, environ=cworld.environ, tenants=["acme"])
         assert status.tenants[0].holder is not None and status.tenants[0].state == "running"
+
+
+@pytest.mark.tenants(acme=1, globex=1)
+def test_with_target_app_role_the_schema_step_sets_up_the_role_and_the_flag_flips_write_ready(
+    app_role: str, cworld: World
+) -> None:
+    """target.app_role on Citus: the schema step grants the role and gives it citus.propagate_set_commands
+    = 'local'; the flag step's write-readiness proof (an insert as that role, SET LOCAL tenant propagated)
+    passes on the workers and the flag flips; isolation-check is green with no hand-made set-up."""
+    book = cworld.flag_file.parent / "citus-app.yaml"
+    book.write_text(
+        CITUS_BOOK.read_text()
+        .replace("  distributed: citus", f"  distributed: citus\n  app_role: {app_role}")
+        .replace("../flags/", f"{ROOT}/flags/")
+    )
+    result = api.run(book, environ=cworld.environ, tenants=["acme"])
+    assert result.ok, [t.error for t in result.tenants]
+    with cworld.target() as conn:
+        setting = conn.execute(
+            "SELECT setconfig FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole"
+            " WHERE rolname = %s",
+            (app_role,),
+        ).fetchone()
+    assert setting == (["citus.propagate_set_commands=local"],)
+    assert (
+        api.status(book, environ=cworld.environ, tenants=["acme"]).tenants[0].flags["tenant-shared-db"]
+        is True
+    )
+    report = api.isolation_check(book, app_role=app_role, environ=cworld.environ)
+    assert report.findings == () and report.probes > 0, report.findings

@@ -32,7 +32,7 @@ import psycopg
 from psycopg import sql
 
 from migrate.catalog import TENANT_COLUMN, TENANT_SETTING
-from migrate.catalog.ddl import Note, Options, SharedSchema, Statement, tenant_value
+from migrate.catalog.ddl import SET_TENANT_SQL, Note, Options, SharedSchema, Statement, tenant_value
 from migrate.catalog.order import load_order
 from migrate.catalog.reflect import SourceSchema
 
@@ -52,6 +52,39 @@ def set_tenant(tenant: str, *, local: bool = True) -> sql.Composed:
     (never propagated)."""
     scope = sql.SQL("LOCAL ") if local else sql.SQL("")
     return sql.SQL("SET {}{} = {}").format(scope, sql.SQL(TENANT_SETTING), sql.Literal(tenant))
+
+
+# The role's setting as its logins in this database get it: role-and-database first, then role-wide.
+_ROLE_SETTING = (
+    "SELECT split_part(cfg, '=', 2) FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole,"
+    " unnest(s.setconfig) AS cfg"
+    " WHERE r.rolname = %s AND s.setdatabase IN (0, (SELECT oid FROM pg_database"
+    " WHERE datname = current_database())) AND split_part(cfg, '=', 1) = %s"
+    " ORDER BY s.setdatabase DESC LIMIT 1"
+)
+
+
+def role_propagation(conn: psycopg.Connection[Any], role: str) -> str:
+    """The role's ``citus.propagate_set_commands`` as its logins get it ('none' when not set)."""
+    row = conn.execute(_ROLE_SETTING, (role, PROPAGATE)).fetchone()
+    return str(row[0]) if row and row[0] else "none"
+
+
+def is_citus(conn: psycopg.Connection[Any]) -> bool:
+    """Whether ``conn`` is to a Citus coordinator's database (the extension is there)."""
+    row = conn.execute(IS_CITUS).fetchone()
+    return bool(row and row[0])
+
+
+def set_tenant_here(conn: psycopg.Connection[Any], tenant: str) -> None:
+    """Set the tenant for the rest of the caller's transaction where the policies will read it: on a
+    Citus coordinator ``SET LOCAL`` propagated to the workers; elsewhere the application's statement
+    (``ddl.SET_TENANT_SQL``). For the tool's own probes as the application role."""
+    if is_citus(conn):
+        conn.execute(sql.SQL("SET LOCAL {} = 'local'").format(sql.SQL(PROPAGATE)))
+        conn.execute(set_tenant(tenant))
+    else:
+        conn.execute(SET_TENANT_SQL, (tenant,))
 
 
 def _call(function: str, *args: sql.Composable) -> str:

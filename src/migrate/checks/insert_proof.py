@@ -14,7 +14,8 @@ Each proof draws one number from each sequence it uses: sequences never roll bac
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
@@ -22,7 +23,7 @@ from psycopg import errors as pgerr
 from psycopg import sql
 
 from migrate.catalog import TENANT_COLUMN
-from migrate.catalog.ddl import set_tenant_sql
+from migrate.catalog.citus import is_citus, set_tenant_here
 from migrate.catalog.reflect import SourceTable
 
 
@@ -79,20 +80,27 @@ def insert_with_defaults(
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in given)
     fresh: dict[str, sql.Composable] = {}
     first: str | None = None
+    on_citus = is_citus(conn)
     for _ in range(4):
         values = sql.SQL(", ").join(fresh.get(c, sql.Identifier(c)) for c in given)
-        attempt = (
+        attempt: Statement = (
             sql.SQL("INSERT INTO {t} ({c}) SELECT {v} FROM {t} LIMIT 1").format(t=target, c=cols, v=values)
             if given
             else sql.SQL("INSERT INTO {t} DEFAULT VALUES").format(t=target)
         )
+        if given and on_citus:
+            attempt = _citus_insert(target, given, dict(fresh))
         try:
             _try(conn, tenant, role, attempt, target, frozenset(defaulted))
         except _Undo:
             return None
         except pgerr.UniqueViolation as exc:
             first = first or _message(exc)
-            unique = _unique_columns(conn, schema, exc.diag.constraint_name)
+            constraint = exc.diag.constraint_name
+            if on_citus:  # a worker's error: its message names the shard's copy (the shard id appended)
+                named = re.search(r'unique constraint "(.+)"', exc.diag.message_primary or "")
+                constraint = re.sub(r"_\d+$", "", constraint or (named.group(1) if named else ""))
+            unique = _unique_columns(conn, schema, constraint)
             if defaulted & set(unique):
                 return first  # the default itself collides: a sequence is behind
             more = {
@@ -118,11 +126,40 @@ def insert_with_defaults(
     return first
 
 
+Statement = sql.Composed | Callable[[psycopg.Connection[Any]], sql.Composed]
+
+
+def _citus_insert(
+    target: sql.Identifier, given: Sequence[str], fresh: dict[str, sql.Composable]
+) -> Statement:
+    """On Citus an ``INSERT … SELECT … LIMIT 1`` goes through its COPY path, which refuses every table
+    with row-level security: the model row is read first (as the role, the tenant set) and written
+    back as ``INSERT … VALUES``, which Citus routes to the tenant's shard."""
+
+    def build(conn: psycopg.Connection[Any]) -> sql.Composed:
+        row = conn.execute(sql.SQL("SELECT to_jsonb(r)::text FROM {} AS r LIMIT 1").format(target)).fetchone()
+        if row is None:
+            return sql.SQL("SELECT 1 WHERE {}").format(sql.SQL("false"))  # no row: the caller's fallback
+        values = sql.SQL(", ").join(
+            fresh.get(
+                c,
+                sql.SQL("(jsonb_populate_record(NULL::{}, {}::jsonb)).{}").format(
+                    target, sql.Literal(row[0]), sql.Identifier(c)
+                ),
+            )
+            for c in given
+        )
+        names = sql.SQL(", ").join(sql.Identifier(c) for c in given)
+        return sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(target, names, values)
+
+    return build
+
+
 def _try(
     conn: psycopg.Connection[Any],
     tenant: str,
     role: str,
-    statement: sql.Composed,
+    statement: Statement,
     empty_fallback: sql.Composable | None,
     defaulted: frozenset[str] = frozenset(),
 ) -> None:
@@ -132,7 +169,9 @@ def _try(
     when it then stops at a NOT NULL column none of ``defaulted`` is."""
     with conn.transaction():
         conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role)))
-        conn.execute(set_tenant_sql(), (tenant,))
+        set_tenant_here(conn, tenant)  # on Citus: SET LOCAL, propagated to the workers
+        if callable(statement):
+            statement = statement(conn)
         if conn.execute(statement).rowcount == 0:
             if empty_fallback is None:
                 raise psycopg.DataError("no row to write again")

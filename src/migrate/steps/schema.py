@@ -84,6 +84,15 @@ def _refuse_uncarried(ctx: StepContext, shared: ddl.SharedSchema) -> None:
     )
 
 
+def _unpropagated(ctx: StepContext) -> bool:
+    """On Citus: the application role's SET LOCAL of the tenant would not reach the workers yet."""
+    return (
+        ctx.distributed == "citus"
+        and ctx.app_role is not None
+        and citus.role_propagation(ctx.target, ctx.app_role) != "local"
+    )
+
+
 def _citus(
     ctx: StepContext, source: SourceSchema, options: ddl.Options, shared: ddl.SharedSchema
 ) -> ddl.SharedSchema:
@@ -154,7 +163,7 @@ class SchemaStep:
                 statements, created = _missing(ctx, shared)
                 for statement in statements:
                     ctx.target.execute(statement.sql)
-        if ctx.app_role is not None and _ungranted(ctx):
+        if ctx.app_role is not None and (_ungranted(ctx) or _unpropagated(ctx)):
             # Only when something is missing, and under the lock: concurrent GRANTs on one table
             # fail with "tuple concurrently updated". The role check refuses a role that would
             # bypass the policies before anything is granted.
@@ -200,6 +209,11 @@ class SchemaStep:
             present = {str(r[0]) for r in rows}
             globals_ = [g for g in ctx.global_tables if g in present]
             problems = citus.distribution_problems(rows, [t.name for t in ctx.tables], globals_)
+            if _unpropagated(ctx):
+                problems.append(
+                    f"role {ctx.app_role}'s {citus.PROPAGATE} is not 'local': its SET LOCAL of the "
+                    "tenant would never reach the workers"
+                )
             if problems:
                 raise CheckFailed(
                     f"the shared tables are not distributed as Citus needs them: {'; '.join(problems)}",

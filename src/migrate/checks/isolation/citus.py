@@ -16,17 +16,8 @@ from typing import Any
 import psycopg
 
 from migrate.catalog import TENANT_SETTING
-from migrate.catalog.citus import IS_CITUS, PROPAGATE
+from migrate.catalog.citus import IS_CITUS, PROPAGATE, role_propagation
 from migrate.checks.isolation.report import Collector
-
-# The role's setting as its logins in this database get it: role-and-database first, then role-wide.
-_ROLE_SETTING = (
-    "SELECT split_part(cfg, '=', 2) FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole,"
-    " unnest(s.setconfig) AS cfg"
-    " WHERE r.rolname = %s AND s.setdatabase IN (0, (SELECT oid FROM pg_database"
-    " WHERE datname = current_database())) AND split_part(cfg, '=', 1) = %s"
-    " ORDER BY s.setdatabase DESC LIMIT 1"
-)
 
 
 def is_citus(conn: psycopg.Connection[Any]) -> bool:
@@ -44,8 +35,7 @@ def citus_rules(conn: psycopg.Connection[Any], role: str, out: Collector) -> str
     """On Citus: the role's ``citus.propagate_set_commands`` (a finding unless 'local'); else None."""
     if not is_citus(conn):
         return None
-    row = conn.execute(_ROLE_SETTING, (role, PROPAGATE)).fetchone()
-    value = str(row[0]) if row and row[0] else "none"
+    value = role_propagation(conn, role)
     if value != "local":
         out.find(
             f"role {role}",
