@@ -218,7 +218,6 @@ def step_context(
         app_roles=pb.source.app_roles,
         app_role=env.target.app_role,
         leave_behind=pb.schema_.objects(),
-        global_tables=frozenset(pb.global_tables),
         rehearsal=rehearsal,
         connect_target=env.connect_target,
         connect_replication=(

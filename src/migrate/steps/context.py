@@ -115,10 +115,9 @@ class StepContext:
     cutover: Cutover = field(default_factory=Cutover)
     app_roles: tuple[str, ...] = ()
     app_role: str | None = None  # the role the application uses on the shared schema (target.app_role)
-    # Source objects a person acknowledged leaving behind (playbook schema.leave_behind), and the
-    # global tables: the schema step stops on anything else it cannot carry.
+    # Source objects a person acknowledged leaving behind (playbook schema.leave_behind): the
+    # schema step stops on anything else it cannot carry.
     leave_behind: frozenset[str] = frozenset()
-    global_tables: frozenset[str] = frozenset()
     rehearsal: bool = False
     connect_target: Callable[[], psycopg.Connection[Any]] | None = None
     connect_replication: Callable[[], psycopg.Connection[Any]] | None = None

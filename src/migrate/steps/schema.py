@@ -37,7 +37,9 @@ _EXISTING = (
     " WHERE n.nspname = %s"
     " UNION ALL SELECT x.extname, 'X' FROM pg_extension x"
 )
-_TABLE_KINDS = ("table", "comment", "partition", "check", "foreign_key", "index", "trigger", "rls", "distribute")
+_TABLE_KINDS = (
+    "table", "comment", "partition", "check", "foreign_key", "index", "trigger", "rls", "distribute"
+)
 
 
 def _missing(ctx: StepContext, shared: ddl.SharedSchema) -> tuple[list[ddl.Statement], list[str]]:
