@@ -208,6 +208,18 @@ def refusals(source: SourceSchema, options: Options) -> list[Note]:
                     "citus.enable_unsafe_triggers = on after checking it touches only its own shard",
                 )
             )
+    for trigger in source.triggers:
+        notes.append(
+            Note(
+                "error",
+                "citus-refuses-trigger",
+                f"trigger {trigger.table}.{trigger.name}",
+                "carried to the shared schema, but Citus refuses triggers on distributed and reference "
+                "tables unless citus.enable_unsafe_triggers is on (the trigger then fires on each shard)",
+                "drop it from the source schema and do its work in the application, or migrate to a "
+                "plain PostgreSQL target; carried triggers on Citus are not supported yet",
+            )
+        )
     if tenant:
         notes.append(
             Note(
