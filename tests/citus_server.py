@@ -57,7 +57,12 @@ SCRIPT = ROOT / "tests" / "citus" / "cluster.sh"
 VERSION = "13.2.2"
 SOURCE_NAME = f"citus-v{VERSION}-notest.tar.gz"
 SOURCE_SHA256 = "5a8340644f00342d0333995a0a9f06e8428d3c6a452b04e93e3c5b4c6110af48"
-DEFAULT_SOURCE = ROOT.parent / "shared" / "vendor" / SOURCE_NAME
+# Where the release is looked for when MIGRATE_CITUS_SOURCE is not set: shared/vendor/ beside the
+# clone, else the workplace's own shared/vendor/ (a clone made elsewhere, e.g. in /tmp).
+DEFAULT_SOURCES = (
+    ROOT.parent / "shared" / "vendor" / SOURCE_NAME,
+    Path("/work/shared/vendor") / SOURCE_NAME,
+)
 SOURCE_VAR = "MIGRATE_CITUS_SOURCE"
 DSN_VAR = "MIGRATE_TEST_CITUS_DSN"
 REQUIRE_VAR = "MIGRATE_TEST_REQUIRE_CITUS"
@@ -69,7 +74,9 @@ class Unavailable(RuntimeError):
 
 
 def source_path() -> Path:
-    path = Path(os.environ.get(SOURCE_VAR) or DEFAULT_SOURCE)
+    named = os.environ.get(SOURCE_VAR)
+    found = [p for p in DEFAULT_SOURCES if p.is_file()]
+    path = Path(named) if named else (found[0] if found else DEFAULT_SOURCES[0])
     if not path.is_file():
         raise Unavailable(
             f"no Citus source release at {path}: set {SOURCE_VAR} to citus-v{VERSION}-notest.tar.gz "
