@@ -214,7 +214,7 @@ def test_pagila_as_three_customers_generates_runs_takes_the_apps_inserts_and_ver
     verified = api.verify(book, environ=world.environ)
     assert verified.match
     # Part A: sequences past every tenant's values, every default there, the app role's privileges.
-    assert all(r.ok for r in api.readiness(book, prove=False, environ=world.environ))
+    assert all(r.ok for r in api.readiness(book, environ=world.environ))
     with world.target() as conn, conn.transaction(force_rollback=True):
         keys = insert_everywhere_as_the_app(conn, app_role, "globex")
     # Every key came from its shared sequence, past the largest value any of the three tenants holds.
