@@ -339,3 +339,63 @@ def test_a_rehearsal_of_an_online_playbook_changes_nothing_on_the_source(live: L
         assert conn.execute("SELECT count(*) FROM pg_publication").fetchone() == (0,)
     with live.target() as conn:  # the shared tables, created in the rehearsal's transaction, rolled back
         assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'app'").fetchone() == (0,)
+
+
+def shared_writer(live: LiveWorld, tenant: str, rate: int) -> Writer:
+    """The application after the flip: the same writer on the shared schema, as the application role,
+    under RLS for ``tenant``."""
+    with live.target() as conn:
+        conn.execute(
+            "GRANT USAGE ON SCHEMA app TO tm_app;"
+            " GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA app TO tm_app;"
+            " GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA app TO tm_app"
+        )
+    dsn = psycopg.conninfo.make_conninfo(
+        live.target_dsn, user=APP_ROLE, options=f"-c search_path=app -c app.tenant_id={tenant}"
+    )
+    return Writer(dsn, rate=rate)
+
+
+def test_discarding_writes_since_the_cutover_removes_them_and_the_next_run_copies_and_validates_afresh(
+    live: LiveWorld,
+) -> None:
+    """The application writes on the shared schema after the flip; rollback --discard-writes-since-cutover
+    takes every one of those writes out of the shared tables, and the next run copies the old database
+    afresh and validates it: the target equals the source, and not one discarded write is back."""
+    assert api.run(live.playbook, environ=live.environ).ok
+    at_cutover = live.assert_equal("acme")
+    writer = shared_writer(live, "acme", rate=200).start()
+    writer.wait_for(40)
+    writer.stop()
+    assert not writer.errors[-3:] or writer.committed >= 40, writer.errors[-3:]
+    with live.target() as conn:
+        written = conn.execute(
+            "SELECT count(*) FROM app.tasks WHERE tenant_id = 'acme' AND title LIKE 'live task %'"
+        ).fetchone()
+    assert written is not None and written[0] > 0
+    assert live.target_counts("acme") != at_cutover  # the shared side moved on
+    rolled = api.rollback(
+        live.playbook, "acme", "pre-cutover", environ=live.environ, discard_writes_since_cutover=True
+    )
+    assert [r.key for r in rolled.steps] == ["cutover/cutover", "copy/catchup", "copy/backfill"]
+    assert live.target_counts("acme") == dict.fromkeys(at_cutover, 0)  # nothing of the mixed state stays
+    assert slots_of(live) == [] and app_can_write(live)
+    with live.target() as conn:
+        accepted = conn.execute(
+            "SELECT actor, details->>'accepted_with' FROM migrate_control.ledger"
+            " WHERE action = 'cutover_writes_discarded' AND tenant = 'acme'"
+        ).fetchall()
+    assert accepted == [("pytest", "--discard-writes-since-cutover")]
+    with live.source("acme") as conn:  # the old database takes writes again
+        conn.execute("INSERT INTO comments (task_id, author_id, body, created_at) SELECT 1, 1, 'back', now()")
+    again = api.run(live.playbook, environ=live.environ, tenants=["acme"])
+    assert again.ok, [t.error for t in again.tenants]
+    done = {s.key: s for s in again.tenants[0].steps}
+    assert done["copy/backfill"].details["rows"] == sum(at_cutover.values()) + 1  # copied afresh
+    assert done["cutover/cutover"].details["match"] is True  # validated afresh
+    live.assert_equal("acme")
+    with live.target() as conn:
+        back = conn.execute(
+            "SELECT count(*) FROM app.tasks WHERE tenant_id = 'acme' AND title LIKE 'live task %'"
+        ).fetchone()
+    assert back == (0,)

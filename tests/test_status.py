@@ -42,6 +42,8 @@ SETTINGS = (
     "UNLEASH_ENVIRONMENT",
 )
 T = TypeVar("T")
+
+
 @pytest.fixture
 def canary_done(world: World) -> World:
     """acme (wave canary) really migrated; globex and initech (wave main) untouched."""
@@ -331,9 +333,11 @@ def test_a_killed_runner_shows_as_holder_then_leaves_an_interrupted_step_and_no_
     world = canary_done
     api.rollback(DEMO, "acme", "pre-cutover", discard_writes_since_cutover=True, environ=world.environ)
     shown = api.status(DEMO, environ=world.environ)
-    assert shown.tenants[0].state == "rolled back" and shown.tenants[0].points == ("pre-copy", "pre-cutover")
+    # Across the cut-over with its writes discarded, the copy is reverted too: only pre-copy stays passed.
+    assert shown.tenants[0].state == "rolled back" and shown.tenants[0].points == ("pre-copy",)
     assert shown.next is not None and "acme was rolled back" in shown.next.why
-    # The re-run's flag step saves its snapshot as a checkpoint before it flips: it waits on this lock.
+    # The re-run copies afresh (the copy was reverted with the discarded writes); its backfill saves a
+    # checkpoint per chunk: it waits on this lock.
     checkpoints_locked.execute("LOCK TABLE migrate_control.checkpoints IN EXCLUSIVE MODE")
     err_log = tmp_path / "run.err"
     with open(err_log, "wb") as err:
@@ -347,19 +351,20 @@ def test_a_killed_runner_shows_as_holder_then_leaves_an_interrupted_step_and_no_
     try:
         shown = eventually(
             lambda: api.status(DEMO, ["acme"], environ=world.environ),
-            # The re-run validates again before its flip (issue 13), then waits at the flag step.
-            lambda s: (s.tenants[0].current is not None and s.tenants[0].current.key == "cutover/flag")
-            or proc.poll() is not None,
+            lambda s: (
+                (s.tenants[0].current is not None and s.tenants[0].current.key == "copy/backfill")
+                or proc.poll() is not None
+            ),
         )
         assert proc.poll() is None, err_log.read_text()[-2000:]
         acme = shown.tenants[0]
         assert acme.current is not None
-        assert (acme.current.key, acme.current.status, acme.state) == ("cutover/flag", "running", "running")
+        assert (acme.current.key, acme.current.status, acme.state) == ("copy/backfill", "running", "running")
         assert acme.holder is not None
         assert (acme.holder.host, acme.holder.pid) == (socket.gethostname(), proc.pid)
         code, out, _err = cli(world.environ, str(DEMO))
         assert code == 0
-        assert "acme: cutover/flag running; held by run " in out
+        assert "acme: copy/backfill running; held by run " in out
         assert f"on {socket.gethostname()}, pid {proc.pid}, since " in out
     finally:
         os.kill(proc.pid, signal.SIGKILL)
@@ -370,7 +375,7 @@ def test_a_killed_runner_shows_as_holder_then_leaves_an_interrupted_step_and_no_
     acme = shown.tenants[0]
     assert acme.holder is None and acme.state == "interrupted"
     assert acme.current is not None and (acme.current.key, acme.current.status) == (
-        "cutover/flag",
+        "copy/backfill",
         "interrupted",
     )
     assert [(w.name, w.stage) for w in shown.waves] == [
@@ -378,9 +383,9 @@ def test_a_killed_runner_shows_as_holder_then_leaves_an_interrupted_step_and_no_
         ("main", "waiting for an earlier wave"),
     ], "a step left 'running' by a dead runner is not done"
     assert shown.next is not None and shown.next.command == f"migrate run {DEMO}"
-    assert "acme was interrupted at cutover/flag (its runner is gone; the run redoes it)" in shown.next.why
+    assert "acme was interrupted at copy/backfill (its runner is gone; the run redoes it)" in shown.next.why
     code, out, _err = cli(world.environ, str(DEMO))
-    assert "acme: cutover/flag interrupted (its runner is gone; the next run redoes it)" in out
+    assert "acme: copy/backfill interrupted (its runner is gone; the next run redoes it)" in out
     assert "held by" not in out
 
     assert api.run(DEMO, ["acme"], environ=world.environ).ok  # the next command, followed

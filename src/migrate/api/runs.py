@@ -319,7 +319,9 @@ def rollback_preview(
                 pending |= env.rollbacks.unfinished(conn, ids) if env.rollbacks.exists(conn) else {}
                 back |= reversible(env, conn, ids)
     refuse_a_later_point(req.plan.tenants, to, pending, str(req.loaded.path))
-    preview = what_to_revert(req.plan.tenants, to, records)
+    preview = what_to_revert(
+        req.plan.tenants, to, records, discard=discard_writes_since_cutover, reversible=back
+    )
     if not discard_writes_since_cutover:
         refuse_across_cutover(preview, back | set(pending))
     return preview

@@ -511,7 +511,8 @@ def rollback(
         typer.Option(
             "--discard-writes-since-cutover",
             help="Roll back across a cut-over although the writes a tenant took in the shared schema "
-            "since then are lost (there is no reverse sync yet); the ledger records who accepted it.",
+            "since then are lost (there is no reverse sync yet): its copy leaves the shared tables with "
+            "them and the next run copies and validates afresh; the ledger records who accepted it.",
         ),
     ] = False,
     yes: Annotated[

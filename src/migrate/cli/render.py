@@ -478,7 +478,11 @@ def rollback(console: Console, result: RollbackResult) -> None:
         console.print(f"finish it with: {result.resume}", markup=False)
         return
     for cut in result.discarded:
-        console.print(f"{cut.describe()}: its writes since then were discarded, as accepted", markup=False)
+        console.print(
+            f"{cut.describe()}: its writes since then were discarded, as accepted (its copy left the "
+            "shared tables with them; the next run copies and validates afresh)",
+            markup=False,
+        )
     timing = (
         f"traffic back on the old databases after {result.seconds_to_flags:.2f} s (flags restored); "
         if result.seconds_to_flags is not None

@@ -16,7 +16,11 @@ The incident path, in this order:
    (offline, or finalised) there is no reverse sync, so a
    rollback across it would lose them. It is refused, saying when the cut-over
    was, unless the caller accepts the loss (``--discard-writes-since-cutover``),
-   which the ledger records per tenant.
+   which the ledger records per tenant. Accepted, it does what it says: the
+   tenant's copy is reverted too (its rows, the application's writes since the
+   cut-over among them, leave the shared tables, and its change capture is
+   dropped), so the next ``run`` copies and validates afresh from the old
+   database, never on the shared tables' mixed state.
 4. **Flags**, for every tenant, before any data: traffic goes back to the old
    databases in seconds. Flag steps need neither the source nor its tables, so a
    slow or unreachable source cannot delay them. The time from the command's
@@ -106,6 +110,16 @@ class TenantRevert:
     data: tuple[PlannedStep, ...]
     cutover: Cutover | None  # the earliest cut-over among the flag steps, if any
     records: Mapping[str, StepRecord] = field(default_factory=dict, repr=False)
+    afresh: tuple[PlannedStep, ...] = ()  # steps before the point reverted too: writes discarded
+
+    def first_reverted(self, plan: TenantPlan, point: str) -> int:
+        """The index in ``plan.steps`` after which every step is reverted (the point's, or earlier
+        when the copy is reverted too)."""
+        keys = [s.step_id for s in plan.steps]
+        marker = keys.index(f"@{point}")
+        if self.afresh:
+            marker = min(marker, min(plan.steps.index(s) for s in self.afresh) - 1)
+        return marker
 
     @property
     def steps(self) -> tuple[PlannedStep, ...]:
@@ -175,8 +189,22 @@ def steps_after(plan: TenantPlan, point: str) -> list[PlannedStep]:
     return [s for s in plan.steps[keys.index(marker) + 1 :] if not s.is_point]
 
 
-def what_to_revert(plans: Sequence[TenantPlan], point: str, records: Sequence[StepRecord]) -> RollbackPreview:
-    """Per tenant, the steps after ``point`` that did (or may have done) something, newest first."""
+def what_to_revert(
+    plans: Sequence[TenantPlan],
+    point: str,
+    records: Sequence[StepRecord],
+    *,
+    discard: bool = False,
+    reversible: Collection[str] = (),
+) -> RollbackPreview:
+    """Per tenant, the steps after ``point`` that did (or may have done) something, newest first.
+
+    ``discard`` (``--discard-writes-since-cutover``): for a tenant whose cut-over is crossed, the
+    steps from its copy (the first step that moves data) up to the point are reverted as well, so the
+    writes since the cut-over leave the shared tables and the next run copies and validates afresh —
+    unless the tenant's reverse path (``reversible``, not finalised) puts back exactly the rows
+    written since the cut-over, from its frozen old database.
+    """
     by_tenant: dict[str, dict[str, StepRecord]] = {}
     for rec in records:
         by_tenant.setdefault(rec.tenant, {})[rec.step_key] = rec
@@ -214,16 +242,36 @@ def what_to_revert(plans: Sequence[TenantPlan], point: str, records: Sequence[St
                     flipped.finished_at,
                     finalised,
                 )
+        lost = cutover is not None and (plan.tenant.id not in reversible or cutover.finalised_at)
+        afresh = _copy_before(plan, point, recs) if discard and lost else []
         out.append(
             TenantRevert(
                 plan.tenant,
                 flags,
-                tuple(s for s in todo if s not in flags),
+                tuple(s for s in todo if s not in flags) + tuple(afresh),
                 cutover,
-                {s.key: recs[s.key] for s in todo},
+                {s.key: recs[s.key] for s in (*todo, *afresh)},
+                tuple(afresh),
             )
         )
     return RollbackPreview(point, tuple(out))
+
+
+def _copy_before(plan: TenantPlan, point: str, recs: Mapping[str, StepRecord]) -> list[PlannedStep]:
+    """The steps before ``point`` from the tenant's copy on (newest first) that a discarded cut-over
+    reverts: the copy whose rows the application has written over, and what checked or fed it."""
+    before = [s for s in plan.steps[: [p.step_id for p in plan.steps].index(f"@{point}")] if not s.is_point]
+    first = next((i for i, s in enumerate(before) if s.spec is not None and s.spec.moves == "data"), None)
+    if first is None:
+        return []
+    return [
+        s
+        for s in reversed(before[first:])
+        if s.spec is not None
+        and s.spec.moves != "traffic"
+        and (found := recs.get(s.key)) is not None
+        and found.status in _REVERTIBLE
+    ]
 
 
 def reversible(env: Environment, conn: psycopg.Connection[Any], tenants: Sequence[str]) -> set[str]:
@@ -323,13 +371,16 @@ def rollback(
         except psycopg.Error as exc:
             raise from_driver(exc, "rollback") from exc
         refuse_a_later_point(plans, point, pending, book_path)
-        preview = what_to_revert(plans, point, records)
-        back: set[str] = set(pending)  # an unfinished rollback was allowed when it began
+        reverse: set[str] = set()  # tenants whose reverse path applies their writes back
         try:
             for name, theirs in by_target.items():
-                back |= reversible(regions.envs[name], conns[name], [t.id for t in theirs])
+                reverse |= reversible(regions.envs[name], conns[name], [t.id for t in theirs])
         except psycopg.Error as exc:
             raise from_driver(exc, "rollback") from exc
+        preview = what_to_revert(
+            plans, point, records, discard=discard_writes_since_cutover, reversible=reverse
+        )
+        back: set[str] = set(pending) | reverse  # an unfinished rollback was allowed when it began
         if not discard_writes_since_cutover:
             refuse_across_cutover(preview, back)
         result.discarded = tuple(c for c in preview.cutovers if c.tenant not in back or c.finalised_at)
@@ -385,7 +436,7 @@ def rollback(
                         for step in todo.data:
                             safe_point(f"{todo.tenant.id}/{step.key}")
                             result.steps.append(_revert(the_env, ctx, step, todo.records[step.key]))
-                marker = [s.step_id for s in plan.steps].index(f"@{point}")
+                marker = todo.first_reverted(plan, point)
                 books[the_env.name].tenant_done(
                     plan.tenant.id, [s for s in plan.steps[marker + 1 :] if s.is_point]
                 )

@@ -86,7 +86,8 @@ def _gives_up(tp: TenantPlan, point: str) -> str:
         said += (
             ". Once the tenant is cut over, its writes to the shared schema since then are LOST (no "
             f"reverse sync yet): the rollback refuses, saying when the cut-over was, until {DISCARD} "
-            "is added — a person's decision, ledgered"
+            "is added — a person's decision, ledgered; then the copy leaves the shared tables too and "
+            "the next run copies and validates afresh"
         )
     return said
 
