@@ -180,3 +180,35 @@ def test_sigterm_ends_any_other_command_with_130_and_says_so(tmp_path: Path) -> 
         os.close(writer)
     assert proc.returncode == 130, (out, err)
     assert "interrupted (SIGTERM)" in err
+
+
+@pytest.mark.tenants(acme=60)
+def test_kill_9_inside_a_discarding_rollback_to_pre_cutover_is_finished_by_the_same_command(
+    world: World, tmp_path: Path
+) -> None:
+    """Across the cut-over with its writes discarded, a rollback even to pre-cutover deletes the copy;
+    killed mid-way (the cut-over already reverted), the same command still deletes the rest — it is not
+    fooled into 'nothing crossed' — and the next run copies and validates afresh."""
+    book = chunked(tmp_path)
+    assert api.run(book, ["acme"], environ=world.environ).ok
+    total = held_rows(world, "acme")
+    logs = tmp_path / "rollback"
+    args = ("rollback", str(book), "--tenant", "acme", "--to", "pre-cutover", "--yes", DISCARD)
+    proc = spawn(world, logs, *args)
+    deleting = lambda: 0 < held_rows(world, "acme") < total  # noqa: E731
+    code = signal_when(proc, deleting, signal.SIGKILL, "rows were deleted")
+    assert code == -signal.SIGKILL
+    assert 0 < held_rows(world, "acme") < total
+    assert flag_on(world) == [] and step_states(world, "acme")["cutover/flag"] == "reverted"
+    shown = api.status(book, environ=world.environ)
+    assert shown.next is not None and shown.next.command == f"migrate {shlex.join(args)}"
+    finished = spawn(world, tmp_path / "finish", *args)
+    assert finished.wait(timeout=120) == 0, (tmp_path / "finish.err").read_text()[-2000:]
+    assert "copy/backfill" in (tmp_path / "finish.out").read_text()
+    assert set(shared_rows(world, "acme").values()) == {0}
+    assert step_states(world, "acme")["copy/backfill"] == "reverted"
+    again = api.run(book, ["acme"], environ=world.environ)
+    assert again.ok
+    assert "copy/backfill" in [s.key for s in again.tenants[0].steps if s.outcome == "applied"]
+    assert world.target_counts("acme") == world.source_counts("acme")
+    assert api.status(book, environ=world.environ).tenants[0].validated is True

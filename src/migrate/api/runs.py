@@ -320,7 +320,12 @@ def rollback_preview(
                 back |= reversible(env, conn, ids)
     refuse_a_later_point(req.plan.tenants, to, pending, str(req.loaded.path))
     preview = what_to_revert(
-        req.plan.tenants, to, records, discard=discard_writes_since_cutover, reversible=back
+        req.plan.tenants,
+        to,
+        records,
+        discard=discard_writes_since_cutover,
+        reversible=back,
+        pending=pending,
     )
     if not discard_writes_since_cutover:
         refuse_across_cutover(preview, back | set(pending))

@@ -196,6 +196,7 @@ def what_to_revert(
     *,
     discard: bool = False,
     reversible: Collection[str] = (),
+    pending: Mapping[str, UnfinishedRollback] | None = None,
 ) -> RollbackPreview:
     """Per tenant, the steps after ``point`` that did (or may have done) something, newest first.
 
@@ -204,6 +205,8 @@ def what_to_revert(
     writes since the cut-over leave the shared tables and the next run copies and validates afresh —
     unless the tenant's reverse path (``reversible``, not finalised) puts back exactly the rows
     written since the cut-over, from its frozen old database.
+    ``pending``: the unfinished rollbacks; one that discarded writes to the same point still reverts
+    the copy when the command finishes it, though its cut-over is reverted already (a crash, a stop).
     """
     by_tenant: dict[str, dict[str, StepRecord]] = {}
     for rec in records:
@@ -242,8 +245,10 @@ def what_to_revert(
                     flipped.finished_at,
                     finalised,
                 )
+        left = (pending or {}).get(plan.tenant.id)
+        resumed = left is not None and left.discard_writes and left.point == point
         lost = cutover is not None and (plan.tenant.id not in reversible or cutover.finalised_at)
-        afresh = _copy_before(plan, point, recs) if discard and lost else []
+        afresh = _copy_before(plan, point, recs) if discard and (lost or resumed) else []
         out.append(
             TenantRevert(
                 plan.tenant,
@@ -378,7 +383,12 @@ def rollback(
         except psycopg.Error as exc:
             raise from_driver(exc, "rollback") from exc
         preview = what_to_revert(
-            plans, point, records, discard=discard_writes_since_cutover, reversible=reverse
+            plans,
+            point,
+            records,
+            discard=discard_writes_since_cutover,
+            reversible=reverse,
+            pending=pending,
         )
         back: set[str] = set(pending) | reverse  # an unfinished rollback was allowed when it began
         if not discard_writes_since_cutover:
