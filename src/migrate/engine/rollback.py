@@ -247,6 +247,7 @@ def what_to_revert(
                 )
         left = (pending or {}).get(plan.tenant.id)
         resumed = left is not None and left.discard_writes and left.point == point
+        resumed = resumed and plan.tenant.id not in reversible
         lost = cutover is not None and (plan.tenant.id not in reversible or cutover.finalised_at)
         afresh = _copy_before(plan, point, recs) if discard and (lost or resumed) else []
         out.append(
