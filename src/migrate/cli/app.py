@@ -510,9 +510,10 @@ def rollback(
         bool,
         typer.Option(
             "--discard-writes-since-cutover",
-            help="Roll back across a cut-over although the writes a tenant took in the shared schema "
-            "since then are lost (there is no reverse sync yet): its copy leaves the shared tables with "
-            "them and the next run copies and validates afresh; the ledger records who accepted it.",
+            help="Roll back across a cut-over accepting that the writes a tenant took in the shared "
+            "schema since then are lost: without a reverse path (offline, finalised) its copy leaves the "
+            "shared tables with them and the next run copies and validates afresh; with one, the shared "
+            "rows are put back as the cut-over left them. The ledger records who accepted it.",
         ),
     ] = False,
     yes: Annotated[
