@@ -126,11 +126,12 @@ def run_citus_demo(admin_dsn: str, *, on_stage: Callable[[str], None] | None = N
             ).fetchone()
         verified = api.verify(playbook, environ=environ)
         say("rolling acme back to each point, then running again")
-        rollbacks = [
-            api.rollback(playbook, ["acme"], point, discard_writes_since_cutover=True, environ=environ)
-            for point in ("pre-cutover", "pre-copy")
-        ]
-        rerun = api.run(playbook, environ=environ, actor="demo")
+        rollbacks = []
+        for point in ("pre-cutover", "pre-copy"):  # a discarded cut-over reverts the copy too: run between
+            rollbacks.append(
+                api.rollback(playbook, ["acme"], point, discard_writes_since_cutover=True, environ=environ)
+            )
+            rerun = api.run(playbook, environ=environ, actor="demo")
         verified_after = api.verify(playbook, environ=environ)
         say(
             f"isolation-check as application role {role} (SET LOCAL app.tenant_id, propagated to the workers)"
