@@ -34,11 +34,14 @@ them, never ``conftest`` or another test module.
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
 
+import psycopg
 import pytest
+from psycopg import sql
 
 from databases import (
     BACKENDS,
@@ -46,6 +49,7 @@ from databases import (
     DatabaseFactory,
     chosen_backend,
     describe,
+    dsn_for,
     forced_backend,
     scratch_dir,
     start_backend,
@@ -156,3 +160,27 @@ def _structlog_per_test() -> None:
     from migrate.log import configure
 
     configure(level="info")
+
+
+@pytest.fixture
+def app_role(database_factory: DatabaseFactory) -> Iterator[str]:
+    """An application role: NOSUPERUSER NOBYPASSRLS, owning nothing; dropped (with what it was
+    granted in every database) after the test."""
+    name = f"tm_app_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(database_factory.admin_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} NOSUPERUSER NOBYPASSRLS").format(sql.Identifier(name)))
+    yield name
+    with psycopg.connect(database_factory.admin_dsn, autocommit=True) as conn:
+        dbs = [
+            r[0]
+            for r in conn.execute(
+                "SELECT DISTINCT d.datname FROM pg_shdepend s JOIN pg_database d ON d.oid = s.dbid"
+                " WHERE s.refclassid = 'pg_authid'::regclass AND s.refobjid = to_regrole(%s)",
+                (name,),
+            )
+        ]
+    for db in dbs:
+        with psycopg.connect(dsn_for(database_factory.admin_dsn, db), autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
+    with psycopg.connect(database_factory.admin_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))

@@ -14,15 +14,13 @@ import json
 import os
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg import sql
 
-from databases import DatabaseFactory, dsn_for
+from databases import DatabaseFactory
 from migrate import api
 from migrate.catalog.ddl import SET_TENANT_SQL
 from migrate.cli.app import main
@@ -41,29 +39,6 @@ LEFT = (
     "view public.order_counts",
 )
 TABLES = ("customers", "orders", "visits")  # audit_log is left out
-
-
-@pytest.fixture
-def app_role(database_factory: DatabaseFactory) -> Iterator[str]:
-    """The application's role: NOSUPERUSER NOBYPASSRLS, owning nothing; dropped after the test."""
-    name = f"tm_app_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(database_factory.admin_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE ROLE {} NOSUPERUSER NOBYPASSRLS").format(sql.Identifier(name)))
-    yield name
-    with psycopg.connect(database_factory.admin_dsn, autocommit=True) as conn:
-        dbs = [
-            r[0]
-            for r in conn.execute(
-                "SELECT DISTINCT d.datname FROM pg_shdepend s JOIN pg_database d ON d.oid = s.dbid"
-                " WHERE s.refclassid = 'pg_authid'::regclass AND s.refobjid = to_regrole(%s)",
-                (name,),
-            )
-        ]
-    for db in dbs:
-        with psycopg.connect(dsn_for(database_factory.admin_dsn, db), autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
-    with psycopg.connect(database_factory.admin_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
 
 
 def objects_world(factory: DatabaseFactory, tmp_path: Path) -> World:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +20,7 @@ from alembic.config import Config
 from psycopg import sql
 from sqlalchemy.pool import NullPool
 
-from databases import DatabaseFactory, dsn_for
+from databases import DatabaseFactory
 from migrate import api
 from migrate.catalog.ddl import SET_TENANT_SQL
 from migrate.cli.app import main
@@ -63,31 +61,6 @@ SIZES = {
 def _admin(dsn: str, statement: sql.Composable | str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(statement)
-
-
-@pytest.fixture
-def app_role(database_factory: DatabaseFactory) -> Iterator[str]:
-    """The application's role: NOSUPERUSER NOBYPASSRLS, owning nothing; dropped after the test."""
-    name = f"tm_app_{uuid.uuid4().hex[:8]}"
-    _admin(
-        database_factory.admin_dsn,
-        sql.SQL("CREATE ROLE {} NOSUPERUSER NOBYPASSRLS").format(sql.Identifier(name)),
-    )
-    yield name
-    with psycopg.connect(database_factory.admin_dsn, autocommit=True) as conn:
-        dbs = [
-            r[0]
-            for r in conn.execute(
-                "SELECT DISTINCT d.datname FROM pg_shdepend s JOIN pg_database d ON d.oid = s.dbid"
-                " WHERE s.refclassid = 'pg_authid'::regclass AND s.refobjid = to_regrole(%s)",
-                (name,),
-            )
-        ]
-    for db in dbs:
-        _admin(
-            dsn_for(database_factory.admin_dsn, db), sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name))
-        )
-    _admin(database_factory.admin_dsn, sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
 
 
 def keys_world(factory: DatabaseFactory, tmp_path: Path) -> World:
