@@ -339,3 +339,77 @@ def test_a_tenant_whose_table_is_empty_is_write_ready_and_its_first_insert_works
     with world.target() as conn:
         assert conn.execute("SELECT count(*) FROM app.orders WHERE tenant_id = 'globex'").fetchone() == (0,)
         insert_as_app(conn, app_role, "globex")
+
+
+def test_the_application_drawing_while_a_sequence_advances_never_gets_a_number_twice(
+    database_factory: DatabaseFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The application draws from the shared sequence right between the advance's read and its
+    setval: it waits for the advance, so it never draws a number the setval hands out again."""
+    import migrate.steps.sequences as sequences
+
+    world = keys_world(database_factory, tmp_path)
+    assert api.run(playbook(tmp_path, None, steps=("schema",), name="s"), environ=world.environ).ok
+    drawn: list[int] = []
+    drawer: list[threading.Thread] = []
+    real = sequences.next_value
+
+    def draw() -> None:
+        with psycopg.connect(world.target_dsn, autocommit=True) as conn:
+            rows = conn.execute("SELECT nextval('app.order_no') FROM generate_series(1, 2000)").fetchall()
+        drawn.extend(int(r[0]) for r in rows)
+
+    def read_then_draw(conn: psycopg.Connection[Any], schema: str, sequence: str) -> tuple[int, int]:
+        read = real(conn, schema, sequence)
+        if sequence == "order_no" and not drawer:
+            drawer.append(threading.Thread(target=draw))
+            drawer[0].start()
+            drawer[0].join(1.0)  # held back: it waits; unheld: it draws 2,000 numbers at once
+        return read
+
+    monkeypatch.setattr(sequences, "next_value", read_then_draw)
+    assert api.run(playbook(tmp_path, None, steps=("backfill",), name="copy"), environ=world.environ).ok
+    assert drawer, "the advance never read app.order_no"
+    drawer[0].join(30)
+    with world.target() as conn:
+        highest = conn.execute(
+            "SELECT max(no) FROM (SELECT no FROM app.orders UNION ALL SELECT no FROM app.returns) AS n"
+        ).fetchone()[0]  # type: ignore[index]
+        following = conn.execute("SELECT nextval('app.order_no')").fetchone()[0]  # type: ignore[index]
+    assert len(drawn) == 2000
+    assert min(drawn) > highest, f"the application drew {min(drawn)} while the tenant holds up to {highest}"
+    assert following > max(drawn), f"the sequence hands out {following} again after drawing {max(drawn)}"
+
+
+def test_an_application_transaction_left_open_never_stalls_the_advance(
+    database_factory: DatabaseFactory, tmp_path: Path
+) -> None:
+    """A transaction that drew from the shared sequence and stays open: the advance cannot hold the
+    sequence (it never queues every insert behind that transaction), moves it unheld, and is done."""
+    world = keys_world(database_factory, tmp_path)
+    assert api.run(playbook(tmp_path, None, steps=("schema",), name="s"), environ=world.environ).ok
+    results: list[Any] = []
+    copy = playbook(tmp_path, None, steps=("backfill",), name="copy")
+    with psycopg.connect(world.target_dsn) as open_app:
+        open_app.execute("SELECT nextval('app.order_no')")  # its lock lasts until the transaction ends
+        runner = threading.Thread(target=lambda: results.append(api.run(copy, environ=world.environ)))
+        runner.start()
+        runner.join(60)
+        stalled = runner.is_alive()
+        with world.target() as conn:
+            following, _ = sequences_next(conn)
+        open_app.rollback()
+    runner.join()
+    assert not stalled, "the advance waited for the application's open transaction"
+    assert results[0].ok
+    with world.target() as conn:
+        highest = conn.execute(
+            "SELECT max(no) FROM (SELECT no FROM app.orders UNION ALL SELECT no FROM app.returns) AS n"
+        ).fetchone()[0]  # type: ignore[index]
+    assert following > highest
+
+
+def sequences_next(conn: psycopg.Connection[Any]) -> tuple[int, int]:
+    from migrate.checks.readiness import next_value
+
+    return next_value(conn, "app", "order_no")

@@ -10,10 +10,16 @@ application's first insert after the flip hits ``duplicate key``.
 Two runners advancing the same sequence for two tenants would race (both read 10; one sets
 200, the other 100 after it: backwards). Each sequence is moved under a transaction-level
 advisory lock on its name, and ``setval`` runs only when the sequence is behind: idempotent,
-never backwards between runners. (The application drawing numbers for other tenants is the
-one thing not serialised: were it to draw past this tenant's largest value in the instant
-between the read and the ``setval``, those numbers would come round again — for other
-tenants' rows, whose keys lead with their own ``tenant_id``.)
+never backwards between runners. The application drawing numbers for other tenants is held
+back too, for the few milliseconds between the read and the ``setval``: were it to draw past
+this tenant's largest value in that instant, ``setval`` would hand those numbers out again.
+``ALTER SEQUENCE`` (a no-op: its own increment) takes SHARE ROW EXCLUSIVE, which every
+``nextval()``'s ROW EXCLUSIVE waits for (``LOCK TABLE`` refuses sequences). It waits at most
+``HOLD_WAIT`` for the application's open transactions that drew from the sequence — never
+queueing every insert of every tenant behind one long transaction — and tries again a few
+times; a sequence it cannot hold (still busy, or not owned by the migrator) moves as before,
+unheld, and the log says ``sequence_unheld``. A rehearsal (one transaction for the whole tenant)
+never holds it: it would hold every insert back until the rehearsal ends.
 
 A rehearsal advances too: a sequence's position is not data (PostgreSQL never rolls it back),
 and the real run sets the very same values.
@@ -21,6 +27,7 @@ and the real run sets the very same values.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -68,6 +75,37 @@ def _locked(conn: psycopg.Connection[Any], qualified: str, *, nested: bool) -> I
             conn.execute("SELECT pg_advisory_unlock(hashtext(%s), hashtext(%s))", key)
 
 
+HOLD_WAIT = "50ms"
+HOLD_TRIES = 5
+
+
+def _hold_draws(conn: psycopg.Connection[Any], use: SequenceUse) -> str | None:
+    """Hold back every ``nextval()`` of the sequence until the caller's transaction ends; None when
+    held, else why not (see the module's docstring)."""
+    qualified = sql.Identifier(use.schema, use.sequence)
+    increment = conn.execute(
+        "SELECT seqincrement FROM pg_sequence WHERE seqrelid = %s::regclass", (qualified.as_string(None),)
+    ).fetchone()
+    assert increment is not None
+    wait = conn.execute("SELECT current_setting('lock_timeout')").fetchone()
+    why = ""
+    for attempt in range(HOLD_TRIES):
+        try:
+            with conn.transaction():
+                conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(HOLD_WAIT)))
+                conn.execute(
+                    sql.SQL("ALTER SEQUENCE {} INCREMENT BY {}").format(qualified, sql.Literal(increment[0]))
+                )
+                conn.execute("SELECT set_config('lock_timeout', %s, true)", (wait[0] if wait else "0",))
+            return None
+        except psycopg.errors.InsufficientPrivilege as exc:
+            return exc.diag.message_primary or str(exc)
+        except psycopg.errors.LockNotAvailable:
+            why = "the application's open transactions kept drawing from it"
+            time.sleep(0.02 * (attempt + 1))
+    return why
+
+
 def advance_sequences(ctx: StepContext, *, target: psycopg.Connection[Any] | None = None) -> dict[str, int]:
     """Move every shared sequence the tenant's tables use past its values; returns those moved."""
     conn = target or ctx.target
@@ -88,6 +126,9 @@ def advance_sequences(ctx: StepContext, *, target: psycopg.Connection[Any] | Non
     nested = conn.info.transaction_status != pq.TransactionStatus.IDLE
     for qualified, (use, highest) in sorted(wanted.items()):
         with conn.transaction(), _locked(conn, qualified, nested=nested):
+            unheld = "a rehearsal never holds it" if nested else _hold_draws(conn, use)
+            if unheld is not None and not nested:
+                ctx.log.warning("sequence_unheld", sequence=qualified, reason=unheld)
             following, increment = next_value(conn, use.schema, use.sequence)
             if increment > 0 and following <= highest:
                 conn.execute(
