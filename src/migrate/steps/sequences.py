@@ -17,9 +17,10 @@ this tenant's largest value in that instant, ``setval`` would hand those numbers
 ``nextval()``'s ROW EXCLUSIVE waits for (``LOCK TABLE`` refuses sequences). It waits at most
 ``HOLD_WAIT`` for the application's open transactions that drew from the sequence — never
 queueing every insert of every tenant behind one long transaction — and tries again a few
-times; a sequence it cannot hold (still busy, or not owned by the migrator) moves as before,
-unheld, and the log says ``sequence_unheld``. A rehearsal (one transaction for the whole tenant)
-never holds it: it would hold every insert back until the rehearsal ends.
+times; a sequence it cannot hold (still busy, not owned by the migrator, or distributed by
+Citus, which refuses to alter it) moves as before, unheld, and the log says
+``sequence_unheld``. A rehearsal (one transaction for the whole tenant) never holds it: it
+would hold every insert back until the rehearsal ends.
 
 A rehearsal advances too: a sequence's position is not data (PostgreSQL never rolls it back),
 and the real run sets the very same values.
@@ -126,7 +127,12 @@ def advance_sequences(ctx: StepContext, *, target: psycopg.Connection[Any] | Non
     nested = conn.info.transaction_status != pq.TransactionStatus.IDLE
     for qualified, (use, highest) in sorted(wanted.items()):
         with conn.transaction(), _locked(conn, qualified, nested=nested):
-            unheld = "a rehearsal never holds it" if nested else _hold_draws(conn, use)
+            if nested:
+                unheld: str | None = "a rehearsal never holds it"
+            elif ctx.distributed == "citus":
+                unheld = "Citus refuses to alter a distributed sequence"
+            else:
+                unheld = _hold_draws(conn, use)
             if unheld is not None and not nested:
                 ctx.log.warning("sequence_unheld", sequence=qualified, reason=unheld)
             following, increment = next_value(conn, use.schema, use.sequence)
