@@ -525,3 +525,48 @@ def test_with_target_app_role_the_schema_step_sets_up_the_role_and_the_flag_flip
     )
     report = api.isolation_check(book, app_role=app_role, environ=cworld.environ)
     assert report.findings == () and report.probes > 0, report.findings
+
+
+def _shards_of(world: World, tenant: str) -> dict[str, tuple[int, bool]]:
+    """Per tenant table: the tenant's shard and whether it holds the tenant's hash value alone."""
+    with world.target() as conn:
+        rows = conn.execute(
+            "SELECT c.relname, s.shardid, s.shardminvalue = s.shardmaxvalue FROM pg_dist_partition p"
+            " JOIN pg_class c ON c.oid = p.logicalrelid"
+            " JOIN pg_dist_shard s ON s.shardid = get_shard_id_for_distribution_column(c.oid, %s::text)"
+            " WHERE c.relnamespace = 'app'::regnamespace AND p.partmethod = 'h'",
+            (tenant,),
+        ).fetchall()
+    return {r[0]: (int(r[1]), bool(r[2])) for r in rows}
+
+
+@pytest.mark.tenants(acme=2, globex=1)
+def test_the_isolate_step_gives_a_tenant_shards_of_its_own_once_and_keeps_every_row(cworld: World) -> None:
+    """isolate after validate: acme's hash value alone in a shard of every co-located table, rows and
+    verify unchanged, other tenants' values still sharing; a second run and a re-apply split nothing;
+    a rehearsal splits nothing."""
+    book = cworld.flag_file.parent / "isolate.yaml"
+    book.write_text(
+        playbook(cworld.flag_file.parent, ("acme",)).read_text()
+        + "  - name: place\n    steps:\n      - kind: isolate\n"
+    )
+    rehearsal = api.run(book, environ=cworld.environ, actor="pytest", dry_run=True)
+    assert rehearsal.ok and citus_tables(cworld) == {}  # nothing made, nothing split
+    result = api.run(book, environ=cworld.environ, actor="pytest")
+    assert result.ok, [t.error for t in result.tenants]
+    after = _shards_of(cworld, "acme")
+    assert set(after) == set(TABLES) and all(alone for _, alone in after.values()), after
+    details = next(s for s in result.tenants[0].steps if s.kind == "isolate").details
+    assert details["split_now"] and details["from_shard"] != details["shard"]
+    assert not any(alone for _, alone in _shards_of(cworld, "globex").values())  # the rest still share
+    assert cworld.target_counts("acme") == cworld.source_counts("acme")
+    assert api.verify(book, environ=cworld.environ).match
+    # Idempotent: the run again, and after a rollback to before the copy a fresh apply, split nothing.
+    assert api.run(book, environ=cworld.environ, actor="pytest").ok
+    assert not api.rollback(book, ["acme"], "pre-copy", environ=cworld.environ).unfinished
+    assert set(cworld.target_counts("acme").values()) == {0}
+    again = api.run(book, environ=cworld.environ, actor="pytest")
+    assert again.ok and _shards_of(cworld, "acme") == after
+    step = next(s for s in again.tenants[0].steps if s.kind == "isolate")
+    assert step.details["split_now"] is False
+    assert cworld.target_counts("acme") == cworld.source_counts("acme")

@@ -239,3 +239,20 @@ def test_the_playbook_version_ignores_comments_and_layout_but_not_substance(tmp_
     assert load_playbook(write(tmp_path, relaid, "b.yaml")).digest == base
     more = GOOD.replace("  - id: globex", "  - id: globex\n  - id: initech")
     assert load_playbook(write(tmp_path, more, "c.yaml")).digest != base
+
+
+def test_an_isolate_step_on_a_plain_target_is_refused_on_its_line(tmp_path: Path) -> None:
+    """The Citus-only step kind on a plain PostgreSQL target: an error at the step, naming the key;
+    the same playbook with 'distributed: citus' loads."""
+    text = GOOD + "      - {kind: isolate, transfer: block_writes}\n"
+    err = load_error(tmp_path, text)
+    assert err.where == f"{tmp_path / 'p.yaml'}:14: phases[0].steps[4].kind"
+    assert "Citus target only" in err.message and "distributed: citus" in (err.hint or "")
+    citus = text.replace(
+        "target: {dsn_env: MIGRATE_TARGET_DSN}", "target: {dsn_env: MIGRATE_TARGET_DSN, distributed: citus}"
+    )
+    assert [
+        s.kind
+        for s in load_playbook(write(tmp_path, citus, "c.yaml")).playbook.phases[0].steps
+        if hasattr(s, "kind")
+    ][-1] == "isolate"

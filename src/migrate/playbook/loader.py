@@ -496,6 +496,15 @@ def _mode_problems(pb: Playbook) -> Iterator[tuple[Loc, str, str]]:
                     f"step kind '{item.kind}' must come after the backfill",
                     "move it after the backfill",
                 )
+            plain = [t.name for t in pb.targets_by_name().values() if t.distributed != "citus"]
+            if item.citus_only and plain:
+                yield (
+                    loc,
+                    f"step kind '{item.kind}' works on a Citus target only, and target(s) "
+                    f"{', '.join(plain)} are plain PostgreSQL",
+                    "write 'distributed: citus' in the target if it is a Citus coordinator, "
+                    "or remove the step",
+                )
             if item.kind == "finalise" and "cutover" not in seen:
                 yield loc, "finalise must come after the cutover step", "move it after the cutover step"
             if item.kind == "freeze" and "backfill" in seen:

@@ -272,6 +272,9 @@ class StepBase(Model):
     freezes: ClassVar[bool] = False
     """Whether it freezes the source (so the playbook must name ``source.app_roles``)."""
 
+    citus_only: ClassVar[bool] = False
+    """Whether it works on a Citus target only (``target.distributed: citus``)."""
+
     @classmethod
     def kind_name(cls) -> str:
         """The kind this spec class stands for, from its ``kind`` literal."""
@@ -473,6 +476,32 @@ class FinaliseStep(StepBase):
         return "drop the replication slot and publication on the source (it stays frozen)"
 
 
+class IsolateStep(StepBase):
+    """Citus: move the tenant onto shards of its own (``isolate_tenant_to_new_shard``, CASCADE)."""
+
+    kind: Literal["isolate"]
+    transfer: Literal["auto", "force_logical", "block_writes"] = Field(
+        default="auto",
+        description="How Citus moves the tenant's rows onto its new shards: 'auto' (logical replication "
+        "where every co-located table has a replica identity: the shard's other tenants keep writing), "
+        "'force_logical', or 'block_writes' (faster; writes to the tenant's old shard wait meanwhile).",
+    )
+
+    citus_only: ClassVar[bool] = True
+
+    def describe(self, target_schema: str, tables: tuple[str, ...] | None) -> str:
+        return (
+            f"Citus: the tenant's rows of every co-located table onto shards of their own "
+            f"(isolate_tenant_to_new_shard, {self.transfer})"
+        )
+
+    def undo_note(self) -> str:
+        return "nothing: the tenant keeps its own shards (placement, not data)"
+
+    def checks(self) -> str:
+        return "the tenant's shard holds its hash value alone"
+
+
 class RollbackPoint(Model):
     """A named marker between steps: ``rollback --to NAME`` reverts what follows it."""
 
@@ -488,6 +517,7 @@ STEP_SPECS: tuple[type[StepBase], ...] = (
     CutoverStep,
     FlagStep,
     FinaliseStep,
+    IsolateStep,
 )
 """Every step kind's spec, one line each: the loader, the plan and the docs derive from it."""
 

@@ -10,6 +10,7 @@ from migrate.steps.cutover import CutoverStep
 from migrate.steps.finalise import FinaliseStep
 from migrate.steps.flag import FlagStep
 from migrate.steps.freeze import FreezeStep
+from migrate.steps.isolate import IsolateStep
 from migrate.steps.schema import SchemaStep
 from migrate.steps.validate import ValidateStep
 
@@ -25,6 +26,7 @@ KINDS: dict[str, type[StepKind]] = {
         CutoverStep,
         FlagStep,
         FinaliseStep,
+        IsolateStep,
     )
 }
 
