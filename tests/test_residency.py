@@ -629,3 +629,24 @@ def test_residency_arguments_are_checked_before_any_connection(tmp_path: Path) -
         assert caught.value.where == where, (call, caught.value)
         assert time.monotonic() - started < 2.0, "checked only after trying to connect"
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_steps_extra_target_connection_goes_through_the_guard_too(regions: Regions) -> None:
+    """A tenant's session opened on EU's database; then the DSN reaches the US database (a failover,
+    a changed DNS name): the next connection a step opens (a copy's second stream, the cut-over's
+    snapshot) is refused before anything is written on it."""
+    from uuid import uuid4
+
+    from migrate.engine.session import tenant_session
+
+    regions.record_both()
+    loaded = load_playbook(REGIONS)
+    env = api.environments(loaded, regions.environ, "pytest").first
+    acme = next(t for t in loaded.tenants if t.id == "acme")
+    with tenant_session(env, acme, uuid4()) as ctx:
+        assert ctx.connect_target is not None
+        ctx.connect_target().close()  # the same database: let through
+        env.connect_target = lambda: psycopg.connect(regions.dsn["us"], autocommit=True)
+        with pytest.raises(ResidencyRefused) as caught:
+            ctx.connect_target()
+    assert "region eu" in caught.value.message and "recorded as region us" in caught.value.message

@@ -219,7 +219,7 @@ def step_context(
         app_role=env.target.app_role,
         leave_behind=pb.schema_.objects(),
         rehearsal=rehearsal,
-        connect_target=env.connect_target,
+        connect_target=_guarded(env, tenant),
         connect_replication=(
             None if env.connect_replication is None else _bind(env.connect_replication, tenant)
         ),
@@ -234,6 +234,23 @@ def _bind(
     connect: Callable[[Tenant], psycopg.Connection[Any]], tenant: Tenant
 ) -> Callable[[], psycopg.Connection[Any]]:
     return lambda: connect(tenant)
+
+
+def _guarded(env: Environment, tenant: Tenant) -> Connect:
+    """Another target connection for a step (a copy's second stream, the cut-over's snapshot), through
+    the residency guard like the session's own: a DSN that now reaches another region's database
+    (a failover, a changed DNS name) is refused before anything is written on it."""
+
+    def connect() -> psycopg.Connection[Any]:
+        conn = env.connect_target()
+        try:
+            residency.enforce(env.target, tenant, conn, None, env.loaded.path)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    return connect
 
 
 class TargetConnections:

@@ -82,22 +82,26 @@ HOLD_TRIES = 5
 
 def _hold_draws(conn: psycopg.Connection[Any], use: SequenceUse) -> str | None:
     """Hold back every ``nextval()`` of the sequence until the caller's transaction ends; None when
-    held, else why not (see the module's docstring)."""
+    held, else why not (see the module's docstring). Three round trips when the lock comes at once:
+    it runs inside the online cut-over's freeze."""
     qualified = sql.Identifier(use.schema, use.sequence)
-    increment = conn.execute(
-        "SELECT seqincrement FROM pg_sequence WHERE seqrelid = %s::regclass", (qualified.as_string(None),)
+    found = conn.execute(
+        "SELECT seqincrement, current_setting('lock_timeout') FROM pg_sequence WHERE seqrelid = %s::regclass",
+        (qualified.as_string(None),),
     ).fetchone()
-    assert increment is not None
-    wait = conn.execute("SELECT current_setting('lock_timeout')").fetchone()
+    assert found is not None
+    increment, wait = found
+    hold = sql.SQL(
+        "SET LOCAL lock_timeout = {hold}; ALTER SEQUENCE {seq} INCREMENT BY {increment};"
+        " SELECT set_config('lock_timeout', {wait}, true)"
+    ).format(
+        hold=sql.Literal(HOLD_WAIT), seq=qualified, increment=sql.Literal(increment), wait=sql.Literal(wait)
+    )
     why = ""
     for attempt in range(HOLD_TRIES):
         try:
             with conn.transaction():
-                conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(HOLD_WAIT)))
-                conn.execute(
-                    sql.SQL("ALTER SEQUENCE {} INCREMENT BY {}").format(qualified, sql.Literal(increment[0]))
-                )
-                conn.execute("SELECT set_config('lock_timeout', %s, true)", (wait[0] if wait else "0",))
+                conn.execute(hold)
             return None
         except psycopg.errors.InsufficientPrivilege as exc:
             return exc.diag.message_primary or str(exc)
