@@ -359,9 +359,13 @@ def test_the_application_drawing_while_a_sequence_advances_never_gets_a_number_t
             rows = conn.execute("SELECT nextval('app.order_no') FROM generate_series(1, 2000)").fetchall()
         drawn.extend(int(r[0]) for r in rows)
 
+    reads: list[str] = []
+
     def read_then_draw(conn: psycopg.Connection[Any], schema: str, sequence: str) -> tuple[int, int]:
         read = real(conn, schema, sequence)
-        if sequence == "order_no" and not drawer:
+        reads.append(sequence)
+        # The second read of app.order_no is the one under the hold, right before the setval.
+        if sequence == "order_no" and reads.count("order_no") == 2 and not drawer:
             drawer.append(threading.Thread(target=draw))
             drawer[0].start()
             drawer[0].join(1.0)  # held back: it waits; unheld: it draws 2,000 numbers at once

@@ -131,16 +131,20 @@ def advance_sequences(ctx: StepContext, *, target: psycopg.Connection[Any] | Non
     nested = conn.info.transaction_status != pq.TransactionStatus.IDLE
     for qualified, (use, highest) in sorted(wanted.items()):
         with conn.transaction(), _locked(conn, qualified, nested=nested):
+            following, increment = next_value(conn, use.schema, use.sequence)
+            if increment <= 0 or following > highest:
+                continue  # ahead already (the usual case inside the cut-over's freeze): nothing to hold
             if nested:
                 unheld: str | None = "a rehearsal never holds it"
             elif ctx.distributed == "citus":
                 unheld = "Citus refuses to alter a distributed sequence"
             else:
                 unheld = _hold_draws(conn, use)
+                # Read again under the hold: the application may have drawn past it meanwhile.
+                following, increment = next_value(conn, use.schema, use.sequence)
             if unheld is not None and not nested:
                 ctx.log.warning("sequence_unheld", sequence=qualified, reason=unheld)
-            following, increment = next_value(conn, use.schema, use.sequence)
-            if increment > 0 and following <= highest:
+            if following <= highest:
                 conn.execute(
                     "SELECT setval(%s::regclass, %s)",
                     (sql.Identifier(use.schema, use.sequence).as_string(None), highest),
