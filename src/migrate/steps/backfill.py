@@ -160,9 +160,9 @@ class _Copied:
 
 
 SPLIT_ROWS = 100_000
-"""A table not yet started with at least this many rows is split into key ranges when the tenant
-has more than one stream (``StepContext.streams``)."""
-_RANGE_ROWS = 50_000  # no key range is cut smaller than this
+"""A table not yet started with at least this many rows — or four chunks, when chunks are smaller
+— is split into key ranges when the tenant has more than one stream (``StepContext.streams``)."""
+_RANGE_ROWS = 50_000  # no key range is cut smaller than this (or two chunks, when chunks are smaller)
 _SNAPSHOT = "SELECT pg_export_snapshot()"
 _ALIVE = "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = %s)"
 
@@ -498,11 +498,13 @@ class BackfillStep:
         snapshot, and record them in the table's checkpoint before any range's first chunk: a
         resume after ``kill -9`` finds the same ranges, each with its own checkpoint."""
         total = sum(u.rows for us in units.values() for u in us)
-        size = max(_RANGE_ROWS, total // (streams * 4))  # a few ranges a stream: the tail stays short
+        least = min(SPLIT_ROWS, 4 * self.chunk_rows)
+        # A few ranges a stream, so the last one to finish leaves the others idle briefly.
+        size = max(min(_RANGE_ROWS, 2 * self.chunk_rows), total // (streams * 4))
         splits: dict[str, list[list[str]]] = {}
         for name, us in units.items():
             unit = us[0]
-            if len(us) > 1 or unit.cp is not None or not unit.plan.key or unit.rows < SPLIT_ROWS:
+            if len(us) > 1 or unit.cp is not None or not unit.plan.key or unit.rows < least:
                 continue
             parts = min(streams * 4, -(-unit.rows // size))
             found = boundaries(ctx, unit.plan, unit.rows, parts) if parts > 1 else []
