@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +24,9 @@ from kill import chunked_playbook, sessions_gone
 from live import LiveWorld, Writer, drop_databases, make_live_world, table_digest
 from migrate import api
 from migrate.engine.run import tenant_streams
+from migrate.steps import backfill
 from migrate.steps.context import ProgressEvent
+from rollbacks import chunked
 from world import ROOT, TABLES, World
 
 
@@ -194,3 +197,65 @@ def test_online_with_two_streams_and_a_live_writer_loses_nothing(live: LiveWorld
     assert backfill.details["tables"]["comments"]["ranges"] >= 2
     assert {e["stream"] for e in logs if e["event"] == "chunk_copied"} == {0, 1}
     live.assert_equal("acme")
+
+
+@pytest.mark.tenants(acme=60)
+def test_a_stop_ends_both_streams_status_counts_every_range_and_rollback_clears_them(
+    world: World, tmp_path: Path
+) -> None:
+    """Ctrl-C (the stop event) mid-copy ends both streams at a committed chunk; the split table's
+    rows held are exactly its ranges' checkpoints; the same run again resumes them exactly; a rollback
+    to pre-copy then leaves no row and no checkpoint; a run after it copies exactly again."""
+    book = chunked(tmp_path)
+    stop = threading.Event()
+    copied: list[str] = []
+
+    def stop_mid_way(event: ProgressEvent) -> None:
+        if event.kind == "chunk_copied" and event.table == "comments":
+            copied.append(event.table)
+            if len(copied) == 30:
+                stop.set()
+
+    result = api.run(book, ["acme"], jobs=2, stop=stop, environ=world.environ, progress=stop_mid_way)
+    assert not result.ok and stop.is_set()
+    marks = checkpoint_rows(world, "acme")
+    ranges = [m for m in marks if m[0].startswith("comments#")]
+    assert len(ranges) >= 2, marks
+    assert any(not m[2] for m in ranges)
+    with world.target() as conn:
+        held = conn.execute("SELECT count(*) FROM app.comments WHERE tenant_id = 'acme'").fetchone()
+    assert held == (sum(m[1] for m in ranges),)
+
+    # The same run again resumes every range after its own last key.
+    assert api.run(book, ["acme"], jobs=2, environ=world.environ).ok
+    source, target = digests(world, "acme")
+    assert target == source
+    undone = api.rollback(book, "acme", "pre-copy", environ=world.environ, discard_writes_since_cutover=True)
+    assert undone.tenants == ("acme",), undone
+    assert not [m for m in checkpoint_rows(world, "acme") if not m[0].startswith("flag:")]
+    assert all(n == 0 for n in world.target_counts("acme").values())
+    assert api.run(book, ["acme"], jobs=2, environ=world.environ).ok
+    source, target = digests(world, "acme")
+    assert target == source
+
+
+@pytest.mark.tenants(acme=60)
+def test_with_foreign_keys_checked_per_row_the_streams_load_parents_before_children(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The per-row path (a writer that may not turn the triggers off; here forced): each foreign-key
+    level's tables and ranges in parallel, a level only after the one before it is committed — every
+    row's check finds its parent — and the target equals the source."""
+    monkeypatch.setattr(backfill, "CHECK_AFTER_LOAD", False)
+    book = chunked_playbook(tmp_path, ("acme",), 300)
+    with capture_logs() as logs:
+        result = api.run(book, ["acme"], jobs=2, environ=world.environ)
+    assert result.ok, [t.error for t in result.tenants]
+    assert {e["stream"] for e in logs if e["event"] == "chunk_copied"} == {0, 1}
+    done = [e["table"] for e in logs if e["event"] == "table_copied"]
+    first = {e["table"]: i for i, e in reversed(list(enumerate(logs))) if e["event"] == "chunk_copied"}
+    finished = {e["table"]: i for i, e in enumerate(logs) if e["event"] == "table_copied"}
+    for child, parent in (("users", "organizations"), ("tasks", "projects"), ("comments", "tasks")):
+        assert finished[parent] < first[child], done
+    source, target = digests(world, "acme")
+    assert target == source
