@@ -237,7 +237,16 @@ def run(
     playbook: PlaybookArg,
     tenant: TenantOpt = None,
     wave: WaveOpt = None,
-    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Tenants worked on at once.")] = 1,
+    jobs: Annotated[
+        int,
+        typer.Option(
+            "--jobs",
+            "-j",
+            help="Tenants worked on at once. The connections a wave's tenants leave free go to their "
+            "copies: each tenant's backfill runs in max(1, jobs // min(jobs, tenants)) streams, "
+            "so one large tenant with --jobs 2 is copied in two (large tables split into key ranges).",
+        ),
+    ] = 1,
     dry_run: Annotated[
         bool,
         typer.Option(

@@ -33,6 +33,12 @@ class Checkpoint:
     last_key: Any
 
 
+def range_checkpoint(table: str, part: int) -> str:
+    """The checkpoint of one key range of a table the backfill split (``steps/backfill.py``):
+    ``table#part``. Clearing a table's checkpoints clears its ranges' too."""
+    return f"{table}#{part}"
+
+
 @dataclass(frozen=True)
 class Holder:
     """Who holds a tenant's lock right now: the runner's host and pid, since when, in which run.
@@ -235,18 +241,15 @@ class ControlStore:
     def clear_checkpoints(
         self, conn: psycopg.Connection[Any], tenant: str, tables: Sequence[str] | None = None
     ) -> None:
-        """Forget a tenant's checkpoints: all of them, or those of ``tables`` (other steps keep theirs)."""
+        """Forget a tenant's checkpoints: all of them, or those of ``tables`` (other steps keep theirs)
+        with their key ranges' (``range_checkpoint``)."""
         conn.execute(
             sql.SQL(
-                "DELETE FROM {} WHERE playbook = %s AND tenant = %s"
-                " AND (%s::text[] IS NULL OR table_name = ANY(%s))"
+                "DELETE FROM {} WHERE playbook = %(p)s AND tenant = %(tenant)s"
+                " AND (%(t)s::text[] IS NULL OR table_name = ANY(%(t)s)"
+                "  OR regexp_replace(table_name, '#[0-9]+$', '') = ANY(%(t)s))"
             ).format(self._t("checkpoints")),
-            (
-                self.playbook,
-                tenant,
-                None if tables is None else list(tables),
-                None if tables is None else list(tables),
-            ),
+            {"p": self.playbook, "tenant": tenant, "t": None if tables is None else list(tables)},
         )
 
     # playbook version, approvals -------------------------------------------------

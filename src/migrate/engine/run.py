@@ -85,6 +85,7 @@ class RunOptions:
     max_failures: int | None = None  # stop starting tenants after this many failed
     replan: bool = False  # accept a playbook that changed in substance (ledgered)
     stop: threading.Event = field(default_factory=threading.Event)  # set: stop at the next safe point
+    streams: int = 1  # a tenant's backfill streams: set per wave from ``jobs`` (``tenant_streams``)
 
 
 @dataclass
@@ -325,6 +326,7 @@ def run_tenant(
         rehearsal=record.rehearsal,
         catalog=any(s.kind == "schema" for s in plan.remaining),
         shared_schemas=shared_schemas,
+        streams=options.streams,
     )
     sink = record.sink(session, env, run_id)
     first = next((s for s in plan.remaining if not s.is_point), None)  # the step that could not start
@@ -558,7 +560,10 @@ def _run(
                 note=f"--max-failures {options.max_failures} reached",
             )
         env = regions.of(tp.tenant)
-        outcome = run_tenant(env, tp, run_id, progress, pools[env.name], options, shared_schemas)
+        streams = tenant_streams(options.jobs, working)
+        outcome = run_tenant(
+            env, tp, run_id, progress, pools[env.name], replace(options, streams=streams), shared_schemas
+        )
         if outcome.outcome in ("failed", "refused"):
             budget.add_failure()
         return outcome
@@ -574,6 +579,7 @@ def _run(
                 result.tenants.extend(_waiting(tp, note) for tp in tenants)
                 continue
             result.warnings.append(f"a real run would stop here: {note}")
+        working = sum(1 for tp in tenants if tp.remaining)
         with ThreadPoolExecutor(max_workers=max(1, options.jobs), thread_name_prefix="tenant") as pool:
             done = list(pool.map(one, tenants))
         result.tenants.extend(done)
@@ -595,6 +601,13 @@ def _run(
             log.warning("run_end_not_recorded", target=name, error=why.message)
     log.info("run_finished", outcome=result.outcome, rehearsal=record.rehearsal)
     return result
+
+
+def tenant_streams(jobs: int, tenants: int) -> int:
+    """A tenant's backfill streams: the ``jobs`` connections the wave's other tenants leave free,
+    ``max(1, jobs // min(jobs, tenants))`` — one tenant with ``--jobs 2`` copies in two streams,
+    ten tenants with ``--jobs 4`` in one each."""
+    return max(1, jobs // max(1, min(jobs, tenants)))
 
 
 def _wave_note(

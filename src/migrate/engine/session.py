@@ -186,6 +186,7 @@ def step_context(
     catalog: SourceSchema | None = None,
     shared_schemas: SharedSchemas | None = None,
     discard_writes: bool = False,
+    streams: int = 1,
 ) -> StepContext:
     """The one place a StepContext is made, for run and rollback alike — and so the one place the
     residency guard runs (engine/residency.py): on the connection that will write, before any step.
@@ -227,6 +228,7 @@ def step_context(
         source_catalog=catalog,
         shared_schemas=shared_schemas if shared_schemas is not None else SharedSchemas(),
         discard_writes=discard_writes,
+        streams=streams,
     )
 
 
@@ -313,8 +315,10 @@ class TenantSession:
         rehearsal: bool = False,
         catalog: bool = False,
         shared_schemas: SharedSchemas | None = None,
+        streams: int = 1,
     ) -> None:
-        """``catalog``: read the source's whole schema when opening (the schema step is to run and
+        """``streams``: how many streams the tenant's backfill may use (``StepContext.streams``);
+        ``catalog``: read the source's whole schema when opening (the schema step is to run and
         reuses it); ``shared_schemas``: the run's, so tenants with equal source schemas share one build."""
         self.env = env
         self.tenant = tenant
@@ -327,6 +331,7 @@ class TenantSession:
         self.rehearsal = rehearsal
         self.catalog = catalog
         self.shared_schemas = shared_schemas if shared_schemas is not None else SharedSchemas()
+        self.streams = streams
         self._ctx: StepContext | None = None
 
     @property
@@ -386,6 +391,7 @@ class TenantSession:
                 rehearsal=self.rehearsal,
                 catalog=read,
                 shared_schemas=self.shared_schemas,
+                streams=self.streams,
             )
         except BaseException as exc:  # the lock goes with the connection: a refused tenant is let go at once
             if on_failure is not None and isinstance(exc, MigrateError | psycopg.Error):

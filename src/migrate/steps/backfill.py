@@ -74,19 +74,23 @@ foreign-key checks are planned on those statistics (shared/notes/performance.md)
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, replace
 from importlib.resources import files
 from typing import Any, ClassVar
 
+import psycopg
 from psycopg import sql
 
 from migrate.catalog import TENANT_COLUMN
 from migrate.catalog.fit import check_fit, column_types
 from migrate.catalog.order import deferred_tables
 from migrate.catalog.reflect import SourceTable
-from migrate.control.store import Checkpoint
+from migrate.control.store import Checkpoint, range_checkpoint
 from migrate.errors import CheckFailed, Interrupted, StepFailed
 from migrate.playbook.model import BackfillStep as BackfillSpec
 from migrate.playbook.model import Step
@@ -95,9 +99,10 @@ from migrate.replication.pgoutput import lsn_text
 from migrate.steps import online, reverse
 from migrate.steps.chunks import (
     TablePlan,
+    boundaries,
     copy_chunk,
+    count_ranges,
     read_statement,
-    rows_left,
     table_plans,
     upper_key,
     write_statement,
@@ -152,6 +157,88 @@ class _Copied:
     copied_now: int = 0
     bytes_now: int = 0
     chunks_now: int = 0
+
+
+SPLIT_ROWS = 100_000
+"""A table not yet started with at least this many rows — or four chunks, when chunks are smaller
+— is split into key ranges when the tenant has more than one stream (``StepContext.streams``)."""
+_RANGE_ROWS = 50_000  # no key range is cut smaller than this (or two chunks, when chunks are smaller)
+_SNAPSHOT = "SELECT pg_export_snapshot()"
+_ALIVE = "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = %s)"
+
+
+@dataclass
+class _Unit:
+    """What one stream copies at a time: a whole table (``part`` None, the table's own checkpoint)
+    or one key range of a split table, ``low < key <= high`` (checkpoint ``table#part``)."""
+
+    plan: TablePlan
+    part: int | None
+    low: list[str] | None
+    high: list[str] | None
+    cp: Checkpoint | None
+    rows: int = 0  # rows left, counted in the copy's snapshot
+
+    @property
+    def checkpoint(self) -> str:
+        return self.plan.name if self.part is None else range_checkpoint(self.plan.name, self.part)
+
+    @property
+    def last(self) -> list[str] | None:
+        """Where the unit resumes: after its own checkpoint's last key, else after its lower bound."""
+        if self.cp is not None and isinstance(self.cp.last_key, list):
+            return list(self.cp.last_key)
+        return self.low
+
+
+def _split_of(cp: Checkpoint | None) -> list[list[str]] | None:
+    """The boundaries a split table's checkpoint recorded, or None for a table copied whole."""
+    if cp is not None and isinstance(cp.last_key, dict) and "ranges" in cp.last_key:
+        return [list(b) for b in cp.last_key["ranges"]]
+    return None
+
+
+def _units_of(plan: TablePlan, cp: Checkpoint | None, checkpoints: Mapping[str, Checkpoint]) -> list[_Unit]:
+    split = _split_of(cp)
+    if split is None:
+        return [_Unit(plan, None, None, None, cp)]
+    bounds: list[list[str] | None] = [None, *split, None]
+    return [
+        _Unit(plan, i, bounds[i], bounds[i + 1], checkpoints.get(range_checkpoint(plan.name, i)))
+        for i in range(len(split) + 1)
+    ]
+
+
+def _rows_of(checkpoints: Mapping[str, Checkpoint], table: str) -> int:
+    """The tenant's rows of ``table`` its checkpoints account for: the table's, plus its key
+    ranges' while a split table is under way (a finished one has its ranges' sum, and none left)."""
+    cp = checkpoints.get(table)
+    if cp is None:
+        return 0
+    split = _split_of(cp)
+    parts = range(len(split) + 1) if split is not None else range(0)
+    return cp.rows_copied + sum(
+        c.rows_copied for i in parts if (c := checkpoints.get(range_checkpoint(table, i))) is not None
+    )
+
+
+def _levels(plans: Sequence[TablePlan]) -> list[list[str]]:
+    """Tables by foreign-key level: a table loads after the earlier tables it references (parents
+    first). With every table's keys checked after the load the whole tenant is one level."""
+    if all(p.deferred for p in plans):
+        return [[p.name for p in plans]]
+    level: dict[str, int] = {}
+    for plan in plans:  # load order: a table's parents come before it (cycles are deferred)
+        parents = [
+            level[fk.ref_table]
+            for fk in plan.table.all_foreign_keys
+            if fk.ref_schema is None and fk.ref_table in level and fk.ref_table != plan.name
+        ]
+        level[plan.name] = 1 + max(parents, default=-1)
+    out: list[list[str]] = [[] for _ in range(max(level.values(), default=-1) + 1)]
+    for name, n in level.items():
+        out[n].append(name)
+    return out
 
 
 def held(ctx: StepContext, tables: Mapping[str, bool]) -> dict[str, int]:
@@ -224,6 +311,63 @@ def _accounted(ctx: StepContext, table: str, found: int, rows_copied: int) -> No
         )
 
 
+def _either(a: Callable[[], bool], b: Callable[[], bool]) -> Callable[[], bool]:
+    return lambda: a() or b()
+
+
+def _streams(ctx: StepContext) -> int:
+    """The tenant's streams: the engine's budget (``--jobs`` the other tenants leave free); one in
+    a rehearsal (its writes are one transaction the engine rolls back) or without connections."""
+    if ctx.rehearsal or ctx.connect_source is None or ctx.connect_target is None:
+        return 1
+    return max(1, ctx.streams)
+
+
+def _open_stream(ctx: StepContext, number: int) -> StepContext:
+    """A second (third, …) stream: its own source connection in the copy's snapshot, exported
+    by the main stream's transaction (also when that one imported a slot's snapshot), and its
+    own target connection. The tenant's lock stays with the main stream's target connection:
+    every chunk of this stream checks, before it commits, that its backend is still there."""
+    assert ctx.connect_source is not None
+    assert ctx.connect_target is not None
+    row = ctx.source.execute(_SNAPSHOT).fetchone()
+    assert row is not None
+    exported = str(row[0])
+    source = ctx.connect_source()
+    try:
+        target = ctx.connect_target()
+    except BaseException:
+        source.close()
+        raise
+    try:
+        source.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        source.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(exported)))
+        source.execute("SELECT set_config('jit', 'off', true), set_config('enable_seqscan', 'off', true)")
+    except BaseException:
+        source.close()
+        target.close()
+        raise
+    ctx.log.debug("stream_opened", stream=number, snapshot=exported)
+    return replace(ctx, source=source, target=target, carry={})
+
+
+def _close_stream(ctx: StepContext) -> None:
+    for conn in (ctx.source, ctx.target):
+        with suppress(psycopg.Error):  # already gone: nothing of it is kept
+            conn.close()
+
+
+def _main_alive(ctx: StepContext, pid: int) -> None:
+    """A second stream's chunk commits only while the main stream's session — the tenant's lock —
+    lives: after it died another runner may hold the tenant."""
+    row = ctx.target.execute(_ALIVE, (pid,)).fetchone()
+    if not (row and row[0]):
+        raise Interrupted(
+            "the tenant's lock went with the main stream's connection: this stream's chunk is rolled back",
+            hint="'migrate run' again resumes after the last chunk",
+        )
+
+
 class BackfillStep:
     kind: ClassVar[str] = "backfill"
 
@@ -244,19 +388,18 @@ class BackfillStep:
         checkpoints = ctx.control.checkpoints(ctx.target, ctx.tenant.id)
         # Rows before this step's first attempt: what a retry copies adds to what the attempts
         # before it copied, so the step's figure of rows copied now stays exact after any retry.
-        before = ctx.carry.setdefault(
-            "rows_before", {name: cp.rows_copied for name, cp in checkpoints.items()}
-        )
+        before = ctx.carry.setdefault("rows_before", {p.name: _rows_of(checkpoints, p.name) for p in plans})
         sizes = {
             r[0]: (int(r[1]), int(r[2])) for r in ctx.source.execute(_SOURCE_SIZES, (ctx.source_schema,))
         }
         believed = {r[0]: float(r[1]) for r in ctx.target.execute(_BELIEVED, (ctx.target_schema,))}
-        # Everything of this tenant in a table must be what its checkpoint says was copied.
+        # Everything of this tenant in a table must be what its checkpoints say was copied.
         todo = {p.name: checkpoints.get(p.name) for p in plans}
         todo = {name: cp for name, cp in todo.items() if cp is None or not cp.done}
-        found = held(ctx, {name: bool(cp and cp.rows_copied) for name, cp in todo.items()})
-        for name, cp in todo.items():
-            _accounted(ctx, name, found[name], cp.rows_copied if cp else 0)
+        accounted = {name: _rows_of(checkpoints, name) for name in todo}
+        found = held(ctx, {name: bool(accounted[name]) for name in todo})
+        for name in todo:
+            _accounted(ctx, name, found[name], accounted[name])
         tables: dict[str, dict[str, int]] = {}
         opening = (
             _open_capture(ctx, checkpoints, todo)
@@ -264,6 +407,7 @@ class BackfillStep:
             else None
         )
         snapshot: dict[str, Any] = {}
+        streams = _streams(ctx)
         # One snapshot of the source for all tables: rows that reference each other arrive together.
         with ctx.source.transaction():
             ctx.source.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -276,7 +420,13 @@ class BackfillStep:
             # whole) would buy a ~100 ms compilation per statement.
             ctx.source.execute("SELECT set_config('jit', 'off', true)")
             sized = time.monotonic()
-            left = rows_left(ctx, [p for p in plans if p.name in todo], todo)
+            units = {p.name: _units_of(p, todo[p.name], checkpoints) for p in plans if p.name in todo}
+            open_units = [u for us in units.values() for u in us if not (u.cp is not None and u.cp.done)]
+            for unit, n in zip(
+                open_units, count_ranges(ctx, [(u.plan, u.last, u.high) for u in open_units]), strict=True
+            ):
+                unit.rows = n
+            left = {name: sum(u.rows for u in us) for name, us in units.items()}
             sizing_seconds = time.monotonic() - sized
             # Counted in the very snapshot the chunks read: the total is what this attempt copies,
             # to the row, whatever the planner's statistics say (never analysed, or stale).
@@ -291,19 +441,24 @@ class BackfillStep:
                 if plan.name not in todo:
                     done = checkpoints[plan.name].rows_copied
                     tables[plan.name] = {"rows": done, "copied_now": done - int(before.get(plan.name, 0))}
-                    continue
-                if plan.name in empty:
+                elif plan.name in empty:
                     tables[plan.name] = {"rows": 0, "copied_now": 0}
-                    continue
-                size = sizes.get(plan.name)
-                if (size is None or size[0] <= 0) and todo[plan.name] is None:
+                    del units[plan.name]
+            if streams > 1:
+                self._split(ctx, units, streams)
+            for name in units:
+                size = sizes.get(name)
+                if (size is None or size[0] <= 0) and todo[name] is None:
                     # Never analysed: the exact count gives the first chunk's row width.
-                    size = (left[plan.name], size[1] if size else 0)
-                copied = self._copy_table(ctx, plan, todo[plan.name], size, believed.get(plan.name, -1.0))
-                tables[plan.name] = {
-                    "rows": copied.rows,
-                    "copied_now": copied.rows - int(before.get(plan.name, 0)),
+                    sizes[name] = (left[name], size[1] if size else 0)
+            copied = self._copy_units(ctx, plans, units, streams, sizes, believed)
+            for name, result in copied.items():
+                tables[name] = {
+                    "rows": result.rows,
+                    "copied_now": result.rows - int(before.get(name, 0)),
+                    **({"ranges": len(units[name])} if units[name][0].part is not None else {}),
                 }
+            tables = {p.name: tables[p.name] for p in plans}
         # Every shared sequence past the tenant's values: the application's first insert after the
         # flip must not draw a number the tenant already holds (steps/sequences.py).
         moved = advance_sequences(ctx)
@@ -314,6 +469,7 @@ class BackfillStep:
             **({"sequences": moved} if moved else {}),
             **({"capture": snapshot} if snapshot else {}),
             "sizing_seconds": round(sizing_seconds, 4),
+            "streams": streams,
         }
 
     def _finish_empty(self, ctx: StepContext, plans: Sequence[TablePlan]) -> set[str]:
@@ -337,24 +493,150 @@ class BackfillStep:
             return max(1, min(self.chunk_rows, int(self.chunk_bytes * size[0] / size[1])))
         return self.chunk_rows
 
-    def _copy_table(
+    def _split(self, ctx: StepContext, units: dict[str, list[_Unit]], streams: int) -> None:
+        """Cut each large table not yet started into key ranges, the boundaries read in the copy's
+        snapshot, and record them in the table's checkpoint before any range's first chunk: a
+        resume after ``kill -9`` finds the same ranges, each with its own checkpoint."""
+        total = sum(u.rows for us in units.values() for u in us)
+        least = min(SPLIT_ROWS, 4 * self.chunk_rows)
+        # A few ranges a stream, so the last one to finish leaves the others idle briefly.
+        size = max(min(_RANGE_ROWS, 2 * self.chunk_rows), total // (streams * 4))
+        splits: dict[str, list[list[str]]] = {}
+        for name, us in units.items():
+            unit = us[0]
+            if len(us) > 1 or unit.cp is not None or not unit.plan.key or unit.rows < least:
+                continue
+            parts = min(streams * 4, -(-unit.rows // size))
+            found = boundaries(ctx, unit.plan, unit.rows, parts) if parts > 1 else []
+            if found:
+                splits[name] = found
+        if not splits:
+            return
+        with local_transaction(ctx.target, _CHUNK), ctx.target.pipeline():
+            for name, found in splits.items():
+                ctx.control.save_checkpoint(
+                    ctx.target, ctx.tenant.id, name, rows_copied=0, done=False, last_key={"ranges": found}
+                )
+        for name, found in splits.items():
+            rows = units[name][0].rows
+            cp = Checkpoint(name, 0, False, {"ranges": found})
+            units[name] = _units_of(units[name][0].plan, cp, {})
+            for unit in units[name]:
+                unit.rows = rows // len(units[name])  # for the order of work only
+            ctx.log.info("table_split", table=name, ranges=len(found) + 1, rows=rows, boundaries=found)
+
+    def _copy_units(
         self,
         ctx: StepContext,
-        plan: TablePlan,
-        cp: Checkpoint | None,
+        plans: Sequence[TablePlan],
+        units: dict[str, list[_Unit]],
+        streams: int,
+        sizes: Mapping[str, tuple[int, int]],
+        believed: Mapping[str, float],
+    ) -> dict[str, _Copied]:
+        """Copy every unit, level by level (parents before children unless every table's keys are
+        checked after the load), each level's units spread over ``streams`` streams: this one
+        and ``streams - 1`` more, each a source connection in the copy's exported snapshot and a
+        target connection. A split table is finished once all its ranges are."""
+        order = [p.name for p in plans if p.name in units]
+        results: dict[tuple[str, int | None], _Copied] = {}
+        out: dict[str, _Copied] = {}
+        if streams <= 1 or not units:
+            for name in order:
+                started = time.monotonic()
+                for unit in units[name]:
+                    results[(name, unit.part)] = self._copy_unit(ctx, unit, sizes.get(name))
+                out[name] = self._table_done(ctx, units[name], results, believed.get(name, -1.0), started)
+            return out
+        helpers = [_open_stream(ctx, n) for n in range(1, streams)]
+        try:
+            contexts = [ctx, *helpers]
+            for level in _levels([p for p in plans if p.name in units]):
+                work = sorted(
+                    (u for name in level for u in units[name]), key=lambda u: (-u.rows, u.checkpoint)
+                )
+                started = time.monotonic()
+                self._run_streams(ctx, contexts, work, sizes, results)
+                for name in level:
+                    out[name] = self._table_done(ctx, units[name], results, believed.get(name, -1.0), started)
+        finally:
+            for helper in helpers:
+                _close_stream(helper)
+        return out
+
+    def _run_streams(
+        self,
+        ctx: StepContext,
+        contexts: Sequence[StepContext],
+        work: Sequence[_Unit],
+        sizes: Mapping[str, tuple[int, int]],
+        results: dict[tuple[str, int | None], _Copied],
+    ) -> None:
+        """Each stream takes the next unit (largest first) until none is left. A failure in one
+        stream, or a stop, stops the others at their next safe point (a committed chunk)."""
+        queue = deque(work)
+        mutex = threading.Lock()
+        abort = threading.Event()
+        errors: list[BaseException] = []
+
+        main = ctx.target.info.backend_pid  # holds the tenant's lock
+
+        def stream(sctx: StepContext, number: int) -> None:
+            try:
+                while not abort.is_set():
+                    with mutex:
+                        if not queue:
+                            return
+                        unit = queue.popleft()
+                    copied = self._copy_unit(
+                        sctx, unit, sizes.get(unit.plan.name), stream=number, main=main if number else None
+                    )
+                    with mutex:
+                        results[(unit.plan.name, unit.part)] = copied
+            except BaseException as exc:
+                with mutex:
+                    errors.append(exc)
+                abort.set()
+
+        guarded = [replace(c, stopping=_either(ctx.stopping, abort.is_set)) for c in contexts]
+        threads = [
+            threading.Thread(target=stream, args=(c, n), name=f"{ctx.tenant.id}-stream{n}", daemon=True)
+            for n, c in enumerate(guarded[1:], start=1)
+        ]
+        for thread in threads:
+            thread.start()
+        stream(guarded[0], 0)  # the main stream: this thread, its connections, the tenant's lock
+        for thread in threads:
+            thread.join()
+        if errors:
+            # The cause, not another stream's stop it brought about.
+            raise next((e for e in errors if not isinstance(e, Interrupted)), errors[0])
+
+    def _copy_unit(
+        self,
+        ctx: StepContext,
+        unit: _Unit,
         size: tuple[int, int] | None,
-        believed: float,
+        *,
+        stream: int | None = None,
+        main: int | None = None,
     ) -> _Copied:
-        name = plan.name
-        started = time.monotonic()
+        """One table whole, or one key range of it, chunk by chunk from its checkpoint on.
+
+        ``stream``: which stream copies it (logged); ``main``: for a second stream, the backend
+        of the main stream's target connection, which holds the tenant's lock."""
+        plan, name = unit.plan, unit.plan.name
+        cp = unit.cp
         done_before = cp.rows_copied if cp is not None else 0
-        rows_per_chunk = self._first_chunk_rows(size)
         result = _Copied(rows=done_before)
-        last: list[str] | None = list(cp.last_key) if cp is not None and cp.last_key is not None else None
+        if cp is not None and cp.done:
+            return result
+        rows_per_chunk = self._first_chunk_rows(size)
+        last = unit.last
         write = write_statement(ctx, plan)
         final = False
         while not final:
-            upper, final = upper_key(ctx, plan, last, rows_per_chunk)
+            upper, final = upper_key(ctx, plan, last, rows_per_chunk, unit.high)
             chunk_started = time.monotonic()
             rows = nbytes = 0
             # The chunk's rows and its checkpoint: one transaction, so a kill keeps both or neither.
@@ -362,9 +644,9 @@ class BackfillStep:
                 ctx.target, _CHUNK_DEFERRED if plan.deferred else _CHUNK, propagate=_citus(ctx)
             ):
                 if upper is not None:
-                    # In this snapshot no key is past the last one: the final chunk needs no upper
-                    # bound, and a table in one chunk is read whole (a sequential scan).
-                    read = read_statement(ctx, plan, last, None if final else upper, ctx.tenant.id)
+                    # In this snapshot no key of the range is past the last one: the final chunk is
+                    # bounded by the range alone, and a table in one chunk is read whole.
+                    read = read_statement(ctx, plan, last, unit.high if final else upper, ctx.tenant.id)
                     rows, nbytes = copy_chunk(ctx, plan, read, write)
                 if plan.deferred:
                     # Triggers off for the tenant's rows only: the checkpoint's write is checked as ever.
@@ -372,11 +654,13 @@ class BackfillStep:
                 ctx.control.save_checkpoint(
                     ctx.target,
                     ctx.tenant.id,
-                    name,
+                    unit.checkpoint,
                     rows_copied=result.rows + rows,
                     done=final,
                     last_key=upper if upper is not None else last,
                 )
+                if main is not None:
+                    _main_alive(ctx, main)
             if upper is None:
                 break
             last = upper
@@ -393,29 +677,64 @@ class BackfillStep:
                 total=result.rows,
                 last_key=upper,
                 seconds=round(time.monotonic() - chunk_started, 3),
+                **({"range": unit.part} if unit.part is not None else {}),
+                **({"stream": stream} if stream is not None else {}),
+                started=round(chunk_started, 3),
             )
             if rows and nbytes:
                 rows_per_chunk = max(1, min(self.chunk_rows, self.chunk_bytes * rows // nbytes))
             if not final and ctx.stopping():
                 # A safe point: every chunk so far is committed with its checkpoint.
                 raise Interrupted(
-                    f"stopped on request after {result.rows} rows of {name}",
+                    f"stopped on request after {result.rows} rows of {unit.checkpoint}",
                     hint="'migrate run' again resumes after the last chunk",
                 )
-        if plan.parent and result.copied_now:
-            self._analyze(ctx, name, result.rows, believed)
-        seconds = time.monotonic() - started
-        ctx.progress(ProgressEvent("table_copied", ctx.tenant.id, name, result.rows, result.bytes_now))
+        return result
+
+    def _table_done(
+        self,
+        ctx: StepContext,
+        units: Sequence[_Unit],
+        results: Mapping[tuple[str, int | None], _Copied],
+        believed: float,
+        started: float,
+    ) -> _Copied:
+        """A table whose units are all copied: a split one gets its finished checkpoint (the sum of
+        its ranges) and loses its ranges' in one transaction; then statistics, progress, log."""
+        plan, name = units[0].plan, units[0].plan.name
+        copied = [results[(name, u.part)] for u in units]
+        total = _Copied(
+            rows=sum(c.rows for c in copied),
+            copied_now=sum(c.copied_now for c in copied),
+            bytes_now=sum(c.bytes_now for c in copied),
+            chunks_now=sum(c.chunks_now for c in copied),
+        )
+        if units[0].part is not None:
+            split = [u.high for u in units[:-1]]
+            with local_transaction(ctx.target, _CHUNK):
+                ctx.control.save_checkpoint(
+                    ctx.target,
+                    ctx.tenant.id,
+                    name,
+                    rows_copied=total.rows,
+                    done=True,
+                    last_key={"ranges": split},
+                )
+                ctx.control.clear_checkpoints(ctx.target, ctx.tenant.id, [u.checkpoint for u in units])
+        if plan.parent and total.copied_now:
+            self._analyze(ctx, name, total.rows, believed)
+        ctx.progress(ProgressEvent("table_copied", ctx.tenant.id, name, total.rows, total.bytes_now))
         ctx.log.info(
             "table_copied",
             table=name,
-            rows=result.rows,
-            copied_now=result.copied_now,
-            chunks=result.chunks_now,
-            bytes=result.bytes_now,
-            seconds=round(seconds, 3),
+            rows=total.rows,
+            copied_now=total.copied_now,
+            chunks=total.chunks_now,
+            bytes=total.bytes_now,
+            seconds=round(time.monotonic() - started, 3),
+            **({"ranges": len(units)} if units[0].part is not None else {}),
         )
-        return result
+        return total
 
     def _analyze(self, ctx: StepContext, table: str, rows: int, believed: float) -> None:
         """ANALYZE a parent when its rows are a large share of what the planner believes it holds
@@ -656,7 +975,10 @@ def _take_snapshot(ctx: StepContext, opening: _Opening, todo: dict[str, Checkpoi
                 store.started(ctx.target, ctx.tenant.id, lsn)
             ctx.log.info("capture_opened", slot=opening.slot, consistent_lsn=lsn)
             return {"slot": opening.slot, "resumed": False, "consistent_lsn": lsn}
-        restarted = [name for name, cp in todo.items() if cp is not None and cp.rows_copied]
+        # A split table starts again whole too (its ranges' checkpoints go with the table's).
+        restarted = [
+            name for name, cp in todo.items() if cp is not None and (cp.rows_copied or _split_of(cp))
+        ]
         with local_transaction(ctx.target, _CHUNK_DEFERRED):
             for name in restarted:
                 ctx.target.execute(

@@ -125,29 +125,71 @@ def rows_left(
     Run in the copy's own snapshot, so each figure is what the chunks will then read. A
     table not started is counted whole (a sequential scan); a resumed one from its last key on.
     """
-    if not plans:
-        return {}
-    parts = []
-    for i, plan in enumerate(plans):
+    ranges = []
+    for plan in plans:
         cp = checkpoints.get(plan.name)
-        last = list(cp.last_key) if cp is not None and cp.last_key is not None else None
-        parts.append(
-            sql.SQL("SELECT {}, count(*) FROM {} AS s{}").format(
-                sql.Literal(i), sql.Identifier(ctx.source_schema, plan.name), key_range(plan, last, None)
-            )
+        last = list(cp.last_key) if cp is not None and isinstance(cp.last_key, list) else None
+        ranges.append((plan, last, None))
+    return {plan.name: n for plan, n in zip(plans, count_ranges(ctx, ranges), strict=True)}
+
+
+def count_ranges(
+    ctx: StepContext, ranges: Sequence[tuple[TablePlan, Sequence[str] | None, Sequence[str] | None]]
+) -> list[int]:
+    """The source rows of each key range ``(plan, last, upper)`` (``last < key <= upper``, either
+    bound left out when None), in one round trip, in the caller's snapshot."""
+    if not ranges:
+        return []
+    parts = [
+        sql.SQL("SELECT {}, count(*) FROM {} AS s{}").format(
+            sql.Literal(i),
+            sql.Identifier(ctx.source_schema, plan.name),
+            key_range(plan, last, upper) if plan.key else sql.SQL(""),
         )
-    found = ctx.source.execute(sql.SQL(" UNION ALL ").join(parts)).fetchall()
-    return {plans[int(i)].name: int(n) for i, n in found}
+        for i, (plan, last, upper) in enumerate(ranges)
+    ]
+    found = dict(ctx.source.execute(sql.SQL(" UNION ALL ").join(parts)).fetchall())
+    return [int(found[i]) for i in range(len(ranges))]
+
+
+def boundaries(ctx: StepContext, plan: TablePlan, rows: int, parts: int) -> list[list[str]]:
+    """Keys that cut the table into ``parts`` key ranges of about ``rows / parts`` rows each: the
+    ``k·rows/parts``-th key for k = 1 … parts-1, in one index-only scan of the caller's snapshot.
+
+    Range k is ``boundary[k-1] < key <= boundary[k]`` (the first open below, the last above),
+    so ties of a declared non-unique key stay in one range; equal boundaries are dropped.
+    """
+    if not plan.key or parts < 2 or rows < parts:
+        return []
+    key = _key_list(plan.key)
+    as_text = sql.SQL(", ").join(sql.SQL("s.{}::text").format(sql.Identifier(c)) for c in plan.key)
+    cuts = [rows * k // parts for k in range(1, parts)]
+    found = ctx.source.execute(
+        sql.SQL(
+            "SELECT * FROM (SELECT row_number() OVER (ORDER BY {key}) AS n, {as_text} FROM {table} AS s)"
+            " AS r WHERE n = ANY(%s) ORDER BY n"
+        ).format(key=key, as_text=as_text, table=sql.Identifier(ctx.source_schema, plan.name)),
+        (cuts,),
+    ).fetchall()
+    out: list[list[str]] = []
+    for row in found:
+        if not out or out[-1] != list(row[1:]):
+            out.append(list(row[1:]))
+    return out
 
 
 def upper_key(
-    ctx: StepContext, plan: TablePlan, last: Sequence[str] | None, rows: int
+    ctx: StepContext,
+    plan: TablePlan,
+    last: Sequence[str] | None,
+    rows: int,
+    high: Sequence[str] | None = None,
 ) -> tuple[list[str] | None, bool]:
-    """The next chunk's last key and whether it ends the table; ``(None, True)`` when nothing is left.
+    """The next chunk's last key and whether it ends the range; ``(None, True)`` when nothing is left.
 
-    One round trip: the ``rows``-th key after ``last`` and the table's last key, both
-    read through the key's index (a backward scan for the second). A table without a key is
-    one chunk: ``([], True)``.
+    One round trip: the ``rows``-th key after ``last`` and the range's last key (at most
+    ``high``; the table's last key when None), both read through the key's index (a
+    backward scan for the second). A table without a key is one chunk: ``([], True)``.
     """
     if not plan.key:
         return [], True
@@ -155,7 +197,7 @@ def upper_key(
     desc = sql.SQL(", ").join(sql.SQL("s.{} DESC").format(sql.Identifier(c)) for c in plan.key)
     as_text = sql.SQL(", ").join(sql.SQL("s.{}::text").format(sql.Identifier(c)) for c in plan.key)
     table = sql.Identifier(ctx.source_schema, plan.name)
-    where = key_range(plan, last, None)
+    where = key_range(plan, last, high)
     found = ctx.source.execute(
         sql.SQL(
             "(SELECT 0, {as_text} FROM {table} AS s{where} ORDER BY {key} OFFSET %s LIMIT 1)"

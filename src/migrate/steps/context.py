@@ -122,6 +122,9 @@ class StepContext:
     connect_target: Callable[[], psycopg.Connection[Any]] | None = None
     connect_replication: Callable[[], psycopg.Connection[Any]] | None = None
     connect_source: Callable[[], psycopg.Connection[Any]] | None = None
+    streams: int = 1
+    """Streams the backfill may copy this tenant in (``run --jobs`` the other tenants leave free):
+    each a source connection in the copy's one snapshot and a target connection."""
     discard_writes: bool = False
     """A rollback given ``--discard-writes-since-cutover``: the cut-over's revert puts the shared rows
     back as they were at the cut-over instead of applying the writes since to the old database."""
