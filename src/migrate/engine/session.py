@@ -153,11 +153,14 @@ def tenant_tables(env: Environment, source: psycopg.Connection[Any]) -> list[Sou
 
 
 def tenant_catalog(
-    env: Environment, source: psycopg.Connection[Any]
+    env: Environment, source: psycopg.Connection[Any], schemas: SharedSchemas | None = None
 ) -> tuple[SourceSchema, list[SourceTable]]:
     """The source's whole schema, read once, and the playbook's tables of it, in load order: for a
-    tenant whose schema step is to run, which would otherwise read the catalog a second time."""
-    read = reflect_schema(source, env.loaded.playbook.source.schema_)
+    tenant whose schema step is to run, which would otherwise read the catalog a second time.
+    With the run's ``schemas``, a source whose schema has the fingerprint of one read before in
+    the run is not read again (catalog/built.py)."""
+    schema = env.loaded.playbook.source.schema_
+    read = reflect_schema(source, schema) if schemas is None else schemas.source(source, schema)
     return read, _in_load_order(env, read.tables)
 
 
@@ -371,7 +374,7 @@ class TenantSession:
             source = self.env.connect_source(self.tenant)
             read: SourceSchema | None = None
             if self.catalog:
-                read, tables = tenant_catalog(self.env, source)
+                read, tables = tenant_catalog(self.env, source, self.shared_schemas)
             else:
                 tables = tenant_tables(self.env, source)
             self._ctx = step_context(
