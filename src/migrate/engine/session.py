@@ -24,6 +24,7 @@ from psycopg import pq
 from migrate.catalog.built import SharedSchemas
 from migrate.catalog.order import select_in_load_order
 from migrate.catalog.reflect import SourceSchema, SourceTable, reflect, reflect_schema
+from migrate.control.batch import state_transaction
 from migrate.control.ledger import Entry, Ledger
 from migrate.control.rollbacks import Rollbacks
 from migrate.control.signing import Signer
@@ -342,14 +343,17 @@ class TenantSession:
         try:
             self.env.control.lock_tenant(target, self.tenant.id)
             if self.record_holder:  # a rehearsal leaves the run state as it found it
-                self.env.control.record_holder(
-                    target,
-                    self.tenant.id,
-                    run_id=self.run_id,
-                    command=self.command,
-                    host=self.env.host,
-                    pid=self.env.pid,
-                )
+                # Who holds the lock, for status: not waited for on disk (the lock itself is in
+                # memory only; control/batch.py says why a later durable commit covers it).
+                with state_transaction(target, durable=False):
+                    self.env.control.record_holder(
+                        target,
+                        self.tenant.id,
+                        run_id=self.run_id,
+                        command=self.command,
+                        host=self.env.host,
+                        pid=self.env.pid,
+                    )
         except BaseException:
             target.close()
             raise
