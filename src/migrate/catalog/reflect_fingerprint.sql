@@ -1,6 +1,6 @@
 -- A fingerprint of everything reflect_schema reads of one schema, in one cheap query: two
 -- sources with the same fingerprint give the same SourceSchema, so a run reads the whole
--- catalog once per distinct schema (catalog/sources.py). Run with search_path = pg_catalog,
+-- catalog once per distinct schema (catalog/built.py). Run with search_path = pg_catalog,
 -- like the reads it stands for: names render exactly as they do there.
 -- Conservative by design: every rendered definition (types, defaults, constraints, indexes,
 -- triggers, views, functions, rules, partition bounds) and every flag those reads look at,
