@@ -351,13 +351,16 @@ def catalog_rendering(conn: psycopg.Connection[Any]) -> Iterator[None]:
     The setting is transaction-local and put back explicitly: on a connection that is
     not autocommit, ``transaction()`` is only a savepoint (shared/notes/postgres.md, 2).
     """
+    # A transaction of its own ends the setting by itself; only a savepoint needs it put back.
+    own = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
     with conn.transaction():
-        row = conn.execute("SELECT current_setting('search_path')").fetchone()
-        conn.execute("SELECT set_config('search_path', 'pg_catalog', true)")
+        row = conn.execute(
+            "SELECT current_setting('search_path'), set_config('search_path', 'pg_catalog', true)"
+        ).fetchone()
         try:
             yield
         finally:
-            if conn.info.transaction_status != psycopg.pq.TransactionStatus.INERROR:
+            if not own and conn.info.transaction_status != psycopg.pq.TransactionStatus.INERROR:
                 conn.execute("SELECT set_config('search_path', %s, true)", (row[0] if row else "",))
 
 

@@ -266,10 +266,20 @@ class Ledger:
             sql.SQL(", ").join(sql.Placeholder() for _ in _COLUMNS.split(",")),
         )
 
-    def append(self, conn: psycopg.Connection[Any], entry: Entry) -> Recorded:
-        """Append one entry inside the caller's transaction (or its own, in autocommit)."""
+    def append(
+        self, conn: psycopg.Connection[Any], entry: Entry, *, in_transaction: bool | None = None
+    ) -> Recorded:
+        """Append one entry inside the caller's transaction (or its own, in autocommit).
+
+        ``in_transaction``: the caller says so — in pipeline mode the connection cannot tell
+        (a ``BEGIN`` still in the pipe shows as a query under way, engine/sinks.py).
+        """
         details = Jsonb(_scrub(entry.details))
-        in_tx = conn.info.transaction_status == pq.TransactionStatus.INTRANS
+        in_tx = (
+            conn.info.transaction_status == pq.TransactionStatus.INTRANS
+            if in_transaction is None
+            else in_transaction
+        )
         with nullcontext() if in_tx else conn.transaction():
             # Its own statement: the next one's snapshot is taken after the lock is granted.
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self._lock_key,))

@@ -24,6 +24,7 @@ from psycopg import pq
 from migrate.catalog.built import SharedSchemas
 from migrate.catalog.order import select_in_load_order
 from migrate.catalog.reflect import SourceSchema, SourceTable, reflect, reflect_schema
+from migrate.control.batch import state_transaction
 from migrate.control.ledger import Entry, Ledger
 from migrate.control.rollbacks import Rollbacks
 from migrate.control.signing import Signer
@@ -153,11 +154,14 @@ def tenant_tables(env: Environment, source: psycopg.Connection[Any]) -> list[Sou
 
 
 def tenant_catalog(
-    env: Environment, source: psycopg.Connection[Any]
+    env: Environment, source: psycopg.Connection[Any], schemas: SharedSchemas | None = None
 ) -> tuple[SourceSchema, list[SourceTable]]:
     """The source's whole schema, read once, and the playbook's tables of it, in load order: for a
-    tenant whose schema step is to run, which would otherwise read the catalog a second time."""
-    read = reflect_schema(source, env.loaded.playbook.source.schema_)
+    tenant whose schema step is to run, which would otherwise read the catalog a second time.
+    With the run's ``schemas``, a source whose schema has the fingerprint of one read before in
+    the run is not read again (catalog/built.py)."""
+    schema = env.loaded.playbook.source.schema_
+    read = reflect_schema(source, schema) if schemas is None else schemas.source(source, schema)
     return read, _in_load_order(env, read.tables)
 
 
@@ -344,14 +348,17 @@ class TenantSession:
         try:
             self.env.control.lock_tenant(target, self.tenant.id)
             if self.record_holder:  # a rehearsal leaves the run state as it found it
-                self.env.control.record_holder(
-                    target,
-                    self.tenant.id,
-                    run_id=self.run_id,
-                    command=self.command,
-                    host=self.env.host,
-                    pid=self.env.pid,
-                )
+                # Who holds the lock, for status: not waited for on disk (the lock itself is in
+                # memory only; control/batch.py says why a later durable commit covers it).
+                with state_transaction(target, durable=False):
+                    self.env.control.record_holder(
+                        target,
+                        self.tenant.id,
+                        run_id=self.run_id,
+                        command=self.command,
+                        host=self.env.host,
+                        pid=self.env.pid,
+                    )
         except BaseException:
             target.close()
             raise
@@ -376,7 +383,7 @@ class TenantSession:
             source = self.env.connect_source(self.tenant)
             read: SourceSchema | None = None
             if self.catalog:
-                read, tables = tenant_catalog(self.env, source)
+                read, tables = tenant_catalog(self.env, source, self.shared_schemas)
             else:
                 tables = tenant_tables(self.env, source)
             self._ctx = step_context(

@@ -29,6 +29,7 @@ from uuid import UUID, uuid5
 
 import psycopg
 
+from migrate.control.batch import state_transaction
 from migrate.control.ledger import Entry
 from migrate.control.store import StepRecord
 from migrate.engine.retry import RetryPolicy
@@ -58,33 +59,42 @@ class Sink:
 
     def started(self, step: PlannedStep, left_by: StepRecord | None) -> None:
         conn, tenant = self.session.ctx.target, self.session.tenant.id
+        # Not waited for on disk (state_transaction says why that is safe): one round trip.
+        with state_transaction(conn, durable=False) as piped:
+            if left_by is not None:
+                # Under our lock, "running" means its runner died: its lock died with its connection.
+                self.env.ledger.append(
+                    conn,
+                    self._entry(
+                        step,
+                        "resumed",
+                        "ok",
+                        {
+                            "left_by_run": str(left_by.run_id) if left_by.run_id else None,
+                            "why": "runner gone",
+                        },
+                    ),
+                    in_transaction=True if piped else None,
+                )
+            self.env.control.set_status(conn, tenant, step, StepStatus.RUNNING, run_id=self.session.run_id)
         if left_by is not None:
-            # Under our lock, "running" means its runner died: its lock died with its connection.
-            self.env.ledger.append(
-                conn,
-                self._entry(
-                    step,
-                    "resumed",
-                    "ok",
-                    {"left_by_run": str(left_by.run_id) if left_by.run_id else None, "why": "runner gone"},
-                ),
-            )
             self.session.ctx.log.warning(
                 "step_resumed", step=step.key, left_by_run=str(left_by.run_id), why="runner gone"
             )
-        self.env.control.set_status(conn, tenant, step, StepStatus.RUNNING, run_id=self.session.run_id)
 
     def passed(self, step: PlannedStep) -> None:
         conn = self.session.ctx.target
-        with conn.transaction():
+        with state_transaction(conn) as piped:
             self.env.control.set_status(
                 conn, self.session.tenant.id, step, StepStatus.DONE, run_id=self.session.run_id
             )
-            self.env.ledger.append(conn, self._entry(step, "point_passed", "ok", {}))
+            self.env.ledger.append(
+                conn, self._entry(step, "point_passed", "ok", {}), in_transaction=True if piped else None
+            )
 
     def applied(self, step: PlannedStep, details: Details, seconds: float) -> None:
         conn = self.session.ctx.target
-        with conn.transaction():
+        with state_transaction(conn) as piped:
             self.env.control.set_status(
                 conn,
                 self.session.tenant.id,
@@ -94,7 +104,9 @@ class Sink:
                 details=details,
             )
             self.env.ledger.append(
-                conn, self._entry(step, "applied", "ok", {**details, "seconds": round(seconds, 3)})
+                conn,
+                self._entry(step, "applied", "ok", {**details, "seconds": round(seconds, 3)}),
+                in_transaction=True if piped else None,
             )
 
     def stopped(self, step: PlannedStep, details: Details) -> None:
