@@ -15,6 +15,7 @@ from psycopg import sql
 from live import APP_ROLE, FLAG, LiveWorld, Writer, drop_databases, make_live_world
 from migrate import api
 from migrate.catalog.ddl import SET_TENANT_SQL
+from migrate.steps.context import ProgressEvent
 
 
 @pytest.fixture
@@ -59,8 +60,19 @@ def test_after_the_online_cut_over_the_application_role_inserts_with_defaults(li
     live.write_playbook(app_role=APP_ROLE)
     writer = Writer(live.source_dsn("acme", APP_ROLE), rate=100).start()
     writer.wait_for(10)
+
+    def task_after_the_copy(event: ProgressEvent) -> None:
+        # The writer picks its transactions at random: on a fast run none may add a task between
+        # the copy and the freeze. This one always does, as the application, right after the copy.
+        if event.kind == "table_copied" and event.table == "tasks":
+            with psycopg.connect(live.source_dsn("acme", APP_ROLE), autocommit=True) as app:
+                app.execute(
+                    "INSERT INTO tasks (project_id, title, status)"
+                    " SELECT project_id, 'after the copy', status FROM tasks LIMIT 1"
+                )
+
     try:
-        result = api.run(live.playbook, environ=live.environ)
+        result = api.run(live.playbook, environ=live.environ, progress=task_after_the_copy)
     finally:
         writer.stop()
     assert result.ok, [t.error for t in result.tenants]
