@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -56,9 +56,17 @@ import psycopg
 from migrate.catalog.built import SharedSchemas
 from migrate.control.rollbacks import UnfinishedRollback
 from migrate.control.store import StepRecord
+from migrate.engine.ahead import ReadAhead
 from migrate.engine.retry import Outage, gave_up, retrying
 from migrate.engine.rollback import rollback_command
-from migrate.engine.session import Environment, Regions, TargetConnections, TenantSession
+from migrate.engine.session import (
+    Environment,
+    Regions,
+    SourceRead,
+    TargetConnections,
+    TenantSession,
+    read_source,
+)
 from migrate.engine.sinks import RunRecord, Sink
 from migrate.errors import (
     ArgumentError,
@@ -291,6 +299,11 @@ def unfinished_rollback(env: Environment, left: UnfinishedRollback) -> ArgumentE
     )
 
 
+def reads_catalog(plan: TenantPlan) -> bool:
+    """The session reads the source's whole schema: a schema step is to run, which reuses it."""
+    return any(s.kind == "schema" for s in plan.remaining)
+
+
 def run_tenant(
     env: Environment,
     plan: TenantPlan,
@@ -299,7 +312,10 @@ def run_tenant(
     targets: TargetConnections | None = None,
     options: RunOptions | None = None,
     shared_schemas: SharedSchemas | None = None,
+    read_ahead: Callable[[], SourceRead | None] | None = None,
 ) -> TenantResult:
+    """One tenant's remaining steps under its lock; ``read_ahead``: its source as the run read it
+    ahead (engine/ahead.py), else the session reads it."""
     options = options or RunOptions()
     record = options.record
     tenant = plan.tenant
@@ -324,9 +340,10 @@ def run_tenant(
         record_holder=not record.rehearsal,
         stopping=options.stop.is_set,
         rehearsal=record.rehearsal,
-        catalog=any(s.kind == "schema" for s in plan.remaining),
+        catalog=reads_catalog(plan),
         shared_schemas=shared_schemas,
         streams=options.streams,
+        read_ahead=read_ahead,
     )
     sink = record.sink(session, env, run_id)
     first = next((s for s in plan.remaining if not s.is_point), None)  # the step that could not start
@@ -548,6 +565,10 @@ def _run(
     rehearsed: set[str] = set()
     shared_schemas = SharedSchemas()  # built once per distinct source schema of this run
 
+    def read_ahead(tp: TenantPlan) -> SourceRead:
+        env = regions.of(tp.tenant)
+        return read_source(env, tp.tenant, catalog=reads_catalog(tp), schemas=shared_schemas)
+
     def one(tp: TenantPlan) -> TenantResult:
         if tp.tenant.id in unfinished:  # refused even with nothing left to run: status says why
             error = unfinished_rollback(regions.of(tp.tenant), unfinished[tp.tenant.id])
@@ -561,9 +582,20 @@ def _run(
             )
         env = regions.of(tp.tenant)
         streams = tenant_streams(options.jobs, working)
-        outcome = run_tenant(
-            env, tp, run_id, progress, pools[env.name], replace(options, streams=streams), shared_schemas
-        )
+        claim = ahead.begin(tp)
+        try:
+            outcome = run_tenant(
+                env,
+                tp,
+                run_id,
+                progress,
+                pools[env.name],
+                replace(options, streams=streams),
+                shared_schemas,
+                read_ahead=claim,
+            )
+        finally:
+            claim.release()
         if outcome.outcome in ("failed", "refused"):
             budget.add_failure()
         return outcome
@@ -580,8 +612,14 @@ def _run(
                 continue
             result.warnings.append(f"a real run would stop here: {note}")
         working = sum(1 for tp in tenants if tp.remaining)
-        with ThreadPoolExecutor(max_workers=max(1, options.jobs), thread_name_prefix="tenant") as pool:
-            done = list(pool.map(one, tenants))
+        # The next tenants' sources are read while the workers copy (engine/ahead.py).
+        ahead = ReadAhead(tenants, read_ahead, ahead=options.jobs, stop=options.stop)
+        try:
+            with ThreadPoolExecutor(max_workers=max(1, options.jobs), thread_name_prefix="tenant") as pool:
+                done = list(pool.map(one, tenants))
+        finally:
+            ahead.close()
+        log.debug("read_ahead", wave=wave.name, taken=ahead.taken)
         result.tenants.extend(done)
         if record.rehearsal:
             rehearsed.update(t.tenant for t in done if t.outcome == "done")

@@ -165,6 +165,37 @@ def tenant_catalog(
     return read, _in_load_order(env, read.tables)
 
 
+@dataclass
+class SourceRead:
+    """What a session reads of a tenant's source before any step: the connection, the source's
+    whole schema when the schema step is to run (else None), and the playbook's tables of it."""
+
+    source: psycopg.Connection[Any]
+    catalog: SourceSchema | None
+    tables: list[SourceTable]
+
+    def close(self) -> None:
+        with suppress(psycopg.Error):
+            self.source.close()
+
+
+def read_source(
+    env: Environment, tenant: Tenant, *, catalog: bool, schemas: SharedSchemas | None = None
+) -> SourceRead:
+    """Connect to the tenant's source and read its tables (its whole schema with ``catalog``);
+    the connection is closed again when the read fails."""
+    source = env.connect_source(tenant)
+    try:
+        if catalog:
+            read, tables = tenant_catalog(env, source, schemas)
+            return SourceRead(source, read, tables)
+        return SourceRead(source, None, tenant_tables(env, source))
+    except BaseException:
+        with suppress(psycopg.Error):
+            source.close()
+        raise
+
+
 def _in_load_order(env: Environment, tables: Mapping[str, SourceTable]) -> list[SourceTable]:
     pb = env.loaded.playbook
     specs = pb.table_specs()
@@ -320,10 +351,13 @@ class TenantSession:
         catalog: bool = False,
         shared_schemas: SharedSchemas | None = None,
         streams: int = 1,
+        read_ahead: Callable[[], SourceRead | None] | None = None,
     ) -> None:
         """``streams``: how many streams the tenant's backfill may use (``StepContext.streams``);
         ``catalog``: read the source's whole schema when opening (the schema step is to run and
-        reuses it); ``shared_schemas``: the run's, so tenants with equal source schemas share one build."""
+        reuses it); ``shared_schemas``: the run's, so tenants with equal source schemas share one build;
+        ``read_ahead``: the source as the run read it ahead (engine/ahead.py), asked once the tenant
+        is locked; None from it, or no ``read_ahead``, and the session reads the source itself."""
         self.env = env
         self.tenant = tenant
         self.run_id = run_id
@@ -336,6 +370,7 @@ class TenantSession:
         self.catalog = catalog
         self.shared_schemas = shared_schemas if shared_schemas is not None else SharedSchemas()
         self.streams = streams
+        self.read_ahead = read_ahead
         self._ctx: StepContext | None = None
 
     @property
@@ -380,23 +415,21 @@ class TenantSession:
         target = self._lock()
         source: psycopg.Connection[Any] | None = None
         try:
-            source = self.env.connect_source(self.tenant)
-            read: SourceSchema | None = None
-            if self.catalog:
-                read, tables = tenant_catalog(self.env, source, self.shared_schemas)
-            else:
-                tables = tenant_tables(self.env, source)
+            got = self.read_ahead() if self.read_ahead is not None else None
+            if got is None:
+                got = read_source(self.env, self.tenant, catalog=self.catalog, schemas=self.shared_schemas)
+            source = got.source
             self._ctx = step_context(
                 self.env,
                 self.tenant,
                 self.run_id,
                 target,
                 source,
-                tables,
+                got.tables,
                 progress=self.progress,
                 stopping=self.stopping,
                 rehearsal=self.rehearsal,
-                catalog=read,
+                catalog=got.catalog,
                 shared_schemas=self.shared_schemas,
                 streams=self.streams,
             )
