@@ -244,7 +244,9 @@ def run(
             "-j",
             help="Tenants worked on at once. The connections a wave's tenants leave free go to their "
             "copies: each tenant's backfill runs in max(1, jobs // min(jobs, tenants)) streams, "
-            "so one large tenant with --jobs 2 is copied in two (large tables split into key ranges).",
+            "so one large tenant with --jobs 2 is copied in two (large tables split into key ranges). "
+            "The next N tenants' sources are connected to and read ahead while these run (at most N "
+            "source connections more).",
         ),
     ] = 1,
     dry_run: Annotated[
