@@ -1,20 +1,20 @@
-"""Reading the next tenants' sources while the workers copy the current ones.
+"""Connecting to the next tenants' sources, and reading them once, while the workers copy.
 
 Before its first step a tenant's session connects to the tenant's source and reads its
 tables — with a schema step to run, the fingerprint of the whole source schema
 (catalog/built.py). On a fresh connection to a database of its own that is most of a small
-tenant's fixed cost (a new backend's cold catalog caches: ~15 ms of a 0-row tenant's ~35).
-None of it needs the tenant's lock or writes anything, so one thread of the run does it
-for the tenants the workers will take next, and a worker that finds its tenant's read
-ready (or under way) only takes it over; one whose read has not started yet, or failed,
-reads the source itself, exactly as without read-ahead, so an error is raised and recorded
+tenant's fixed cost: the connection, and a new backend's cold catalog caches (~15 ms of a
+0-row tenant's ~35). None of it needs the tenant's lock or writes anything, so one thread of
+the run does it for the tenants the workers will take next. The worker then takes the
+connection over and reads again on it (catalog/built.py finds the schema the read ahead
+read): on a warm backend that is a fraction of the first read, and a change made to the
+source after the read ahead and before the tenant began is seen, as without read-ahead. A
+read not begun yet, or failed, is the worker's to do, so an error is raised and recorded
 where it always was.
 
 Bounds: reads ahead only within a wave, for at most ``ahead`` tenants past the one a worker
 starts (``--jobs``), so the run holds at most ``--jobs`` source connections more than its
-workers do; a read is at most a few tenants old when used (a source changed in between is
-the same race as a change after the session opened: the fingerprint was read before the
-tenant's steps either way). Whatever is not taken is closed when the wave ends.
+workers do. Whatever is not taken is closed when its tenant ends or the wave does.
 """
 
 from __future__ import annotations

@@ -180,11 +180,16 @@ class SourceRead:
 
 
 def read_source(
-    env: Environment, tenant: Tenant, *, catalog: bool, schemas: SharedSchemas | None = None
+    env: Environment,
+    tenant: Tenant,
+    *,
+    catalog: bool,
+    schemas: SharedSchemas | None = None,
+    source: psycopg.Connection[Any] | None = None,
 ) -> SourceRead:
-    """Connect to the tenant's source and read its tables (its whole schema with ``catalog``);
-    the connection is closed again when the read fails."""
-    source = env.connect_source(tenant)
+    """Connect to the tenant's source (or take ``source``, already connected) and read its tables
+    (its whole schema with ``catalog``); the connection is closed again when the read fails."""
+    source = source if source is not None else env.connect_source(tenant)
     try:
         if catalog:
             read, tables = tenant_catalog(env, source, schemas)
@@ -357,7 +362,8 @@ class TenantSession:
         ``catalog``: read the source's whole schema when opening (the schema step is to run and
         reuses it); ``shared_schemas``: the run's, so tenants with equal source schemas share one build;
         ``read_ahead``: the source as the run read it ahead (engine/ahead.py), asked once the tenant
-        is locked; None from it, or no ``read_ahead``, and the session reads the source itself."""
+        is locked: its connection is read again (warm); None from it, or no ``read_ahead``, and the
+        session connects itself."""
         self.env = env
         self.tenant = tenant
         self.run_id = run_id
@@ -415,9 +421,14 @@ class TenantSession:
         target = self._lock()
         source: psycopg.Connection[Any] | None = None
         try:
-            got = self.read_ahead() if self.read_ahead is not None else None
-            if got is None:
-                got = read_source(self.env, self.tenant, catalog=self.catalog, schemas=self.shared_schemas)
+            # A source read ahead is read again now: its backend's catalog caches are warm and the
+            # run's shared schemas hold what it read, so this costs a fraction of a first read, and
+            # it sees a change made to the source after the read ahead and before the tenant began.
+            ahead = self.read_ahead() if self.read_ahead is not None else None
+            source = None if ahead is None else ahead.source
+            got = read_source(
+                self.env, self.tenant, catalog=self.catalog, schemas=self.shared_schemas, source=source
+            )
             source = got.source
             self._ctx = step_context(
                 self.env,
