@@ -20,6 +20,7 @@ from importlib.resources import files
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from migrate.catalog import ddl
 from migrate.catalog.reflect import SourceSchema, catalog_rendering, reflect_schema
@@ -29,9 +30,15 @@ _FINGERPRINT = (files("migrate.catalog") / "reflect_fingerprint.sql").read_text(
 
 
 def fingerprint(conn: psycopg.Connection[Any], schema: str) -> str:
-    """The fingerprint of ``schema`` on this source: equal fingerprints, equal ``reflect_schema``."""
+    """The fingerprint of ``schema`` on this source: equal fingerprints, equal ``reflect_schema``.
+
+    Prepared, with the schema's name as a literal: a statement without parameters is planned
+    once per connection, so reading it again on a connection that read it before (the run's
+    read-ahead, engine/ahead.py, then the tenant's session) skips the parsing and planning of
+    this large query, about half its cost on a warm backend."""
+    query = sql.SQL(_FINGERPRINT.replace("%(schema)s", "{schema}")).format(schema=sql.Literal(schema))
     with catalog_rendering(conn):
-        row = conn.execute(_FINGERPRINT, {"schema": schema}).fetchone()
+        row = conn.execute(query, prepare=True).fetchone()
     assert row is not None
     return f"{schema}:{row[0]}"
 
