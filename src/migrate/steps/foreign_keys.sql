@@ -1,5 +1,5 @@
 -- The foreign keys of the shared tables in one schema, as the target enforces them: what the
--- backfill's load with triggers off must prove afterwards, one anti-join per key.
+-- backfill's load with triggers off must prove afterwards (steps/backfill.py _tenant_rows).
 -- Partitions' clones (conparentid <> 0) are left out: the partitioned table's key covers them.
 SELECT c.relname,
        k.conname,
