@@ -61,10 +61,14 @@ def test_after_the_online_cut_over_the_application_role_inserts_with_defaults(li
     writer = Writer(live.source_dsn("acme", APP_ROLE), rate=100).start()
     writer.wait_for(10)
 
+    added: list[str] = []
+
     def task_after_the_copy(event: ProgressEvent) -> None:
         # The writer picks its transactions at random: on a fast run none may add a task between
-        # the copy and the freeze. This one always does, as the application, right after the copy.
-        if event.kind == "table_copied" and event.table == "tasks":
+        # the backfill (which moves the sequence past the source's) and the freeze. This one always
+        # does, as the application, at the catch-up's first poll (the freeze comes later).
+        if event.kind == "changes_applied" and not added:
+            added.append(event.kind)
             with psycopg.connect(live.source_dsn("acme", APP_ROLE), autocommit=True) as app:
                 app.execute(
                     "INSERT INTO tasks (project_id, title, status)"
