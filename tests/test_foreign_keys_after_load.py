@@ -212,3 +212,61 @@ def test_a_row_of_the_tenant_written_beside_the_copy_fails_the_check(
         step = step_for(BackfillStep(kind="backfill"))
         with pytest.raises(StepFailed, match=r"holds 11 rows of tenant 'acme', the checkpoint says 10"):
             step.verify(ctx, {})
+
+
+GLOBAL = """
+CREATE TABLE countries (code text PRIMARY KEY, name text NOT NULL);
+CREATE TABLE accounts (id bigint PRIMARY KEY, country text REFERENCES countries (code), name text NOT NULL);
+INSERT INTO countries VALUES ('DE', 'Germany'), ('FR', 'France'), ('XX', 'Nowhere');
+INSERT INTO accounts SELECT a, CASE WHEN a % 2 = 0 THEN 'DE' ELSE 'FR' END, 'account ' || a
+FROM generate_series(1, 40) AS a;
+"""
+
+
+def test_a_key_to_a_global_table_is_checked_by_probing_it_not_by_hashing_it_for_every_tenant(
+    database_factory: DatabaseFactory, tmp_path: Path
+) -> None:
+    """A tenant table's key to a global table (no tenant column: the shared countries every tenant
+    reads) is checked too: acme's account in a country the shared table lacks fails naming the key;
+    globex is done. The global parent is probed per row from a sub-query, never joined whole into
+    each tenant's pass (it is not read by tenant, so a hash would read all of it for every tenant)."""
+    world = custom_world(database_factory, tmp_path, GLOBAL, ("globex", "acme"))
+    with world.source("acme") as conn:
+        conn.execute("UPDATE accounts SET country = 'XX' WHERE id = 7")
+    with world.target() as conn:
+        conn.execute("CREATE SCHEMA app")
+        conn.execute("CREATE TABLE app.countries (code text PRIMARY KEY, name text NOT NULL)")
+        conn.execute("INSERT INTO app.countries VALUES ('DE', 'Germany'), ('FR', 'France')")
+    book, schema = (
+        playbook(tmp_path, ("globex", "acme"), steps=steps, name=name)
+        for steps, name in ((("schema", "backfill"), "global"), (("schema",), "global_schema"))
+    )
+    for path in (book, schema):
+        text = path.read_text()
+        path.write_text(text.replace("tables: auto\n", "tables: auto\nglobal_tables: [countries]\n"))
+    assert api.run(schema, environ=world.environ).ok
+    with world.target() as conn:  # the shared schema's own key to the global table (its migrations')
+        conn.execute("ALTER TABLE app.accounts ADD FOREIGN KEY (country) REFERENCES app.countries (code)")
+    result = api.run(book, environ=world.environ)
+    by_tenant = {t.tenant: t for t in result.tenants}
+    assert by_tenant["globex"].error is None, by_tenant["globex"].error
+    error = by_tenant["acme"].error
+    assert error is not None
+    assert "foreign key accounts_country_fkey of accounts does not hold for tenant 'acme'" in error.message
+    assert "(country) = (XX) has no row in countries" in error.message and '"id":7' in error.message
+    env = api.environment(load_playbook(book), world.environ)
+    with tenant_session(env, env.loaded.tenants[0], uuid4()) as ctx:  # globex, done: its pass again
+        sent: list[str] = []
+        execute = ctx.target.execute
+
+        def kept(query: Any, params: Any = None, **kw: Any) -> Any:
+            sent.append(query.as_string(ctx.target) if hasattr(query, "as_string") else str(query))
+            return execute(query, params, **kw)
+
+        ctx.target.execute = kept  # type: ignore[method-assign]
+        try:
+            step_for(BackfillStep(kind="backfill")).verify(ctx, {})
+        finally:
+            del ctx.target.execute
+    (accounts,) = [q for q in sent if q.startswith("SELECT count(*)") and '"app"."accounts"' in q]
+    assert "LEFT JOIN" not in accounts and 'NOT EXISTS (SELECT 1 FROM "app"."countries"' in accounts

@@ -128,7 +128,8 @@ _SOURCE_SIZES = (
 # step's own synchronous commit at the end flushes every chunk before it. Client crashes lose nothing.
 _CHUNK = {"synchronous_commit": "off"}
 _CHUNK_DEFERRED = {**_CHUNK, "session_replication_role": "replica"}
-# The verify's pass over the tenant's rows and its parents': hash joins whatever the statistics say.
+# The verify's pass over the tenant's rows and its parents': hash joins whatever the statistics say
+# (a global parent, not read by tenant, is probed per row instead: _ForeignKey.global_parent).
 # The shared tables grow by whole tenants between ANALYZEs, so the planner believes a new tenant
 # holds a row or two and nests loops over a materialised parent — 850,000 comparisons for a tenant
 # of 1,850 comments and 925 tasks (65 ms; the hash join 1.3 ms), quadratic in the tenant's size.
@@ -859,27 +860,44 @@ class _ForeignKey:
     ref_columns: tuple[str, ...]
     full: bool  # MATCH FULL
 
+    @property
+    def global_parent(self) -> bool:
+        """The key references a global table (no tenant column in it): its parent is not read by
+        tenant, so it is probed per row (by its unique key), never hashed whole for every tenant."""
+        return TENANT_COLUMN not in self.columns
+
     def violates(self, parent: str) -> sql.Composable:
-        """A row of the child (``c``) that breaks the key, the parent left-joined as ``parent``.
+        """A row of the child (``c``) that breaks the key, the parent left-joined as ``parent``
+        (a global parent: probed in a sub-query, see ``global_parent``).
 
         MATCH SIMPLE (the default): a row with any NULL in the key references nothing. MATCH FULL:
         all NULL references nothing, some NULL is a violation."""
         column = [sql.SQL("c.{}").format(sql.Identifier(c)) for c in self.columns]
         present = sql.SQL(" AND ").join(sql.SQL("{} IS NOT NULL").format(c) for c in column)
-        # The key references a unique key: a joined row's columns equal the child's, so not NULL.
-        missing = sql.SQL("{}.{} IS NULL").format(sql.Identifier(parent), sql.Identifier(self.ref_columns[0]))
+        if self.global_parent:
+            missing: sql.Composable = sql.SQL("NOT EXISTS (SELECT 1 FROM {} AS {} WHERE {})").format(
+                sql.Identifier(self.ref_schema, self.ref_table), sql.Identifier(parent), self._match(parent)
+            )
+        else:  # the key references a unique key: a joined row's columns equal the child's, so not NULL
+            first = sql.Identifier(self.ref_columns[0])
+            missing = sql.SQL("{}.{} IS NULL").format(sql.Identifier(parent), first)
         if not self.full:
             return sql.SQL("({} AND {})").format(present, missing)
         absent = sql.SQL(" AND ").join(sql.SQL("{} IS NULL").format(c) for c in column)
         return sql.SQL("(NOT ({}) AND (NOT ({}) OR {}))").format(absent, present, missing)
 
     def joined(self, parent: str) -> sql.Composable:
-        match = sql.SQL(" AND ").join(
+        """The parent left-joined as ``parent`` (nothing for a global parent: ``violates`` probes it)."""
+        if self.global_parent:
+            return sql.SQL("")
+        return sql.SQL(" LEFT JOIN {} AS {} ON {}").format(
+            sql.Identifier(self.ref_schema, self.ref_table), sql.Identifier(parent), self._match(parent)
+        )
+
+    def _match(self, parent: str) -> sql.Composable:
+        return sql.SQL(" AND ").join(
             sql.SQL("{}.{} = c.{}").format(sql.Identifier(parent), sql.Identifier(p), sql.Identifier(c))
             for p, c in zip(self.ref_columns, self.columns, strict=True)
-        )
-        return sql.SQL(" LEFT JOIN {} AS {} ON {}").format(
-            sql.Identifier(self.ref_schema, self.ref_table), sql.Identifier(parent), match
         )
 
 
