@@ -34,9 +34,10 @@ session_replication_role = replica``: that transaction only, never ``ALTER
 TABLE … DISABLE TRIGGER``, which would reach every tenant of the live shared
 target), and ``verify`` — in the step, before it is done — proves each foreign
 key the target declares (``foreign_keys.sql``) in one pass over the tenant's rows
-of each table, its parents left-joined and hash-joined (``_tenant_rows``), which
-also counts them against the checkpoints; a violation fails the step naming the table, the
-foreign key, the row's key and the row. Measured (shared/notes/performance.md):
+of each table, its tenant parents left-joined and hash-joined, a global parent
+probed per row (``_tenant_rows``), which also counts them against the checkpoints;
+a violation fails the step naming the table, the foreign key, the row's key and
+the row. Measured (shared/notes/performance.md):
 1.35 × the load with per-row trigger checks. Only the tenant's own rows are
 written (the COPY's ``WHERE tenant_id``), so nothing of another tenant goes
 unchecked. A copy fires no trigger of the table's own either (a carried
