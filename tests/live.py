@@ -21,6 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -253,6 +254,17 @@ def table_digest(
         found = conn.execute(query, (tenant,) if tenant else ()).fetchone()
     assert found is not None
     return int(found[0]), str(found[1])
+
+
+@contextmanager
+def live_world(admin_dsn: str, tmp_path: Path, tenants: dict[str, int]) -> Iterator[LiveWorld]:
+    """``make_live_world`` for one test: its databases (and their slots) dropped when the block ends,
+    also those made before a failure half-way."""
+    created: list[str] = []
+    try:
+        yield make_live_world(admin_dsn, tmp_path, tenants, created)
+    finally:
+        drop_databases(admin_dsn, created)
 
 
 def make_live_world(admin_dsn: str, tmp_path: Path, tenants: dict[str, int], created: list[str]) -> LiveWorld:

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from live import APP_ROLE, FLAG, LiveWorld, Writer, drop_databases, make_live_world
+from live import APP_ROLE, FLAG, LiveWorld, Writer, live_world
 from migrate import api
 from migrate.catalog.ddl import SET_TENANT_SQL
 from migrate.steps.context import ProgressEvent
@@ -20,11 +20,8 @@ from migrate.steps.context import ProgressEvent
 
 @pytest.fixture
 def live(logical_admin_dsn: str, tmp_path: Path) -> Iterator[LiveWorld]:
-    created: list[str] = []
-    try:
-        yield make_live_world(logical_admin_dsn, tmp_path, {"acme": 4}, created)
-    finally:
-        drop_databases(logical_admin_dsn, created)
+    with live_world(logical_admin_dsn, tmp_path, {"acme": 4}) as world:
+        yield world
 
 
 def test_online_migration_with_a_writer_loses_nothing_and_freezes_briefly(live: LiveWorld) -> None:
@@ -303,11 +300,8 @@ def test_a_write_begun_before_the_freeze_and_committed_after_it_reaches_the_targ
 
 @pytest.fixture
 def two(logical_admin_dsn: str, tmp_path: Path) -> Iterator[LiveWorld]:
-    created: list[str] = []
-    try:
-        yield make_live_world(logical_admin_dsn, tmp_path, {"acme": 2, "globex": 2}, created)
-    finally:
-        drop_databases(logical_admin_dsn, created)
+    with live_world(logical_admin_dsn, tmp_path, {"acme": 2, "globex": 2}) as world:
+        yield world
 
 
 def test_the_online_phase_admits_at_most_max_online_tenants(two: LiveWorld) -> None:

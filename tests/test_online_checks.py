@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from live import APP_ROLE, LiveWorld, drop_databases, dsn_for, make_live_world
+from live import APP_ROLE, LiveWorld, dsn_for, live_world, make_live_world
 from migrate import api
 from migrate.adapters.embedded import start_server
 from migrate.cli.app import main
@@ -22,11 +22,8 @@ from migrate.errors import SettingsError
 
 @pytest.fixture
 def live(logical_admin_dsn: str, tmp_path: Path) -> Iterator[LiveWorld]:
-    created: list[str] = []
-    try:
-        yield make_live_world(logical_admin_dsn, tmp_path, {"acme": 1}, created)
-    finally:
-        drop_databases(logical_admin_dsn, created)
+    with live_world(logical_admin_dsn, tmp_path, {"acme": 1}) as world:
+        yield world
 
 
 def refused(world: LiveWorld, environ: dict[str, str] | None = None) -> str:

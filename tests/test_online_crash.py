@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from live import APP_ROLE, FLAG, ROOT, LiveWorld, Writer, drop_databases, make_live_world
+from live import APP_ROLE, FLAG, ROOT, LiveWorld, Writer, live_world
 from migrate import api
 
 WAIT = 60.0
@@ -30,13 +30,9 @@ WAIT = 60.0
 
 @pytest.fixture
 def live(logical_admin_dsn: str, tmp_path: Path) -> Iterator[LiveWorld]:
-    created: list[str] = []
-    try:
-        world = make_live_world(logical_admin_dsn, tmp_path, {"acme": 4}, created)
+    with live_world(logical_admin_dsn, tmp_path, {"acme": 4}) as world:
         world.write_playbook(backfill="chunk_rows: 25")
         yield world
-    finally:
-        drop_databases(logical_admin_dsn, created)
 
 
 @dataclass

@@ -18,29 +18,15 @@ from pathlib import Path
 import pytest
 from psycopg import sql
 
-from live import (
-    APP_ROLE,
-    FLAG,
-    ROOT,
-    TABLES,
-    LiveWorld,
-    Writer,
-    drop_databases,
-    dsn_for,
-    make_live_world,
-    table_digest,
-)
+from live import APP_ROLE, FLAG, ROOT, TABLES, LiveWorld, Writer, dsn_for, live_world, table_digest
 from migrate import api
 from migrate.errors import ArgumentError
 
 
 @pytest.fixture
 def live(logical_admin_dsn: str, tmp_path: Path) -> Iterator[LiveWorld]:
-    created: list[str] = []
-    try:
-        yield make_live_world(logical_admin_dsn, tmp_path, {"acme": 3, "globex": 2}, created)
-    finally:
-        drop_databases(logical_admin_dsn, created)
+    with live_world(logical_admin_dsn, tmp_path, {"acme": 3, "globex": 2}) as world:
+        yield world
 
 
 def shared_writer(live: LiveWorld, tenant: str, seed: int, rate: float = 100) -> Writer:

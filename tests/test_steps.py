@@ -9,7 +9,7 @@ from uuid import uuid4
 
 import pytest
 
-from live import APP_ROLE, FLAG, LiveWorld, drop_databases, make_live_world
+from live import APP_ROLE, FLAG, LiveWorld, live_world
 from migrate import api
 from migrate.engine.session import tenant_session
 from migrate.errors import CheckFailed, StepFailed
@@ -94,13 +94,9 @@ def test_step_conformance_apply_is_idempotent_and_revert_undoes_it(
 
 @pytest.fixture
 def live(logical_admin_dsn: str, tmp_path: Path) -> Iterator[LiveWorld]:
-    created: list[str] = []
-    try:
-        world = make_live_world(logical_admin_dsn, tmp_path, {"acme": 1}, created)
+    with live_world(logical_admin_dsn, tmp_path, {"acme": 1}) as world:
         world.write_playbook(finalise=True)
         yield world
-    finally:
-        drop_databases(logical_admin_dsn, created)
 
 
 def live_effect(world: LiveWorld) -> tuple[object, ...]:

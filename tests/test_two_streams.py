@@ -21,7 +21,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from kill import chunked_playbook, sessions_gone
-from live import LiveWorld, Writer, drop_databases, make_live_world, table_digest
+from live import LiveWorld, Writer, live_world, table_digest
 from migrate import api
 from migrate.engine.run import tenant_streams
 from migrate.steps import backfill
@@ -171,11 +171,8 @@ def test_kill_9_while_two_ranges_of_a_table_are_in_flight_then_the_same_command_
 
 @pytest.fixture
 def live(logical_admin_dsn: str, tmp_path: Path) -> Iterator[LiveWorld]:
-    created: list[str] = []
-    try:
-        yield make_live_world(logical_admin_dsn, tmp_path, {"acme": 4}, created)
-    finally:
-        drop_databases(logical_admin_dsn, created)
+    with live_world(logical_admin_dsn, tmp_path, {"acme": 4}) as world:
+        yield world
 
 
 def test_online_with_two_streams_and_a_live_writer_loses_nothing(live: LiveWorld) -> None:
